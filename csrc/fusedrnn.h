@@ -1,0 +1,158 @@
+/* fusedrnn: fused CPU kernels for recurrent layers (public C API).
+ *
+ * Conventions shared by every kernel in this header:
+ *  - Row-major arrays.  B = batch, T = steps, I = input features, H = units,
+ *    G = gates per cell (LSTM 4, GRU 3, SimpleRNN 1).
+ *  - Weights are in Keras' get_weights() layout: kernel (I, G*H), recurrent kernel
+ *    (H, G*H), gate blocks side by side along the last axis.
+ *  - Inputs x and the per-step outputs are addressed through explicit strides (in
+ *    elements) for the batch and time axes; the feature axis must be contiguous.  This
+ *    lets the caller pass (B,T,F) batch-major or (T,B,F) time-major views without copies.
+ *  - Everything saved for backward ("cache" buffers) is indexed in *processing order*:
+ *    step t of the cache is the t-th step the cell consumed, which is input step
+ *    s = T-1-t when go_backwards is set.  Outputs are also written in processing order,
+ *    as Keras does for go_backwards.
+ *  - Kernels never take the GIL, never call back into Python, and return a status code.
+ *    BLAS comes from the caller through frnn_blas (scipy's Fortran BLAS in practice), so
+ *    nothing is linked at build time.
+ */
+#ifndef FUSEDRNN_H
+#define FUSEDRNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    FRNN_OK = 0,
+    FRNN_ENOMEM = 1,     /* an allocation failed */
+    FRNN_EINVAL = 2,     /* a dimension or argument is out of range */
+    FRNN_EOVERFLOW = 3   /* a dimension does not fit BLAS' 32-bit integers */
+} frnn_status;
+
+/* Fortran BLAS ?gemm, exactly scipy.linalg.cython_blas' signature (column-major). */
+typedef void (*frnn_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                              float *alpha, float *a, int *lda, float *b, int *ldb,
+                              float *beta, float *c, int *ldc);
+typedef void (*frnn_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                              double *alpha, double *a, int *lda, double *b, int *ldb,
+                              double *beta, double *c, int *ldc);
+
+typedef struct {
+    frnn_sgemm_fn sgemm;
+    frnn_dgemm_fn dgemm;
+} frnn_blas;
+
+/* Element-wise activations.  The value stored is the activated output y; every
+ * derivative is computed from y alone, so backward needs no pre-activations. */
+typedef enum {
+    FRNN_ACT_TANH = 0,
+    FRNN_ACT_SIGMOID = 1,
+    FRNN_ACT_RELU = 2,
+    FRNN_ACT_LINEAR = 3,
+    FRNN_ACT_HARD_SIGMOID = 4   /* Keras 3: relu6(x + 3) / 6 */
+} frnn_activation;
+
+/* Shapes and options of one layer, one direction. */
+typedef struct {
+    ptrdiff_t batch;        /* B >= 0 */
+    ptrdiff_t steps;        /* T >= 0 */
+    ptrdiff_t input_size;   /* I >= 1 */
+    ptrdiff_t units;        /* H >= 1 */
+    int go_backwards;       /* consume input steps T-1 .. 0 */
+    int zero_output_for_mask; /* masked steps output zeros instead of the carried h */
+    frnn_activation activation;           /* candidate / cell activation (tanh) */
+    frnn_activation recurrent_activation; /* gate activation (sigmoid) */
+} frnn_dims;
+
+/* Strided view of a (B, T, F) sequence array: element (b, s, f) is at
+ * data[b * stride_b + s * stride_t + f]. */
+typedef struct {
+    ptrdiff_t stride_b;
+    ptrdiff_t stride_t;
+} frnn_seq_strides;
+
+/* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */
+void frnn_activate_f32(frnn_activation act, float *v, ptrdiff_t n);
+void frnn_activate_f64(frnn_activation act, double *v, ptrdiff_t n);
+void frnn_activation_grad_f32(frnn_activation act, const float *y, float *dv, ptrdiff_t n);
+void frnn_activation_grad_f64(frnn_activation act, const double *y, double *dv, ptrdiff_t n);
+
+/* ---------------------------------------------------------------- LSTM ----------
+ * Gate order i, f, c, o (Keras and torch agree).  Per step, with z = x W + h U + b:
+ *   i = ra(z_i), f = ra(z_f), g = a(z_c), o = ra(z_o)
+ *   c' = f*c + i*g,  h' = o*a(c')        (a = activation, ra = recurrent_activation)
+ * A masked step (mask[b,s] == 0) keeps h and c; its output is the carried h, or zeros
+ * when zero_output_for_mask is set.
+ *
+ * lstm_forward arguments:
+ *   x         (B,T,I) via x_strides, read only.
+ *   kernel    (I,4H) contiguous, read only.      recurrent (H,4H) contiguous, read only.
+ *   bias      (4H,) or NULL.
+ *   mask      (B,T) uint8 via mask_strides, nonzero = valid step; NULL = all valid.
+ *   h0, c0    (B,H) contiguous or NULL (zeros).
+ *   outputs   (B,T,H) via out_strides, written in processing order; may be NULL.
+ *   h_n, c_n  (B,H) contiguous, written; must not alias h0/c0.
+ *   Training cache (all NULL for inference; all non-NULL for training), written:
+ *   x_cache   (T,B,I): the input in processing order (time-major), for dW in backward.
+ *   gates     (T,B,4H): activated gates i, f, g, o.
+ *   c_states  (T,B,H): cell state after each step (carried through masked steps).
+ *   h_states  (T,B,H): hidden state after each step (carried through masked steps).
+ *   mask_cache (T,B) uint8 in processing order, written when mask != NULL.
+ */
+int frnn_lstm_forward_f32(const frnn_blas *blas, const frnn_dims *d,
+                          const float *x, frnn_seq_strides x_strides,
+                          const float *kernel, const float *recurrent, const float *bias,
+                          const uint8_t *mask, frnn_seq_strides mask_strides,
+                          const float *h0, const float *c0,
+                          float *outputs, frnn_seq_strides out_strides,
+                          float *h_n, float *c_n,
+                          float *x_cache, float *gates, float *c_states, float *h_states,
+                          uint8_t *mask_cache);
+int frnn_lstm_forward_f64(const frnn_blas *blas, const frnn_dims *d,
+                          const double *x, frnn_seq_strides x_strides,
+                          const double *kernel, const double *recurrent, const double *bias,
+                          const uint8_t *mask, frnn_seq_strides mask_strides,
+                          const double *h0, const double *c0,
+                          double *outputs, frnn_seq_strides out_strides,
+                          double *h_n, double *c_n,
+                          double *x_cache, double *gates, double *c_states, double *h_states,
+                          uint8_t *mask_cache);
+
+/* lstm_backward arguments (the cache is read only; it may be used again):
+ *   kernel, recurrent  as in forward.      h0, c0: (B,H) or NULL, as in forward.
+ *   x_cache, gates, c_states, h_states, mask_cache (NULL = no mask): forward's cache.
+ *   d_outputs (B,T,H) via dout_strides in processing order, or NULL (zero).
+ *   d_h_n, d_c_n (B,H) or NULL (zero).
+ *   Gradients, all written (overwritten, not accumulated):
+ *   dx (B,T,I) via dx_strides in input order; d_kernel (I,4H); d_recurrent (H,4H);
+ *   d_bias (4H,) or NULL; d_h0, d_c0 (B,H).
+ */
+int frnn_lstm_backward_f32(const frnn_blas *blas, const frnn_dims *d,
+                           const float *kernel, const float *recurrent,
+                           const float *h0, const float *c0,
+                           const float *x_cache, const float *gates, const float *c_states,
+                           const float *h_states, const uint8_t *mask_cache,
+                           const float *d_outputs, frnn_seq_strides dout_strides,
+                           const float *d_h_n, const float *d_c_n,
+                           float *dx, frnn_seq_strides dx_strides,
+                           float *d_kernel, float *d_recurrent, float *d_bias,
+                           float *d_h0, float *d_c0);
+int frnn_lstm_backward_f64(const frnn_blas *blas, const frnn_dims *d,
+                           const double *kernel, const double *recurrent,
+                           const double *h0, const double *c0,
+                           const double *x_cache, const double *gates, const double *c_states,
+                           const double *h_states, const uint8_t *mask_cache,
+                           const double *d_outputs, frnn_seq_strides dout_strides,
+                           const double *d_h_n, const double *d_c_n,
+                           double *dx, frnn_seq_strides dx_strides,
+                           double *d_kernel, double *d_recurrent, double *d_bias,
+                           double *d_h0, double *d_c0);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FUSEDRNN_H */

@@ -1,0 +1,53 @@
+/* Internal helpers shared by the kernels: not part of the public API. */
+#ifndef FUSEDRNN_INTERNAL_H
+#define FUSEDRNN_INTERNAL_H
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fusedrnn.h"
+
+/* Function multiversioning: the hot pointwise functions are compiled for AVX-512,
+ * AVX2 and baseline x86-64, and the loader picks one at run time (no -march=native).
+ * FRNN_NATIVE builds (a CMake option) compile once for the build machine instead. */
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) \
+    && !defined(FRNN_NATIVE) && !defined(FRNN_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
+#define FRNN_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define FRNN_CLONES
+#endif
+
+#if defined(__GNUC__)
+#define FRNN_INLINE static inline __attribute__((always_inline))
+#else
+#define FRNN_INLINE static inline
+#endif
+
+#define FRNN_RESTRICT __restrict
+
+/* Allocation that reports failure instead of crashing; zero size gives a valid pointer. */
+static inline void *frnn_alloc(size_t count, size_t size) {
+    if (count != 0 && size > ((size_t)-1) / count) return NULL;
+    size_t bytes = count * size;
+    if (bytes == 0) bytes = 64;
+    /* 64-byte alignment keeps gate rows on cache-line boundaries when H*4 is a multiple of 16. */
+    void *p = NULL;
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    p = aligned_alloc(64, rounded);
+    return p;
+}
+
+static inline int frnn_fits_int(ptrdiff_t v) { return v >= 0 && v <= INT_MAX; }
+
+/* Input step consumed at processing step t. */
+static inline ptrdiff_t frnn_input_step(const frnn_dims *d, ptrdiff_t t) {
+    return d->go_backwards ? d->steps - 1 - t : t;
+}
+
+static inline int frnn_check_dims(const frnn_dims *d, ptrdiff_t gates) {
+    if (d->batch < 0 || d->steps < 0 || d->input_size < 1 || d->units < 1) return FRNN_EINVAL;
+    if (!frnn_fits_int(d->units * gates) || !frnn_fits_int(d->input_size)) return FRNN_EOVERFLOW;
+    return FRNN_OK;
+}
+
+#endif

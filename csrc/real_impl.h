@@ -1,0 +1,61 @@
+/* Type-generic helpers, included once per precision with REAL, SFX(name) and GEMM set:
+ * row-major GEMM on top of Fortran BLAS, activations, sequence gathers. */
+
+/* C (m x n, row stride ldc) = alpha * op(A) * op(B) + beta * C, all row-major.
+ * op(A) is m x k: A is m x k (lda >= k) or, transposed, k x m (lda >= m); likewise B.
+ * Row-major C is column-major C^T, so we ask BLAS for C^T = op(B)^T op(A)^T.
+ * m (rows) may exceed INT_MAX: the product is split into row blocks. */
+static int SFX(gemm_rm)(const frnn_blas *blas, int trans_a, int trans_b,
+                        ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, REAL alpha,
+                        const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb,
+                        REAL beta, REAL *c, ptrdiff_t ldc) {
+    if (m == 0 || n == 0) return FRNN_OK;
+    if (!frnn_fits_int(n) || !frnn_fits_int(k) || !frnn_fits_int(lda) || !frnn_fits_int(ldb)
+        || !frnn_fits_int(ldc))
+        return FRNN_EOVERFLOW;
+    char tb = trans_a ? 'T' : 'N', ta = trans_b ? 'T' : 'N';
+    int ni = (int)n, ki = (int)k;
+    int ldb_i = ldb > 1 ? (int)ldb : 1, lda_i = lda > 1 ? (int)lda : 1, ldc_i = ldc > 1 ? (int)ldc : 1;
+    const ptrdiff_t block = (ptrdiff_t)1 << 30;
+    for (ptrdiff_t row = 0; row < m; row += block) {
+        ptrdiff_t rows = m - row < block ? m - row : block;
+        /* with trans_a, rows of op(A) are columns of A */
+        const REAL *a_blk = trans_a ? a + row : a + row * lda;
+        int mi = (int)rows;
+        GEMM(&ta, &tb, &ni, &mi, &ki, &alpha, (REAL *)b, &ldb_i, (REAL *)a_blk, &lda_i, &beta,
+             c + row * ldc, &ldc_i);
+    }
+    return FRNN_OK;
+}
+
+/* Copy the input of processing steps [t0, t1) into a time-major (t1-t0, B, I) buffer. */
+static void SFX(gather_steps)(const frnn_dims *d, const REAL *x, frnn_seq_strides xs,
+                              ptrdiff_t t0, ptrdiff_t t1, REAL *FRNN_RESTRICT out) {
+    const ptrdiff_t B = d->batch, I = d->input_size;
+    for (ptrdiff_t t = t0; t < t1; ++t) {
+        ptrdiff_t s = frnn_input_step(d, t);
+        for (ptrdiff_t b = 0; b < B; ++b)
+            memcpy(out + ((t - t0) * B + b) * I, x + b * xs.stride_b + s * xs.stride_t,
+                   (size_t)I * sizeof(REAL));
+    }
+}
+
+/* Z[rows, cols] = X[rows, I] W[I, cols] + bias (bias broadcast over rows; NULL = 0). */
+static int SFX(input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrdiff_t in, ptrdiff_t cols,
+                                 const REAL *xrows, const REAL *w, const REAL *bias, REAL *z) {
+    REAL beta = 0;
+    if (bias) {
+        for (ptrdiff_t r = 0; r < rows; ++r) memcpy(z + r * cols, bias, (size_t)cols * sizeof(REAL));
+        beta = 1;
+    }
+    return SFX(gemm_rm)(blas, 0, 0, rows, cols, in, 1, xrows, in, w, cols, beta, z, cols);
+}
+
+/* Column sums of a (rows, cols) matrix into out (overwritten). */
+static void SFX(column_sums)(const REAL *m, ptrdiff_t rows, ptrdiff_t cols, REAL *FRNN_RESTRICT out) {
+    memset(out, 0, (size_t)cols * sizeof(REAL));
+    for (ptrdiff_t r = 0; r < rows; ++r) {
+        const REAL *row = m + r * cols;
+        for (ptrdiff_t j = 0; j < cols; ++j) out[j] += row[j];
+    }
+}

@@ -1,0 +1,124 @@
+"""Argument checking shared by every public entry point.
+
+Each check names the argument and says what was expected, and never modifies the caller's
+array: when a kernel needs a different memory layout we copy."""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Activation names -> the kernels' frnn_activation codes (csrc/fusedrnn.h).
+ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3, "hard_sigmoid": 4}
+
+
+def activation_code(name, argname: str) -> int:
+    """Kernel code of an activation given by name (None means linear, as in Keras)."""
+    if name is None:
+        return ACTIVATIONS["linear"]
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(
+            f"{argname}: unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+    return ACTIVATIONS[name]
+
+
+def as_array(value, argname: str) -> np.ndarray:
+    """np.asarray with a clear error for things that are not numeric arrays."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # ragged lists, odd objects
+        raise TypeError(f"{argname}: expected an array, got {type(value).__name__} ({exc})") from None
+    return array
+
+
+def float_array(value, argname: str, dtype=None) -> np.ndarray:
+    """A float32/float64 array; with dtype given, it must match (no silent casts)."""
+    array = as_array(value, argname)
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{argname}: expected a float32 or float64 array, got dtype {array.dtype}")
+    if dtype is not None and array.dtype != dtype:
+        raise TypeError(
+            f"{argname}: dtype {array.dtype} does not match the input x's dtype {np.dtype(dtype)}; "
+            "cast it with .astype()"
+        )
+    return array
+
+
+def check_shape(array: np.ndarray, expected: tuple, argname: str, names: str) -> None:
+    """Compare array.shape with expected (None entries match anything)."""
+    ok = array.ndim == len(expected) and all(
+        e is None or s == e for s, e in zip(array.shape, expected)
+    )
+    if not ok:
+        shown = tuple("?" if e is None else e for e in expected)
+        raise ValueError(f"{argname}: expected shape {names} = {shown}, got {array.shape}")
+
+
+def sequence_input(x, argname: str = "x") -> np.ndarray:
+    """(batch, time, features) float array whose feature axis is contiguous."""
+    x = float_array(x, argname)
+    if x.ndim != 3:
+        raise ValueError(
+            f"{argname}: expected a 3-D array (batch, time, features), got shape {x.shape}"
+        )
+    if x.shape[2] < 1:
+        raise ValueError(f"{argname}: the feature axis must not be empty, got shape {x.shape}")
+    if x.shape[2] > 1 and x.strides[2] != x.itemsize:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def weight(value, shape: tuple, argname: str, names: str, dtype) -> np.ndarray:
+    """A C-contiguous weight of exactly `shape` in `dtype`."""
+    array = float_array(value, argname, dtype)
+    check_shape(array, shape, argname, names)
+    return np.ascontiguousarray(array)
+
+
+def mask_array(mask, batch: int, steps: int, argname: str = "mask"):
+    """(batch, time) mask as a uint8 array (1 = valid step); None stays None."""
+    if mask is None:
+        return None
+    array = as_array(mask, argname)
+    if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{argname}: expected a boolean array, got dtype {array.dtype}")
+    check_shape(array, (batch, steps), argname, "(batch, time)")
+    if array.dtype == np.bool_:
+        return array.view(np.uint8)
+    return (array != 0).view(np.uint8)
+
+
+def initial_states(initial_state, count: int, batch: int, units: int, dtype, argname="initial_state"):
+    """Tuple of `count` C-contiguous (batch, units) arrays, or a tuple of Nones."""
+    if initial_state is None:
+        return (None,) * count
+    if count == 1 and not isinstance(initial_state, (list, tuple)):
+        initial_state = (initial_state,)
+    if not isinstance(initial_state, (list, tuple)) or len(initial_state) != count:
+        raise ValueError(
+            f"{argname}: expected {'a sequence of ' + str(count) + ' arrays' if count > 1 else 'one array'}"
+            f" of shape (batch, units) = ({batch}, {units})"
+        )
+    states = []
+    for k, state in enumerate(initial_state):
+        name = f"{argname}[{k}]"
+        array = float_array(state, name, dtype)
+        check_shape(array, (batch, units), name, "(batch, units)")
+        states.append(np.ascontiguousarray(array))
+    return tuple(states)
+
+
+def gradient_input(value, shape: tuple, argname: str, names: str, dtype):
+    """An upstream gradient (None = zero) with the forward result's shape and dtype."""
+    if value is None:
+        return None
+    array = float_array(value, argname, dtype)
+    check_shape(array, shape, argname, names)
+    if array.ndim == 3:
+        if shape[2] > 1 and array.strides[2] != array.itemsize:
+            array = np.ascontiguousarray(array)
+        return array
+    return np.ascontiguousarray(array)

@@ -1,0 +1,132 @@
+"""Functional forward and backward passes of the fused recurrent kernels.
+
+Everything is in Keras' layout: inputs (batch, time, features), weights as
+``keras.layers.X.get_weights()`` returns them.  float32 and float64 are supported; every
+array argument must have the dtype of ``x`` (a TypeError says which one does not).
+
+Masks follow Keras: ``mask`` is (batch, time) booleans, True = the step is used; a masked
+step keeps the previous state and outputs it again (zeros with
+``zero_output_for_mask=True``).  With ``go_backwards=True`` the cell consumes the input
+from the last step to the first and the outputs come back in that (reversed) order.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _validation as v
+from ._lstm import lstm_backward as _lstm_backward_kernel
+from ._lstm import lstm_forward as _lstm_forward_kernel
+
+__all__ = ["LSTMOutput", "LSTMGradients", "LSTMCache", "lstm_forward", "lstm_backward"]
+
+
+class LSTMOutput(NamedTuple):
+    outputs: np.ndarray        # (batch, time, units), in processing order
+    h_n: np.ndarray            # (batch, units)
+    c_n: np.ndarray            # (batch, units)
+    cache: Optional["LSTMCache"]  # None unless training=True
+
+
+class LSTMGradients(NamedTuple):
+    x: np.ndarray
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    bias: Optional[np.ndarray]  # None when the forward pass had no bias
+    h0: Optional[np.ndarray]    # None when the forward pass had no initial_state
+    c0: Optional[np.ndarray]
+
+
+class LSTMCache:
+    """What lstm_backward needs, saved by lstm_forward(training=True).  Opaque; reusable.
+
+    Per step and batch row it holds the activated gates (4*units), the cell state and the
+    hidden state (units each), plus the input in time-major order (features)."""
+
+    __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "c0", "arrays", "options",
+                 "shape")
+
+    def __init__(self, kernel, recurrent_kernel, has_bias, h0, c0, arrays, options, shape):
+        self.kernel = kernel
+        self.recurrent_kernel = recurrent_kernel
+        self.has_bias = has_bias
+        self.h0 = h0
+        self.c0 = c0
+        self.arrays = arrays
+        self.options = options
+        self.shape = shape  # (batch, time, features, units)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes saved for backward (excluding the weights, which are shared)."""
+        return sum(a.nbytes for a in self.arrays if a is not None)
+
+
+def _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_activation):
+    return (
+        bool(go_backwards),
+        bool(zero_output_for_mask),
+        v.activation_code(activation, "activation"),
+        v.activation_code(recurrent_activation, "recurrent_activation"),
+    )
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None,
+                 go_backwards=False, zero_output_for_mask=False, training=False,
+                 activation="tanh", recurrent_activation="sigmoid") -> LSTMOutput:
+    """Run an LSTM over a whole sequence with the fused kernel.
+
+    x: (batch, time, features).  kernel: (features, 4*units).  recurrent_kernel:
+    (units, 4*units).  bias: (4*units,) or None.  Gate order i, f, c, o.
+    initial_state: (h0, c0), each (batch, units), or None for zeros.
+    Returns LSTMOutput(outputs, h_n, c_n, cache); cache is None unless training=True.
+    """
+    x = v.sequence_input(x, "x")
+    batch, steps, features = x.shape
+    recurrent_kernel = v.float_array(recurrent_kernel, "recurrent_kernel", x.dtype)
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1:
+        raise ValueError(
+            "recurrent_kernel: expected shape (units, 4*units), got "
+            f"{recurrent_kernel.shape}"
+        )
+    units = recurrent_kernel.shape[0]
+    recurrent_kernel = v.weight(recurrent_kernel, (units, 4 * units), "recurrent_kernel",
+                                "(units, 4*units)", x.dtype)
+    kernel = v.weight(kernel, (features, 4 * units), "kernel", "(features, 4*units)", x.dtype)
+    if bias is not None:
+        bias = v.weight(bias, (4 * units,), "bias", "(4*units,)", x.dtype)
+    h0, c0 = v.initial_states(initial_state, 2, batch, units, x.dtype)
+    mask_u8 = v.mask_array(mask, batch, steps)
+    options = _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_activation)
+    outputs, h_n, c_n, arrays = _lstm_forward_kernel(
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, c0, *options, bool(training)
+    )
+    cache = None
+    if training:
+        cache = LSTMCache(kernel, recurrent_kernel, bias is not None, h0, c0, arrays, options,
+                          (batch, steps, features, units))
+    return LSTMOutput(outputs, h_n, c_n, cache)
+
+
+def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None) -> LSTMGradients:
+    """Gradients of a scalar loss w.r.t. every input of lstm_forward, given the loss's
+    gradients w.r.t. its outputs (batch, time, units), h_n and c_n (batch, units).
+    None means zero.  The cache is not consumed: it may be used again."""
+    if not isinstance(cache, LSTMCache):
+        raise TypeError(
+            "cache: expected the cache returned by lstm_forward(..., training=True), got "
+            f"{type(cache).__name__}"
+        )
+    batch, steps, features, units = cache.shape
+    dtype = cache.kernel.dtype
+    d_outputs = v.gradient_input(d_outputs, (batch, steps, units), "d_outputs",
+                                 "(batch, time, units)", dtype)
+    d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
+    d_c_n = v.gradient_input(d_c_n, (batch, units), "d_c_n", "(batch, units)", dtype)
+    dx, dk, dr, db, dh0, dc0 = _lstm_backward_kernel(
+        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.c0, cache.arrays,
+        d_outputs, d_h_n, d_c_n, *cache.options
+    )
+    return LSTMGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None,
+                         dc0 if cache.c0 is not None else None)
