@@ -96,6 +96,8 @@ void frnn_activation_grad_f64(frnn_activation act, const double *y, double *dv, 
  *   h0, c0    (B,H) contiguous or NULL (zeros).
  *   outputs   (B,T,H) via out_strides, written in processing order; may be NULL.
  *   h_n, c_n  (B,H) contiguous, written; must not alias h0/c0.
+ *   rec_mask  (B,H) or NULL: recurrent dropout, multiplies h_{t-1} where it enters the
+ *             recurrent GEMM (Keras 3's rule: one mask per sequence, every step).
  *   Training cache (all NULL for inference; all non-NULL for training), written:
  *   x_cache   (T,B,I): the input in processing order (time-major), for dW in backward.
  *   gates     (T,B,4H): activated gates i, f, g, o.
@@ -109,7 +111,7 @@ int frnn_lstm_forward_f32(const frnn_blas *blas, const frnn_dims *d,
                           const uint8_t *mask, frnn_seq_strides mask_strides,
                           const float *h0, const float *c0,
                           float *outputs, frnn_seq_strides out_strides,
-                          float *h_n, float *c_n,
+                          float *h_n, float *c_n, const float *rec_mask,
                           float *x_cache, float *gates, float *c_states, float *h_states,
                           uint8_t *mask_cache);
 int frnn_lstm_forward_f64(const frnn_blas *blas, const frnn_dims *d,
@@ -118,13 +120,14 @@ int frnn_lstm_forward_f64(const frnn_blas *blas, const frnn_dims *d,
                           const uint8_t *mask, frnn_seq_strides mask_strides,
                           const double *h0, const double *c0,
                           double *outputs, frnn_seq_strides out_strides,
-                          double *h_n, double *c_n,
+                          double *h_n, double *c_n, const double *rec_mask,
                           double *x_cache, double *gates, double *c_states, double *h_states,
                           uint8_t *mask_cache);
 
 /* lstm_backward arguments (the cache is read only; it may be used again):
  *   kernel, recurrent  as in forward.      h0, c0: (B,H) or NULL, as in forward.
  *   x_cache, gates, c_states, h_states, mask_cache (NULL = no mask): forward's cache.
+ *   rec_mask  (B,H) or NULL: the recurrent dropout mask forward used.
  *   d_outputs (B,T,H) via dout_strides in processing order, or NULL (zero).
  *   d_h_n, d_c_n (B,H) or NULL (zero).
  *   Gradients, all written (overwritten, not accumulated):
@@ -136,7 +139,7 @@ int frnn_lstm_backward_f32(const frnn_blas *blas, const frnn_dims *d,
                            const float *h0, const float *c0,
                            const float *x_cache, const float *gates, const float *c_states,
                            const float *h_states, const uint8_t *mask_cache,
-                           const float *d_outputs, frnn_seq_strides dout_strides,
+                           const float *rec_mask, const float *d_outputs, frnn_seq_strides dout_strides,
                            const float *d_h_n, const float *d_c_n,
                            float *dx, frnn_seq_strides dx_strides,
                            float *d_kernel, float *d_recurrent, float *d_bias,
@@ -146,7 +149,7 @@ int frnn_lstm_backward_f64(const frnn_blas *blas, const frnn_dims *d,
                            const double *h0, const double *c0,
                            const double *x_cache, const double *gates, const double *c_states,
                            const double *h_states, const uint8_t *mask_cache,
-                           const double *d_outputs, frnn_seq_strides dout_strides,
+                           const double *rec_mask, const double *d_outputs, frnn_seq_strides dout_strides,
                            const double *d_h_n, const double *d_c_n,
                            double *dx, frnn_seq_strides dx_strides,
                            double *d_kernel, double *d_recurrent, double *d_bias,

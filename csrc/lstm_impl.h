@@ -53,7 +53,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
                            const uint8_t *mask, frnn_seq_strides ms,
                            const REAL *h0, const REAL *c0,
                            REAL *outputs, frnn_seq_strides os,
-                           REAL *h_n, REAL *c_n,
+                           REAL *h_n, REAL *c_n, const REAL *rec_mask,
                            REAL *x_cache, REAL *gates, REAL *c_states, REAL *h_states,
                            uint8_t *mask_cache) {
     int status = frnn_check_dims(d, 4);
@@ -78,11 +78,12 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (chunk > T) chunk = T;
     }
     REAL *scratch = frnn_alloc((size_t)H, sizeof(REAL));
+    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     uint8_t *mask_tm = NULL;
     REAL *z_buf = training ? gates : frnn_alloc((size_t)(chunk * B * G4), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
-    if (!scratch || !z_buf || !x_buf || (mask && !mask_tm)) {
+    if (!scratch || !z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -103,8 +104,14 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (status) goto done;
         for (ptrdiff_t t = t0; t < t1; ++t) {
             REAL *z_t = z_chunk + (t - t0) * B * G4;
-            /* z_t += h_{t-1} U: all four gates in one GEMM */
-            status = SFX(gemm_rm)(blas, 0, 0, B, G4, H, 1, h_n, H, recurrent, G4, 1, z_t, G4);
+            /* z_t += h_{t-1} U: all four gates in one GEMM (h dropped out per sequence when
+             * recurrent dropout is on: Keras 3 masks h only where it enters the matmul) */
+            const REAL *h_in = h_n;
+            if (rec_mask) {
+                for (ptrdiff_t k = 0; k < B * H; ++k) h_dropped[k] = h_n[k] * rec_mask[k];
+                h_in = h_dropped;
+            }
+            status = SFX(gemm_rm)(blas, 0, 0, B, G4, H, 1, h_in, H, recurrent, G4, 1, z_t, G4);
             if (status) goto done;
             SFX(lstm_step_pointwise)(d, z_t, h_n, c_n, mask ? mask_tm + t * B : NULL,
                                      outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
@@ -114,6 +121,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     }
 done:
     free(scratch);
+    free(h_dropped);
     if (!training) {
         free(z_buf);
         free(x_buf);
@@ -176,6 +184,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                             const REAL *h0, const REAL *c0,
                             const REAL *x_cache, const REAL *gates, const REAL *c_states,
                             const REAL *h_states, const uint8_t *mask_cache,
+                            const REAL *rec_mask,
                             const REAL *d_outputs, frnn_seq_strides dos,
                             const REAL *d_h_n, const REAL *d_c_n,
                             REAL *dx, frnn_seq_strides dxs,
@@ -202,7 +211,10 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
     REAL *tc = frnn_alloc((size_t)H, sizeof(REAL));
     REAL *dtc = frnn_alloc((size_t)H, sizeof(REAL));
-    if (!dz || !dx_tm || !tc || !dtc) {
+    /* with recurrent dropout: dh scratch per step, and the dropped h_{t-1} for dU */
+    REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    REAL *h_prev_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
+    if (!dz || !dx_tm || !tc || !dtc || (rec_mask && (!dh_step || !h_prev_dropped))) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -214,21 +226,38 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                                           mask_cache ? mask_cache + t * B : NULL,
                                           d_outputs ? d_outputs + t * dos.stride_t : NULL,
                                           dos.stride_b, d_h0, d_c0, dz_t, tc, dtc);
-        /* dh_{t-1} += dZ_t U^T */
-        status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 1, d_h0, H);
+        /* dh_{t-1} += dZ_t U^T (times the recurrent dropout mask, if any) */
+        if (rec_mask) {
+            status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 0, dh_step, H);
+            for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += dh_step[k] * rec_mask[k];
+        } else {
+            status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 1, d_h0, H);
+        }
         if (status) goto done;
+    }
+    /* h_{t-1} as the recurrent GEMM saw it: h0 then h_states[0..T-2], dropped out if on */
+    const REAL *h_prev_from_step1 = h_states; /* h_{t-1} for t = 1 .. T-1 */
+    const REAL *h0_used = h0;
+    if (rec_mask) {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            const REAL *src = t == 0 ? h0 : h_states + (t - 1) * B * H;
+            REAL *dst = h_prev_dropped + t * B * H;
+            for (ptrdiff_t k = 0; k < B * H; ++k) dst[k] = src ? src[k] * rec_mask[k] : (REAL)0;
+        }
+        h_prev_from_step1 = h_prev_dropped + B * H;
+        h0_used = h_prev_dropped;
     }
 
     /* Weight gradients: a few large GEMMs over all T*B rows. */
     status = SFX(gemm_rm)(blas, 1, 0, I, G4, T * B, 1, x_cache, I, dz, G4, 0, d_kernel, G4);
     if (status) goto done;
-    if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t; h_{t-1} = h_states[t-1] for t >= 1 */
-        status = SFX(gemm_rm)(blas, 1, 0, H, G4, (T - 1) * B, 1, h_states, H, dz + B * G4, G4, 0,
-                              d_recurrent, G4);
+    if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t over t >= 1 */
+        status = SFX(gemm_rm)(blas, 1, 0, H, G4, (T - 1) * B, 1, h_prev_from_step1, H,
+                              dz + B * G4, G4, 0, d_recurrent, G4);
         if (status) goto done;
     }
-    if (h0) {
-        status = SFX(gemm_rm)(blas, 1, 0, H, G4, B, 1, h0, H, dz, G4, 1, d_recurrent, G4);
+    if (h0) { /* ... plus the t = 0 term */
+        status = SFX(gemm_rm)(blas, 1, 0, H, G4, B, 1, h0_used, H, dz, G4, 1, d_recurrent, G4);
         if (status) goto done;
     }
     if (d_bias) SFX(column_sums)(dz, T * B, G4, d_bias);
@@ -245,5 +274,7 @@ done:
     free(dx_tm);
     free(tc);
     free(dtc);
+    free(dh_step);
+    free(h_prev_dropped);
     return status;
 }

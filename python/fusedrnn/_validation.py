@@ -122,3 +122,13 @@ def gradient_input(value, shape: tuple, argname: str, names: str, dtype):
             array = np.ascontiguousarray(array)
         return array
     return np.ascontiguousarray(array)
+
+
+def optional_state_like(value, batch: int, units: int, dtype, argname: str):
+    """An optional (batch, units) array in `dtype` (e.g. a recurrent dropout mask), copied to
+    C order when needed; None stays None."""
+    if value is None:
+        return None
+    array = float_array(value, argname, dtype)
+    check_shape(array, (batch, units), argname, "(batch, units)")
+    return np.ascontiguousarray(array)

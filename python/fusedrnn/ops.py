@@ -44,10 +44,12 @@ class LSTMCache:
     Per step and batch row it holds the activated gates (4*units), the cell state and the
     hidden state (units each), plus the input in time-major order (features)."""
 
-    __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "c0", "arrays", "options",
-                 "shape")
+    __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "c0", "recurrent_dropout_mask",
+                 "arrays", "options", "shape")
 
-    def __init__(self, kernel, recurrent_kernel, has_bias, h0, c0, arrays, options, shape):
+    def __init__(self, kernel, recurrent_kernel, has_bias, h0, c0, recurrent_dropout_mask, arrays,
+                 options, shape):
+        self.recurrent_dropout_mask = recurrent_dropout_mask
         self.kernel = kernel
         self.recurrent_kernel = recurrent_kernel
         self.has_bias = has_bias
@@ -74,12 +76,15 @@ def _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_acti
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None,
                  go_backwards=False, zero_output_for_mask=False, training=False,
-                 activation="tanh", recurrent_activation="sigmoid") -> LSTMOutput:
+                 activation="tanh", recurrent_activation="sigmoid",
+                 recurrent_dropout_mask=None) -> LSTMOutput:
     """Run an LSTM over a whole sequence with the fused kernel.
 
     x: (batch, time, features).  kernel: (features, 4*units).  recurrent_kernel:
     (units, 4*units).  bias: (4*units,) or None.  Gate order i, f, c, o.
     initial_state: (h0, c0), each (batch, units), or None for zeros.
+    recurrent_dropout_mask: (batch, units) or None; multiplies h_{t-1} where it enters the
+    recurrent matmul at every step (Keras 3's recurrent dropout; scale it by 1/(1-rate)).
     Returns LSTMOutput(outputs, h_n, c_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -98,14 +103,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
         bias = v.weight(bias, (4 * units,), "bias", "(4*units,)", x.dtype)
     h0, c0 = v.initial_states(initial_state, 2, batch, units, x.dtype)
     mask_u8 = v.mask_array(mask, batch, steps)
+    rec_mask = v.optional_state_like(recurrent_dropout_mask, batch, units, x.dtype,
+                                     "recurrent_dropout_mask")
     options = _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_activation)
     outputs, h_n, c_n, arrays = _lstm_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, c0, *options, bool(training)
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, c0, rec_mask, *options, bool(training)
     )
     cache = None
     if training:
-        cache = LSTMCache(kernel, recurrent_kernel, bias is not None, h0, c0, arrays, options,
-                          (batch, steps, features, units))
+        cache = LSTMCache(kernel, recurrent_kernel, bias is not None, h0, c0, rec_mask, arrays,
+                          options, (batch, steps, features, units))
     return LSTMOutput(outputs, h_n, c_n, cache)
 
 
@@ -125,8 +132,8 @@ def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None) -> L
     d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
     d_c_n = v.gradient_input(d_c_n, (batch, units), "d_c_n", "(batch, units)", dtype)
     dx, dk, dr, db, dh0, dc0 = _lstm_backward_kernel(
-        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.c0, cache.arrays,
-        d_outputs, d_h_n, d_c_n, *cache.options
+        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.c0,
+        cache.recurrent_dropout_mask, cache.arrays, d_outputs, d_h_n, d_c_n, *cache.options
     )
     return LSTMGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None,
                          dc0 if cache.c0 is not None else None)

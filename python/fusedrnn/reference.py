@@ -42,7 +42,7 @@ class _ReferenceLSTMCache:
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None,
                  go_backwards=False, zero_output_for_mask=False, training=False,
-                 activation="tanh", recurrent_activation="sigmoid"):
+                 activation="tanh", recurrent_activation="sigmoid", recurrent_dropout_mask=None):
     x = np.asarray(x)
     kernel = np.asarray(kernel)
     recurrent_kernel = np.asarray(recurrent_kernel)
@@ -61,8 +61,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
 
     outputs = np.zeros((batch, steps, units), x.dtype)
     saved = []  # per processing step: (x_t, valid_t, h_prev, c_prev, i, f, g, o, c_new)
+    rec_mask = None if recurrent_dropout_mask is None else np.asarray(recurrent_dropout_mask)
     for t, s in enumerate(order):
-        z = x[:, s] @ kernel + h @ recurrent_kernel
+        h_in = h if rec_mask is None else h * rec_mask  # Keras 3: dropout on h in the matmul only
+        z = x[:, s] @ kernel + h_in @ recurrent_kernel
         if bias is not None:
             z = z + bias
         zi, zf, zg, zo = np.split(z, 4, axis=1)
@@ -70,7 +72,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
         c_new = f * c + i * g
         h_new = o * act(c_new)
         keep = valid[:, s][:, None]
-        saved.append((x[:, s], keep, h, c, i, f, g, o, c_new))
+        saved.append((x[:, s], keep, h_in, c, i, f, g, o, c_new))
         h = np.where(keep, h_new, h)
         c = np.where(keep, c_new, c)
         outputs[:, t] = np.where(keep, h, 0.0) if zero_output_for_mask else h
@@ -80,7 +82,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
             saved=saved, kernel=kernel, recurrent_kernel=recurrent_kernel, has_bias=bias is not None,
             has_state=initial_state is not None, order=list(order), shape=x.shape,
             zero_output_for_mask=zero_output_for_mask, activation=activation,
-            recurrent_activation=recurrent_activation,
+            recurrent_activation=recurrent_activation, rec_mask=rec_mask,
         )
     return LSTMOutput(outputs, h, c, cache)
 
@@ -101,7 +103,7 @@ def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None):
     db = np.zeros(4 * units, dtype)
     for t in range(steps - 1, -1, -1):
         s = cache.order[t]
-        x_t, keep, h_prev, c_prev, i, f, g, o, c_new = cache.saved[t]
+        x_t, keep, h_in, c_prev, i, f, g, o, c_new = cache.saved[t]
         if d_outputs is not None:
             d_out = np.asarray(d_outputs)[:, t]
             dh = dh + (np.where(keep, d_out, 0.0) if cache.zero_output_for_mask else d_out)
@@ -115,10 +117,13 @@ def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None):
         )
         dz = np.where(keep, dz, 0.0)
         dk += x_t.T @ dz
-        dr += h_prev.T @ dz
+        dr += h_in.T @ dz
         db += dz.sum(axis=0)
         dx[:, s] = dz @ kernel.T
-        dh = np.where(keep, dz @ recurrent_kernel.T, dh)
+        dh_in = dz @ recurrent_kernel.T
+        if cache.rec_mask is not None:
+            dh_in = dh_in * cache.rec_mask
+        dh = np.where(keep, dh_in, dh)
         dc = np.where(keep, dct * f, dc)
     return LSTMGradients(
         dx, dk, dr, db if cache.has_bias else None,

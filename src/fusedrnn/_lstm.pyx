@@ -18,6 +18,7 @@ cdef extern from "fusedrnn.h" nogil:
                               const uint8_t *mask, frnn_seq_strides ms,
                               const float *h0, const float *c0,
                               float *outputs, frnn_seq_strides os, float *h_n, float *c_n,
+                              const float *rec_mask,
                               float *x_cache, float *gates, float *c_states, float *h_states,
                               uint8_t *mask_cache) noexcept
     int frnn_lstm_forward_f64(const frnn_blas *blas, const frnn_dims *d,
@@ -26,6 +27,7 @@ cdef extern from "fusedrnn.h" nogil:
                               const uint8_t *mask, frnn_seq_strides ms,
                               const double *h0, const double *c0,
                               double *outputs, frnn_seq_strides os, double *h_n, double *c_n,
+                              const double *rec_mask,
                               double *x_cache, double *gates, double *c_states, double *h_states,
                               uint8_t *mask_cache) noexcept
     int frnn_lstm_backward_f32(const frnn_blas *blas, const frnn_dims *d,
@@ -33,7 +35,7 @@ cdef extern from "fusedrnn.h" nogil:
                                const float *h0, const float *c0,
                                const float *x_cache, const float *gates, const float *c_states,
                                const float *h_states, const uint8_t *mask_cache,
-                               const float *d_outputs, frnn_seq_strides dos,
+                               const float *rec_mask, const float *d_outputs, frnn_seq_strides dos,
                                const float *d_h_n, const float *d_c_n,
                                float *dx, frnn_seq_strides dxs,
                                float *d_kernel, float *d_recurrent, float *d_bias,
@@ -43,7 +45,7 @@ cdef extern from "fusedrnn.h" nogil:
                                const double *h0, const double *c0,
                                const double *x_cache, const double *gates, const double *c_states,
                                const double *h_states, const uint8_t *mask_cache,
-                               const double *d_outputs, frnn_seq_strides dos,
+                               const double *rec_mask, const double *d_outputs, frnn_seq_strides dos,
                                const double *d_h_n, const double *d_c_n,
                                double *dx, frnn_seq_strides dxs,
                                double *d_kernel, double *d_recurrent, double *d_bias,
@@ -72,7 +74,7 @@ cdef frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs, 
 
 
 def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, mask, h0, c0,
-                 bint go_backwards, bint zero_output_for_mask, int activation,
+                 rec_mask, bint go_backwards, bint zero_output_for_mask, int activation,
                  int recurrent_activation, bint training):
     """Returns (outputs, h_n, c_n, cache); cache = (x_cache, gates, c_states, h_states,
     mask_cache) in processing order, or None for inference.  See csrc/fusedrnn.h."""
@@ -108,6 +110,7 @@ def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias,
     cdef const uint8_t *pm = <const uint8_t *>data_or_null(mask)
     cdef void *ph0 = data_or_null(h0)
     cdef void *pc0 = data_or_null(c0)
+    cdef void *prm = data_or_null(rec_mask)
     cdef void *pout = data_or_null(outputs)
     cdef void *phn = data_or_null(h_n)
     cdef void *pcn = data_or_null(c_n)
@@ -122,13 +125,13 @@ def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias,
             status = frnn_lstm_forward_f32(&blas, &d, <float *>px, xs, <float *>pk, <float *>pr,
                                            <float *>pb, pm, ms, <float *>ph0, <float *>pc0,
                                            <float *>pout, os, <float *>phn, <float *>pcn,
-                                           <float *>pxc, <float *>pg, <float *>pcs,
+                                           <float *>prm, <float *>pxc, <float *>pg, <float *>pcs,
                                            <float *>phs, pmc)
         else:
             status = frnn_lstm_forward_f64(&blas, &d, <double *>px, xs, <double *>pk,
                                            <double *>pr, <double *>pb, pm, ms, <double *>ph0,
                                            <double *>pc0, <double *>pout, os, <double *>phn,
-                                           <double *>pcn, <double *>pxc, <double *>pg,
+                                           <double *>pcn, <double *>prm, <double *>pxc, <double *>pg,
                                            <double *>pcs, <double *>phs, pmc)
     raise_for_status(status, "lstm_forward")
     cache = (x_cache, gates, c_states, h_states, mask_cache) if training else None
@@ -136,7 +139,7 @@ def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias,
 
 
 def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, c0,
-                  tuple cache, d_outputs, d_h_n, d_c_n, bint go_backwards,
+                  rec_mask, tuple cache, d_outputs, d_h_n, d_c_n, bint go_backwards,
                   bint zero_output_for_mask, int activation, int recurrent_activation):
     """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0, d_c0)."""
     x_cache, gates, c_states, h_states, mask_cache = cache
@@ -170,6 +173,7 @@ def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, 
     cdef void *pcs = data_or_null(c_states)
     cdef void *phs = data_or_null(h_states)
     cdef const uint8_t *pmc = <const uint8_t *>data_or_null(mask_cache)
+    cdef void *prm = data_or_null(rec_mask)
     cdef void *pdo = data_or_null(d_outputs)
     cdef void *pdhn = data_or_null(d_h_n)
     cdef void *pdcn = data_or_null(d_c_n)
@@ -184,7 +188,8 @@ def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, 
         if is_f32:
             status = frnn_lstm_backward_f32(&blas, &d, <float *>pk, <float *>pr, <float *>ph0,
                                             <float *>pc0, <float *>pxc, <float *>pg,
-                                            <float *>pcs, <float *>phs, pmc, <float *>pdo, dos,
+                                            <float *>pcs, <float *>phs, pmc, <float *>prm,
+                                            <float *>pdo, dos,
                                             <float *>pdhn, <float *>pdcn, <float *>pdx, dxs,
                                             <float *>pdk, <float *>pdr, <float *>pdb,
                                             <float *>pdh0, <float *>pdc0)
@@ -192,7 +197,7 @@ def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, 
             status = frnn_lstm_backward_f64(&blas, &d, <double *>pk, <double *>pr,
                                             <double *>ph0, <double *>pc0, <double *>pxc,
                                             <double *>pg, <double *>pcs, <double *>phs, pmc,
-                                            <double *>pdo, dos, <double *>pdhn, <double *>pdcn,
+                                            <double *>prm, <double *>pdo, dos, <double *>pdhn, <double *>pdcn,
                                             <double *>pdx, dxs, <double *>pdk, <double *>pdr,
                                             <double *>pdb, <double *>pdh0, <double *>pdc0)
     raise_for_status(status, "lstm_backward")
