@@ -24,6 +24,7 @@
 #endif
 
 #define FRNN_RESTRICT __restrict
+#define FRNN_UNUSED __attribute__((unused))
 
 /* Allocation that reports failure instead of crashing; zero size gives a valid pointer. */
 static inline void *frnn_alloc(size_t count, size_t size) {
@@ -48,6 +49,25 @@ static inline int frnn_check_dims(const frnn_dims *d, ptrdiff_t gates) {
     if (d->batch < 0 || d->steps < 0 || d->input_size < 1 || d->units < 1) return FRNN_EINVAL;
     if (!frnn_fits_int(d->units * gates) || !frnn_fits_int(d->input_size)) return FRNN_EOVERFLOW;
     return FRNN_OK;
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+static inline int frnn_thread_id(void) { return omp_get_thread_num(); }
+#else
+static inline int frnn_thread_id(void) { return 0; }
+#endif
+
+/* Per-step multiply-adds of the recurrent product below which a fused time loop runs on
+ * one thread: the per-step barrier (~1 us) would cost more than the split saves. */
+#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 16)
+
+/* Threads for a fused time loop over nb unit blocks with `macs` multiply-adds per step. */
+static inline int frnn_pick_threads(ptrdiff_t nb, ptrdiff_t macs) {
+    int nt = frnn_get_num_threads();
+    if (nt > nb) nt = (int)nb;
+    if (macs < FRNN_PARALLEL_MIN_MACS || nt < 1) nt = 1;
+    return nt;
 }
 
 #endif

@@ -1,49 +1,71 @@
 /* LSTM forward and BPTT for one precision.  Included by lstm.c with REAL, SFX(name),
- * GEMM, ACTIVATE and ACTIVATION_GRAD defined.  See fusedrnn.h for the argument contract. */
+ * GEMM, ACTIVATE and ACTIVATION_GRAD defined (and real_impl.h, recurrent_matmul.h before).
+ * See fusedrnn.h for the argument contract.
+ *
+ * Forward: one BLAS GEMM projects the input of many steps at once (bias included); then
+ * per step each thread, owning a range of unit blocks, adds h_{t-1} U for its units'
+ * four gates (recurrent_matmul_g4 over U packed once) and runs the fused pointwise pass
+ * for the same units; the threads meet at one barrier per step.  h is double-buffered so
+ * nobody overwrites the h_{t-1} another thread is still reading.
+ * Backward: per step the fused gate-gradient pass for the owned units, a barrier, then
+ * dh_{t-1} += dZ_t U^T for the owned units; the weight gradients are large BLAS GEMMs
+ * after the loop. */
 
 /* Steps of input projection computed at once during inference: bounds the scratch to
  * about 4M elements however long the sequence, while keeping the GEMM large. */
 #define FRNN_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
 
-/* One step of the fused pointwise pass over the batch.
- *   z      (B,4H): pre-activations for this step (input + recurrent + bias); activated in place.
- *   h, c   (B,H): state, read and updated in place.
- *   mask_t (B,) or NULL.   out: row b written at out + b*out_stride_b, or NULL.
- *   c_save, h_save (B,H) or NULL: states after this step for backward.
- *   scratch (H,): per-call temporary. */
-FRNN_CLONES static void SFX(lstm_step_pointwise)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
-                                                 REAL *FRNN_RESTRICT h, REAL *FRNN_RESTRICT c,
-                                                 const uint8_t *mask_t, REAL *out,
-                                                 ptrdiff_t out_stride_b, REAL *c_save,
-                                                 REAL *h_save, REAL *FRNN_RESTRICT scratch) {
-    const ptrdiff_t B = d->batch, H = d->units;
+/* Fused pointwise pass of one step for units [j0, j1) of every batch row.
+ *   z       (B,4H): pre-activations of this step; activated in place (the gate cache).
+ *   h_prev  (B,H): h_{t-1}, read.  h_next (B,H): h_t, written for units [j0, j1).
+ *   c       (B,H): cell state, updated in place.
+ *   mask_t  (B,) or NULL.  out: row b at out + b*out_stride_b, or NULL.
+ *   c_save, h_save (B,H) or NULL: states after this step, for backward.
+ *   rec_mask, h_next_dropped (B,H) or NULL: recurrent dropout; h_next * rec_mask is what
+ *     the next step's matmul reads.
+ *   scratch (j1-j0,): this thread's temporary. */
+FRNN_CLONES static void SFX(lstm_step_pointwise)(
+    const frnn_dims *d, REAL *FRNN_RESTRICT z, const REAL *FRNN_RESTRICT h_prev,
+    REAL *FRNN_RESTRICT h_next, REAL *FRNN_RESTRICT c, const uint8_t *mask_t, REAL *out,
+    ptrdiff_t out_stride_b, REAL *c_save, REAL *h_save, const REAL *rec_mask,
+    REAL *h_next_dropped, REAL *FRNN_RESTRICT scratch, ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const size_t bytes = (size_t)n * sizeof(REAL);
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT hb = h + b * H;
-        REAL *FRNN_RESTRICT cb = c + b * H;
-        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b : NULL;
+        const REAL *FRNN_RESTRICT hp = h_prev + b * H + j0;
+        REAL *FRNN_RESTRICT hn = h_next + b * H + j0;
+        REAL *FRNN_RESTRICT cb = c + b * H + j0;
+        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b + j0 : NULL;
         if (mask_t && !mask_t[b]) { /* masked: carry the state */
+            memcpy(hn, hp, bytes);
             if (ob) {
-                if (d->zero_output_for_mask) memset(ob, 0, (size_t)H * sizeof(REAL));
-                else memcpy(ob, hb, (size_t)H * sizeof(REAL));
+                if (d->zero_output_for_mask) memset(ob, 0, bytes);
+                else memcpy(ob, hp, bytes);
             }
         } else {
             REAL *FRNN_RESTRICT zb = z + b * 4 * H;
-            ACTIVATE(d->recurrent_activation, zb, 2 * H);     /* i, f */
-            ACTIVATE(d->activation, zb + 2 * H, H);           /* g */
-            ACTIVATE(d->recurrent_activation, zb + 3 * H, H); /* o */
-            const REAL *FRNN_RESTRICT gi = zb, *FRNN_RESTRICT gf = zb + H;
-            const REAL *FRNN_RESTRICT gg = zb + 2 * H, *FRNN_RESTRICT go = zb + 3 * H;
-            for (ptrdiff_t j = 0; j < H; ++j) {
+            REAL *FRNN_RESTRICT gi = zb + j0, *FRNN_RESTRICT gf = zb + H + j0;
+            REAL *FRNN_RESTRICT gg = zb + 2 * H + j0, *FRNN_RESTRICT go = zb + 3 * H + j0;
+            ACTIVATE(d->recurrent_activation, gi, n);
+            ACTIVATE(d->recurrent_activation, gf, n);
+            ACTIVATE(d->activation, gg, n);
+            ACTIVATE(d->recurrent_activation, go, n);
+            for (ptrdiff_t j = 0; j < n; ++j) {
                 REAL cn = gf[j] * cb[j] + gi[j] * gg[j];
                 cb[j] = cn;
                 scratch[j] = cn;
             }
-            ACTIVATE(d->activation, scratch, H);
-            for (ptrdiff_t j = 0; j < H; ++j) hb[j] = go[j] * scratch[j];
-            if (ob) memcpy(ob, hb, (size_t)H * sizeof(REAL));
+            ACTIVATE(d->activation, scratch, n);
+            for (ptrdiff_t j = 0; j < n; ++j) hn[j] = go[j] * scratch[j];
+            if (ob) memcpy(ob, hn, bytes);
         }
-        if (c_save) memcpy(c_save + b * H, cb, (size_t)H * sizeof(REAL));
-        if (h_save) memcpy(h_save + b * H, hb, (size_t)H * sizeof(REAL));
+        if (c_save) memcpy(c_save + b * H + j0, cb, bytes);
+        if (h_save) memcpy(h_save + b * H + j0, hn, bytes);
+        if (rec_mask) {
+            const REAL *m = rec_mask + b * H + j0;
+            REAL *hd = h_next_dropped + b * H + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) hd[j] = hn[j] * m[j];
+        }
     }
 }
 
@@ -77,16 +99,22 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (chunk < 1) chunk = 1;
         if (chunk > T) chunk = T;
     }
-    REAL *scratch = frnn_alloc((size_t)H, sizeof(REAL));
-    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const int nt = frnn_pick_threads(nb, B * H * G4);
+    REAL *packed = frnn_alloc((size_t)(nb * H * 4 * VW), sizeof(REAL));
+    REAL *scratch = frnn_alloc((size_t)(nt * nb * VW), sizeof(REAL));
+    REAL *h_alt = frnn_alloc((size_t)(B * H), sizeof(REAL));
+    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(2 * B * H), sizeof(REAL)) : NULL;
     uint8_t *mask_tm = NULL;
     REAL *z_buf = training ? gates : frnn_alloc((size_t)(chunk * B * G4), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
-    if (!scratch || !z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)) {
+    if (!packed || !scratch || !h_alt || !z_buf || !x_buf || (mask && !mask_tm)
+        || (rec_mask && !h_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
     }
+    SFX(pack_recurrent)(recurrent, H, 4, packed);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -94,6 +122,10 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
                 mask_tm[t * B + b] = mask[b * ms.stride_b + s * ms.stride_t] != 0;
         }
     }
+    REAL *h_buf[2] = {h_n, h_alt};
+    REAL *hd_buf[2] = {h_dropped, h_dropped ? h_dropped + B * H : NULL};
+    if (rec_mask)
+        for (ptrdiff_t k = 0; k < B * H; ++k) h_dropped[k] = h_n[k] * rec_mask[k];
 
     for (ptrdiff_t t0 = 0; t0 < T; t0 += chunk) {
         ptrdiff_t t1 = t0 + chunk < T ? t0 + chunk : T;
@@ -102,25 +134,32 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, G4, x_chunk, kernel, bias, z_chunk);
         if (status) goto done;
-        for (ptrdiff_t t = t0; t < t1; ++t) {
-            REAL *z_t = z_chunk + (t - t0) * B * G4;
-            /* z_t += h_{t-1} U: all four gates in one GEMM (h dropped out per sequence when
-             * recurrent dropout is on: Keras 3 masks h only where it enters the matmul) */
-            const REAL *h_in = h_n;
-            if (rec_mask) {
-                for (ptrdiff_t k = 0; k < B * H; ++k) h_dropped[k] = h_n[k] * rec_mask[k];
-                h_in = h_dropped;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const int tid = frnn_thread_id();
+            const ptrdiff_t jb0 = nb * tid / nt, jb1 = nb * (tid + 1) / nt;
+            const ptrdiff_t j0 = jb0 * VW, j1 = jb1 * VW < H ? jb1 * VW : H;
+            REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VW;
+            for (ptrdiff_t t = t0; t < t1; ++t) {
+                REAL *z_t = z_chunk + (t - t0) * B * G4;
+                const REAL *h_prev = h_buf[t & 1];
+                SFX(recurrent_matmul_g4)(packed, H, B, rec_mask ? hd_buf[t & 1] : h_prev, z_t,
+                                         G4, jb0, jb1);
+                SFX(lstm_step_pointwise)(d, z_t, h_prev, h_buf[(t + 1) & 1], c_n,
+                                         mask ? mask_tm + t * B : NULL,
+                                         outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
+                                         training ? c_states + t * B * H : NULL,
+                                         training ? h_states + t * B * H : NULL, rec_mask,
+                                         rec_mask ? hd_buf[(t + 1) & 1] : NULL, my_scratch, j0, j1);
+#pragma omp barrier
             }
-            status = SFX(gemm_rm)(blas, 0, 0, B, G4, H, 1, h_in, H, recurrent, G4, 1, z_t, G4);
-            if (status) goto done;
-            SFX(lstm_step_pointwise)(d, z_t, h_n, c_n, mask ? mask_tm + t * B : NULL,
-                                     outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
-                                     training ? c_states + t * B * H : NULL,
-                                     training ? h_states + t * B * H : NULL, scratch);
         }
     }
+    if (T & 1) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T landed in h_alt */
 done:
+    free(packed);
     free(scratch);
+    free(h_alt);
     free(h_dropped);
     if (!training) {
         free(z_buf);
@@ -130,52 +169,55 @@ done:
     return status;
 }
 
-/* Gate gradients of one step for the whole batch (see lstm_backward in fusedrnn.h).
+/* Gate gradients of one step for units [j0, j1) of every batch row.
  *   dh, dc (B,H): gradient w.r.t. the state after this step; on return dc holds the
- *     gradient w.r.t. the state before it, and dh holds the carried part only (rows of
- *     masked steps), zero elsewhere: the recurrent GEMM adds dZ U^T afterwards.
- *   dz (B,4H): written. */
+ *     gradient w.r.t. the state before it, and dh only the carried part (rows of masked
+ *     steps), zero elsewhere: the recurrent product adds dZ U^T afterwards.
+ *   dz (B,4H): written for the owned units.  tc, dtc (j1-j0,): this thread's scratch. */
 FRNN_CLONES static void SFX(lstm_step_backward_pointwise)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT c_t,
     const REAL *FRNN_RESTRICT c_prev, const uint8_t *mask_t, const REAL *dout,
     ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dc,
-    REAL *FRNN_RESTRICT dz, REAL *FRNN_RESTRICT tc, REAL *FRNN_RESTRICT dtc) {
-    const ptrdiff_t B = d->batch, H = d->units;
+    REAL *FRNN_RESTRICT dz, REAL *FRNN_RESTRICT tc, REAL *FRNN_RESTRICT dtc, ptrdiff_t j0,
+    ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT dhb = dh + b * H, *FRNN_RESTRICT dcb = dc + b * H;
+        REAL *FRNN_RESTRICT dhb = dh + b * H + j0, *FRNN_RESTRICT dcb = dc + b * H + j0;
         REAL *FRNN_RESTRICT dzb = dz + b * 4 * H;
         const int masked = mask_t && !mask_t[b];
         if (dout && !(masked && d->zero_output_for_mask)) {
-            const REAL *db = dout + b * dout_stride_b;
-            for (ptrdiff_t j = 0; j < H; ++j) dhb[j] += db[j];
+            const REAL *db = dout + b * dout_stride_b + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) dhb[j] += db[j];
         }
         if (masked) {
-            memset(dzb, 0, (size_t)(4 * H) * sizeof(REAL));
+            for (int g = 0; g < 4; ++g) memset(dzb + g * H + j0, 0, (size_t)n * sizeof(REAL));
             continue;
         }
         const REAL *FRNN_RESTRICT gb = gates_t + b * 4 * H;
-        const REAL *FRNN_RESTRICT gi = gb, *FRNN_RESTRICT gf = gb + H;
-        const REAL *FRNN_RESTRICT gg = gb + 2 * H, *FRNN_RESTRICT go = gb + 3 * H;
-        const REAL *FRNN_RESTRICT cb = c_t + b * H;
-        const REAL *FRNN_RESTRICT cpb = c_prev ? c_prev + b * H : NULL;
-        memcpy(tc, cb, (size_t)H * sizeof(REAL));
-        ACTIVATE(d->activation, tc, H); /* a(c_t), recomputed rather than stored */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            dzb[3 * H + j] = dhb[j] * tc[j]; /* d o */
-            dtc[j] = dhb[j] * go[j];         /* d a(c) */
+        const REAL *FRNN_RESTRICT gi = gb + j0, *FRNN_RESTRICT gf = gb + H + j0;
+        const REAL *FRNN_RESTRICT gg = gb + 2 * H + j0, *FRNN_RESTRICT go = gb + 3 * H + j0;
+        const REAL *FRNN_RESTRICT cpb = c_prev ? c_prev + b * H + j0 : NULL;
+        REAL *FRNN_RESTRICT dzi = dzb + j0, *FRNN_RESTRICT dzf = dzb + H + j0;
+        REAL *FRNN_RESTRICT dzg = dzb + 2 * H + j0, *FRNN_RESTRICT dzo = dzb + 3 * H + j0;
+        memcpy(tc, c_t + b * H + j0, (size_t)n * sizeof(REAL));
+        ACTIVATE(d->activation, tc, n); /* a(c_t), recomputed rather than stored */
+        for (ptrdiff_t j = 0; j < n; ++j) {
+            dzo[j] = dhb[j] * tc[j];
+            dtc[j] = dhb[j] * go[j];
         }
-        ACTIVATION_GRAD(d->activation, tc, dtc, H);
-        for (ptrdiff_t j = 0; j < H; ++j) {
+        ACTIVATION_GRAD(d->activation, tc, dtc, n);
+        for (ptrdiff_t j = 0; j < n; ++j) {
             REAL dct = dcb[j] + dtc[j];
-            dzb[j] = dct * gg[j];                       /* d i */
-            dzb[H + j] = cpb ? dct * cpb[j] : (REAL)0;  /* d f */
-            dzb[2 * H + j] = dct * gi[j];               /* d g */
+            dzi[j] = dct * gg[j];
+            dzf[j] = cpb ? dct * cpb[j] : (REAL)0;
+            dzg[j] = dct * gi[j];
             dcb[j] = dct * gf[j];
             dhb[j] = 0;
         }
-        ACTIVATION_GRAD(d->recurrent_activation, gb, dzb, 2 * H);
-        ACTIVATION_GRAD(d->activation, gg, dzb + 2 * H, H);
-        ACTIVATION_GRAD(d->recurrent_activation, go, dzb + 3 * H, H);
+        ACTIVATION_GRAD(d->recurrent_activation, gi, dzi, n);
+        ACTIVATION_GRAD(d->recurrent_activation, gf, dzf, n);
+        ACTIVATION_GRAD(d->activation, gg, dzg, n);
+        ACTIVATION_GRAD(d->recurrent_activation, go, dzo, n);
     }
 }
 
@@ -207,35 +249,41 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
             memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
     if (T == 0 || B == 0) return FRNN_OK;
 
+    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const int nt = frnn_pick_threads(nb, B * H * G4);
     REAL *dz = frnn_alloc((size_t)(T * B * G4), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
-    REAL *tc = frnn_alloc((size_t)H, sizeof(REAL));
-    REAL *dtc = frnn_alloc((size_t)H, sizeof(REAL));
-    /* with recurrent dropout: dh scratch per step, and the dropped h_{t-1} for dU */
-    REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    REAL *packed_t = frnn_alloc((size_t)(nb * G4 * VW), sizeof(REAL));
+    REAL *scratch = frnn_alloc((size_t)(2 * nt * nb * VW), sizeof(REAL));
+    /* with recurrent dropout: h_{t-1} as the recurrent GEMM saw it, for dU */
     REAL *h_prev_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
-    if (!dz || !dx_tm || !tc || !dtc || (rec_mask && (!dh_step || !h_prev_dropped))) {
+    if (!dz || !dx_tm || !packed_t || !scratch || (rec_mask && !h_prev_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
     }
+    SFX(pack_recurrent_t)(recurrent, H, 4, packed_t);
 
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        const REAL *c_prev = t > 0 ? c_states + (t - 1) * B * H : c0;
-        REAL *dz_t = dz + t * B * G4;
-        SFX(lstm_step_backward_pointwise)(d, gates + t * B * G4, c_states + t * B * H, c_prev,
-                                          mask_cache ? mask_cache + t * B : NULL,
-                                          d_outputs ? d_outputs + t * dos.stride_t : NULL,
-                                          dos.stride_b, d_h0, d_c0, dz_t, tc, dtc);
-        /* dh_{t-1} += dZ_t U^T (times the recurrent dropout mask, if any) */
-        if (rec_mask) {
-            status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 0, dh_step, H);
-            for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += dh_step[k] * rec_mask[k];
-        } else {
-            status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 1, d_h0, H);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = frnn_thread_id();
+        const ptrdiff_t jb0 = nb * tid / nt, jb1 = nb * (tid + 1) / nt;
+        const ptrdiff_t j0 = jb0 * VW, j1 = jb1 * VW < H ? jb1 * VW : H;
+        REAL *tc = scratch + (ptrdiff_t)(2 * tid) * nb * VW, *dtc = tc + nb * VW;
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            const REAL *c_prev = t > 0 ? c_states + (t - 1) * B * H : c0;
+            REAL *dz_t = dz + t * B * G4;
+            SFX(lstm_step_backward_pointwise)(d, gates + t * B * G4, c_states + t * B * H, c_prev,
+                                              mask_cache ? mask_cache + t * B : NULL,
+                                              d_outputs ? d_outputs + t * dos.stride_t : NULL,
+                                              dos.stride_b, d_h0, d_c0, dz_t, tc, dtc, j0, j1);
+#pragma omp barrier
+            /* dh_{t-1} += (dZ_t U^T) * rec_mask, for the owned units; every dZ_t column is
+             * final after the barrier, and the next step writes dZ_{t-1} elsewhere. */
+            SFX(recurrent_matmul_t)(packed_t, H, G4, B, dz_t, G4, rec_mask, d_h0, jb0, jb1);
         }
-        if (status) goto done;
     }
-    /* h_{t-1} as the recurrent GEMM saw it: h0 then h_states[0..T-2], dropped out if on */
+
+    /* Weight gradients: a few large GEMMs over all T*B rows. */
     const REAL *h_prev_from_step1 = h_states; /* h_{t-1} for t = 1 .. T-1 */
     const REAL *h0_used = h0;
     if (rec_mask) {
@@ -247,11 +295,9 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         h_prev_from_step1 = h_prev_dropped + B * H;
         h0_used = h_prev_dropped;
     }
-
-    /* Weight gradients: a few large GEMMs over all T*B rows. */
     status = SFX(gemm_rm)(blas, 1, 0, I, G4, T * B, 1, x_cache, I, dz, G4, 0, d_kernel, G4);
     if (status) goto done;
-    if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t over t >= 1 */
+    if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t over t >= 1 ... */
         status = SFX(gemm_rm)(blas, 1, 0, H, G4, (T - 1) * B, 1, h_prev_from_step1, H,
                               dz + B * G4, G4, 0, d_recurrent, G4);
         if (status) goto done;
@@ -272,9 +318,8 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
 done:
     free(dz);
     free(dx_tm);
-    free(tc);
-    free(dtc);
-    free(dh_step);
+    free(packed_t);
+    free(scratch);
     free(h_prev_dropped);
     return status;
 }
