@@ -81,7 +81,7 @@ def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias,
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = recurrent.shape[0]
     dtype = x.dtype
     cdef bint is_f32 = dtype == np.float32
-    if x.strides[2] != x.itemsize and I > 1:
+    if x.strides[2] != x.itemsize and I > 1 and x.size > 0:
         raise ValueError("x: the feature axis must be contiguous")
     cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
                                  recurrent_activation)
@@ -161,7 +161,7 @@ def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, 
     dos.stride_b = 0
     dos.stride_t = 0
     if d_outputs is not None:
-        if d_outputs.strides[2] != d_outputs.itemsize and H > 1:
+        if d_outputs.strides[2] != d_outputs.itemsize and H > 1 and d_outputs.size > 0:
             raise ValueError("d_outputs: the feature axis must be contiguous")
         dos = seq_strides(d_outputs)
     cdef void *pk = data_or_null(kernel)
