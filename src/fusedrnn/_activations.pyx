@@ -28,7 +28,7 @@ def activation_grad(y, dv, int activation):
     """Return dv * act'(x) given y = act(x), as the kernels compute it."""
     cdef cnp.ndarray yc = np.ascontiguousarray(y)
     cdef cnp.ndarray out = np.array(dv, dtype=yc.dtype, copy=True, order="C")
-    if yc.shape != out.shape:
+    if (<object>yc).shape != (<object>out).shape:
         raise ValueError("y and dv must have the same shape")
     if yc.dtype != np.float32 and yc.dtype != np.float64:
         raise TypeError(f"y: expected float32 or float64, got {yc.dtype}")
