@@ -75,6 +75,13 @@ typedef struct {
     ptrdiff_t stride_t;
 } frnn_seq_strides;
 
+/* Threads used by the kernels' fused time loops (0 = one per core; without OpenMP always
+ * 1).  Small problems run on one thread whatever this says: a barrier per step costs more
+ * than they gain. */
+void frnn_set_num_threads(int n);
+int frnn_get_num_threads(void);
+int frnn_has_openmp(void);
+
 /* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */
 void frnn_activate_f32(frnn_activation act, float *v, ptrdiff_t n);
 void frnn_activate_f64(frnn_activation act, double *v, ptrdiff_t n);
@@ -154,6 +161,114 @@ int frnn_lstm_backward_f64(const frnn_blas *blas, const frnn_dims *d,
                            double *dx, frnn_seq_strides dx_strides,
                            double *d_kernel, double *d_recurrent, double *d_bias,
                            double *d_h0, double *d_c0);
+
+/* ---------------------------------------------------------------- GRU -----------
+ * Gate order z, r, h (Keras).  With hp = h_{t-1} and x? = x W? + b_in?:
+ *   reset_after=1 (torch's form):  R = hp U + b_rec,  z = ra(xz + Rz),  r = ra(xr + Rr),
+ *                                  hh = a(xh + r*Rh)
+ *   reset_after=0:                 z = ra(xz + hp Uz),  r = ra(xr + hp Ur),
+ *                                  hh = a(xh + (r*hp) Uh)
+ *   h = z*hp + (1-z)*hh
+ * Masks, go_backwards and zero_output_for_mask as for the LSTM.
+ *
+ * gru_forward arguments:
+ *   reset_after  nonzero selects the first form.
+ *   x (B,T,I) via x_strides; kernel (I,3H); recurrent (H,3H), contiguous, read only.
+ *   bias      reset_after=1: (2,3H) [input row; recurrent row]; reset_after=0: (3H,);
+ *             or NULL.
+ *   mask      (B,T) uint8 via mask_strides, or NULL.     h0 (B,H) or NULL (zeros).
+ *   outputs   (B,T,H) via out_strides, processing order, or NULL.   h_n (B,H), written.
+ *   Training cache (all NULL for inference; all non-NULL for training), written:
+ *   x_cache   (T,B,I) input in processing order.   gates (T,B,3H): activated z, r, hh.
+ *   hr_cache  (T,B,H): reset_after=1: Rh = hp Uh + b_rec_h; reset_after=0: r*hp
+ *             (zero on masked rows).
+ *   h_states  (T,B,H): state after each step.   mask_cache (T,B) when mask != NULL.
+ */
+int frnn_gru_forward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                         const float *x, frnn_seq_strides x_strides,
+                         const float *kernel, const float *recurrent, const float *bias,
+                         const uint8_t *mask, frnn_seq_strides mask_strides,
+                         const float *h0,
+                         float *outputs, frnn_seq_strides out_strides,
+                         float *h_n,
+                         float *x_cache, float *gates, float *hr_cache, float *h_states,
+                         uint8_t *mask_cache);
+int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                         const double *x, frnn_seq_strides x_strides,
+                         const double *kernel, const double *recurrent, const double *bias,
+                         const uint8_t *mask, frnn_seq_strides mask_strides,
+                         const double *h0,
+                         double *outputs, frnn_seq_strides out_strides,
+                         double *h_n,
+                         double *x_cache, double *gates, double *hr_cache, double *h_states,
+                         uint8_t *mask_cache);
+
+/* gru_backward arguments (the cache is read only; it may be used again):
+ *   reset_after, kernel, recurrent, h0 as in forward.
+ *   x_cache, gates, hr_cache, h_states, mask_cache (NULL = no mask): forward's cache.
+ *   d_outputs (B,T,H) via dout_strides in processing order, or NULL.  d_h_n (B,H) or NULL.
+ *   Gradients, all written: dx (B,T,I) via dx_strides in input order; d_kernel (I,3H);
+ *   d_recurrent (H,3H); d_bias with the forward bias' shape, or NULL; d_h0 (B,H).
+ */
+int frnn_gru_backward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                          const float *kernel, const float *recurrent, const float *h0,
+                          const float *x_cache, const float *gates, const float *hr_cache,
+                          const float *h_states, const uint8_t *mask_cache,
+                          const float *d_outputs, frnn_seq_strides dout_strides,
+                          const float *d_h_n,
+                          float *dx, frnn_seq_strides dx_strides,
+                          float *d_kernel, float *d_recurrent, float *d_bias, float *d_h0);
+int frnn_gru_backward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                          const double *kernel, const double *recurrent, const double *h0,
+                          const double *x_cache, const double *gates, const double *hr_cache,
+                          const double *h_states, const uint8_t *mask_cache,
+                          const double *d_outputs, frnn_seq_strides dout_strides,
+                          const double *d_h_n,
+                          double *dx, frnn_seq_strides dx_strides,
+                          double *d_kernel, double *d_recurrent, double *d_bias, double *d_h0);
+
+/* ----------------------------------------------------------- SimpleRNN ----------
+ * h = a(x W + b + h_{t-1} U), a = d->activation (recurrent_activation unused).
+ * Masks, go_backwards and zero_output_for_mask as for the LSTM.
+ *
+ * rnn_forward arguments: x (B,T,I) via x_strides; kernel (I,H); recurrent (H,H); bias (H,)
+ *   or NULL; mask (B,T) or NULL; h0 (B,H) or NULL; outputs (B,T,H) or NULL; h_n (B,H).
+ *   Training cache (all NULL for inference; all non-NULL for training), written:
+ *   x_cache (T,B,I); h_states (T,B,H): state after each step (which is the activation's
+ *   output on valid rows, so no gate cache is needed); mask_cache (T,B) when mask != NULL.
+ * rnn_backward: as gru_backward without reset_after/gates/hr_cache; d_bias (H,) or NULL.
+ */
+int frnn_rnn_forward_f32(const frnn_blas *blas, const frnn_dims *d,
+                         const float *x, frnn_seq_strides x_strides,
+                         const float *kernel, const float *recurrent, const float *bias,
+                         const uint8_t *mask, frnn_seq_strides mask_strides,
+                         const float *h0,
+                         float *outputs, frnn_seq_strides out_strides,
+                         float *h_n,
+                         float *x_cache, float *h_states, uint8_t *mask_cache);
+int frnn_rnn_forward_f64(const frnn_blas *blas, const frnn_dims *d,
+                         const double *x, frnn_seq_strides x_strides,
+                         const double *kernel, const double *recurrent, const double *bias,
+                         const uint8_t *mask, frnn_seq_strides mask_strides,
+                         const double *h0,
+                         double *outputs, frnn_seq_strides out_strides,
+                         double *h_n,
+                         double *x_cache, double *h_states, uint8_t *mask_cache);
+int frnn_rnn_backward_f32(const frnn_blas *blas, const frnn_dims *d,
+                          const float *kernel, const float *recurrent, const float *h0,
+                          const float *x_cache, const float *h_states, const uint8_t *mask_cache,
+                          const float *d_outputs, frnn_seq_strides dout_strides,
+                          const float *d_h_n,
+                          float *dx, frnn_seq_strides dx_strides,
+                          float *d_kernel, float *d_recurrent, float *d_bias, float *d_h0);
+int frnn_rnn_backward_f64(const frnn_blas *blas, const frnn_dims *d,
+                          const double *kernel, const double *recurrent, const double *h0,
+                          const double *x_cache, const double *h_states,
+                          const uint8_t *mask_cache,
+                          const double *d_outputs, frnn_seq_strides dout_strides,
+                          const double *d_h_n,
+                          double *dx, frnn_seq_strides dx_strides,
+                          double *d_kernel, double *d_recurrent, double *d_bias, double *d_h0);
 
 #ifdef __cplusplus
 }

@@ -137,3 +137,206 @@ def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None) -> L
     )
     return LSTMGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None,
                          dc0 if cache.c0 is not None else None)
+
+
+# ---------------------------------------------------------------------------- GRU ----
+
+__all__ += ["GRUOutput", "GRUGradients", "GRUCache", "gru_forward", "gru_backward",
+            "SimpleRNNOutput", "SimpleRNNGradients", "SimpleRNNCache", "simple_rnn_forward",
+            "simple_rnn_backward"]
+
+from ._gru import gru_backward as _gru_backward_kernel  # noqa: E402
+from ._gru import gru_forward as _gru_forward_kernel  # noqa: E402
+from ._rnn import simple_rnn_backward as _simple_rnn_backward_kernel  # noqa: E402
+from ._rnn import simple_rnn_forward as _simple_rnn_forward_kernel  # noqa: E402
+
+
+class GRUOutput(NamedTuple):
+    outputs: np.ndarray        # (batch, time, units), in processing order
+    h_n: np.ndarray            # (batch, units)
+    cache: Optional["GRUCache"]  # None unless training=True
+
+
+class GRUGradients(NamedTuple):
+    x: np.ndarray
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    bias: Optional[np.ndarray]  # None when the forward pass had no bias; else its shape
+    h0: Optional[np.ndarray]    # None when the forward pass had no initial_state
+
+
+class _RecurrentCache:
+    """What the backward pass needs, saved by the forward pass with training=True.
+    Opaque; reusable (backward only reads it)."""
+
+    __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "arrays", "options", "shape")
+
+    def __init__(self, kernel, recurrent_kernel, has_bias, h0, arrays, options, shape):
+        self.kernel = kernel
+        self.recurrent_kernel = recurrent_kernel
+        self.has_bias = has_bias
+        self.h0 = h0
+        self.arrays = arrays
+        self.options = options
+        self.shape = shape  # (batch, time, features, units)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes saved for backward (excluding the weights, which are shared)."""
+        return sum(a.nbytes for a in self.arrays if a is not None)
+
+
+class GRUCache(_RecurrentCache):
+    """Saved by gru_forward(training=True): per step and batch row the activated gates
+    z, r, hh (3*units), the recurrent h-block term (units: h_{t-1} U_h + b_rec_h with
+    reset_after=True, r * h_{t-1} without), the state (units), and the input (features)."""
+
+    __slots__ = ()
+
+
+class SimpleRNNCache(_RecurrentCache):
+    """Saved by simple_rnn_forward(training=True): per step and batch row the state (units,
+    which is also the activation's output) and the input (features)."""
+
+    __slots__ = ()
+
+
+def _recurrent_weights(x, kernel, recurrent_kernel, gates: int):
+    """Validated (kernel, recurrent_kernel, units) for a cell with `gates` gate blocks."""
+    features = x.shape[2]
+    blocks = "units" if gates == 1 else f"{gates}*units"
+    recurrent_kernel = v.float_array(recurrent_kernel, "recurrent_kernel", x.dtype)
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1:
+        raise ValueError(
+            f"recurrent_kernel: expected shape (units, {blocks}), got {recurrent_kernel.shape}"
+        )
+    units = recurrent_kernel.shape[0]
+    recurrent_kernel = v.weight(recurrent_kernel, (units, gates * units), "recurrent_kernel",
+                                f"(units, {blocks})", x.dtype)
+    kernel = v.weight(kernel, (features, gates * units), "kernel", f"(features, {blocks})",
+                      x.dtype)
+    return kernel, recurrent_kernel, units
+
+
+def _check_cache(cache, cls, producer: str):
+    if not isinstance(cache, cls):
+        raise TypeError(
+            f"cache: expected the cache returned by {producer}(..., training=True), got "
+            f"{type(cache).__name__}"
+        )
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
+                initial_state=None, mask=None, go_backwards=False, zero_output_for_mask=False,
+                training=False, activation="tanh", recurrent_activation="sigmoid") -> GRUOutput:
+    """Run a GRU over a whole sequence with the fused kernel (Keras' GRU semantics).
+
+    x: (batch, time, features).  kernel: (features, 3*units).  recurrent_kernel:
+    (units, 3*units).  Gate order z, r, h.  bias: (2, 3*units) [input row; recurrent row]
+    with reset_after=True (torch's formulation), (3*units,) with reset_after=False, or None.
+    initial_state: h0 (batch, units) or a 1-element list/tuple of it, or None for zeros.
+    Returns GRUOutput(outputs, h_n, cache); cache is None unless training=True.
+    """
+    x = v.sequence_input(x, "x")
+    batch, steps, features = x.shape
+    if not isinstance(reset_after, (bool, np.bool_)):
+        raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
+    reset_after = bool(reset_after)
+    kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 3)
+    if bias is not None:
+        if reset_after:
+            bias = v.weight(bias, (2, 3 * units), "bias",
+                            "(2, 3*units) [input row; recurrent row] (reset_after=True)", x.dtype)
+        else:
+            bias = v.weight(bias, (3 * units,), "bias", "(3*units,) (reset_after=False)", x.dtype)
+    (h0,) = v.initial_states(initial_state, 1, batch, units, x.dtype)
+    mask_u8 = v.mask_array(mask, batch, steps)
+    options = (reset_after,) + _lstm_options(go_backwards, zero_output_for_mask, activation,
+                                             recurrent_activation)
+    outputs, h_n, arrays = _gru_forward_kernel(
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, *options, bool(training)
+    )
+    cache = None
+    if training:
+        cache = GRUCache(kernel, recurrent_kernel, bias is not None, h0, arrays, options,
+                         (batch, steps, features, units))
+    return GRUOutput(outputs, h_n, cache)
+
+
+def gru_backward(cache: GRUCache, d_outputs=None, d_h_n=None) -> GRUGradients:
+    """Gradients of a scalar loss w.r.t. every input of gru_forward, given the loss's
+    gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None means
+    zero.  The cache is not consumed: it may be used again."""
+    _check_cache(cache, GRUCache, "gru_forward")
+    batch, steps, _, units = cache.shape
+    dtype = cache.kernel.dtype
+    d_outputs = v.gradient_input(d_outputs, (batch, steps, units), "d_outputs",
+                                 "(batch, time, units)", dtype)
+    d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
+    dx, dk, dr, db, dh0 = _gru_backward_kernel(
+        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.arrays,
+        d_outputs, d_h_n, *cache.options
+    )
+    return GRUGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
+
+
+# ---------------------------------------------------------------------- SimpleRNN ----
+
+class SimpleRNNOutput(NamedTuple):
+    outputs: np.ndarray        # (batch, time, units), in processing order
+    h_n: np.ndarray            # (batch, units)
+    cache: Optional["SimpleRNNCache"]  # None unless training=True
+
+
+class SimpleRNNGradients(NamedTuple):
+    x: np.ndarray
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    bias: Optional[np.ndarray]  # None when the forward pass had no bias
+    h0: Optional[np.ndarray]    # None when the forward pass had no initial_state
+
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="tanh",
+                       initial_state=None, mask=None, go_backwards=False,
+                       zero_output_for_mask=False, training=False) -> SimpleRNNOutput:
+    """Run a SimpleRNN, h = activation(x W + b + h_{t-1} U), with the fused kernel.
+
+    x: (batch, time, features).  kernel: (features, units).  recurrent_kernel:
+    (units, units).  bias: (units,) or None.  initial_state: h0 (batch, units) or a
+    1-element list/tuple of it, or None for zeros.
+    Returns SimpleRNNOutput(outputs, h_n, cache); cache is None unless training=True.
+    """
+    x = v.sequence_input(x, "x")
+    batch, steps, features = x.shape
+    kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 1)
+    if bias is not None:
+        bias = v.weight(bias, (units,), "bias", "(units,)", x.dtype)
+    (h0,) = v.initial_states(initial_state, 1, batch, units, x.dtype)
+    mask_u8 = v.mask_array(mask, batch, steps)
+    options = (bool(go_backwards), bool(zero_output_for_mask),
+               v.activation_code(activation, "activation"))
+    outputs, h_n, arrays = _simple_rnn_forward_kernel(
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, *options, bool(training)
+    )
+    cache = None
+    if training:
+        cache = SimpleRNNCache(kernel, recurrent_kernel, bias is not None, h0, arrays, options,
+                               (batch, steps, features, units))
+    return SimpleRNNOutput(outputs, h_n, cache)
+
+
+def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None) -> SimpleRNNGradients:
+    """Gradients of a scalar loss w.r.t. every input of simple_rnn_forward, given the
+    loss's gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None
+    means zero.  The cache is not consumed: it may be used again."""
+    _check_cache(cache, SimpleRNNCache, "simple_rnn_forward")
+    batch, steps, _, units = cache.shape
+    dtype = cache.kernel.dtype
+    d_outputs = v.gradient_input(d_outputs, (batch, steps, units), "d_outputs",
+                                 "(batch, time, units)", dtype)
+    d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
+    dx, dk, dr, db, dh0 = _simple_rnn_backward_kernel(
+        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.arrays,
+        d_outputs, d_h_n, *cache.options
+    )
+    return SimpleRNNGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)

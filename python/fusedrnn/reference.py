@@ -129,3 +129,194 @@ def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None):
         dx, dk, dr, db if cache.has_bias else None,
         dh if cache.has_state else None, dc if cache.has_state else None,
     )
+
+
+# ---------------------------------------------------------------------------- GRU ----
+
+from .ops import GRUGradients, GRUOutput, SimpleRNNGradients, SimpleRNNOutput  # noqa: E402
+
+__all__ += ["gru_forward", "gru_backward", "simple_rnn_forward", "simple_rnn_backward"]
+
+
+class _ReferenceCache:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _single_initial_state(initial_state, batch, units, dtype):
+    """h0 from None, an array, or a 1-element list/tuple (as the ops accept)."""
+    if initial_state is None:
+        return np.zeros((batch, units), dtype), False
+    if isinstance(initial_state, (list, tuple)):
+        (initial_state,) = initial_state
+    return np.array(initial_state, dtype=dtype), True
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
+                initial_state=None, mask=None, go_backwards=False, zero_output_for_mask=False,
+                training=False, activation="tanh", recurrent_activation="sigmoid"):
+    """Keras' GRUCell, step by step: gates z, r, h; h = z*h_prev + (1-z)*hh."""
+    x = np.asarray(x)
+    kernel = np.asarray(kernel)
+    recurrent_kernel = np.asarray(recurrent_kernel)
+    act, _ = _activation(activation, "activation")
+    ract, _ = _activation(recurrent_activation, "recurrent_activation")
+    batch, steps, _ = x.shape
+    units = recurrent_kernel.shape[0]
+    h, has_state = _single_initial_state(initial_state, batch, units, x.dtype)
+    if bias is None:
+        b_in = np.zeros(3 * units, x.dtype)
+        b_rec = np.zeros(3 * units, x.dtype)
+    elif reset_after:
+        b_in, b_rec = np.asarray(bias)
+    else:
+        b_in, b_rec = np.asarray(bias), None
+    u_zr, u_h = recurrent_kernel[:, : 2 * units], recurrent_kernel[:, 2 * units:]
+    valid = np.ones((batch, steps), bool) if mask is None else np.asarray(mask).astype(bool)
+    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+
+    outputs = np.zeros((batch, steps, units), x.dtype)
+    saved = []  # per processing step: (x_t, keep, h_prev, z, r, hh, rec_h)
+    for t, s in enumerate(order):
+        xw = x[:, s] @ kernel + b_in
+        x_z, x_r, x_h = np.split(xw, 3, axis=1)
+        if reset_after:
+            rec = h @ recurrent_kernel + b_rec
+            rec_z, rec_r, rec_h = np.split(rec, 3, axis=1)
+        else:
+            rec_z, rec_r = np.split(h @ u_zr, 2, axis=1)
+        z = ract(x_z + rec_z)
+        r = ract(x_r + rec_r)
+        if reset_after:
+            hh = act(x_h + r * rec_h)
+        else:
+            rec_h = None
+            hh = act(x_h + (r * h) @ u_h)
+        h_new = z * h + (1 - z) * hh
+        keep = valid[:, s][:, None]
+        saved.append((x[:, s], keep, h, z, r, hh, rec_h))
+        h = np.where(keep, h_new, h)
+        outputs[:, t] = np.where(keep, h, 0.0) if zero_output_for_mask else h
+    cache = None
+    if training:
+        cache = _ReferenceCache(
+            saved=saved, kernel=kernel, recurrent_kernel=recurrent_kernel,
+            has_bias=bias is not None, has_state=has_state, order=list(order), shape=x.shape,
+            reset_after=reset_after, zero_output_for_mask=zero_output_for_mask,
+            activation=activation, recurrent_activation=recurrent_activation,
+        )
+    return GRUOutput(outputs, h, cache)
+
+
+def gru_backward(cache, d_outputs=None, d_h_n=None):
+    batch, steps, _ = cache.shape
+    kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
+    units = recurrent_kernel.shape[0]
+    dtype = kernel.dtype
+    _, act_grad = _activation(cache.activation, "activation")
+    _, ract_grad = _activation(cache.recurrent_activation, "recurrent_activation")
+    u_zr, u_h = recurrent_kernel[:, : 2 * units], recurrent_kernel[:, 2 * units:]
+    dh = np.zeros((batch, units), dtype) if d_h_n is None else np.array(d_h_n, dtype)
+    dx = np.zeros(cache.shape, dtype)
+    dk = np.zeros_like(kernel)
+    dr = np.zeros_like(recurrent_kernel)
+    db_in = np.zeros(3 * units, dtype)
+    db_rec = np.zeros(3 * units, dtype)
+    for t in range(steps - 1, -1, -1):
+        s = cache.order[t]
+        x_t, keep, h_prev, z, r, hh, rec_h = cache.saved[t]
+        if d_outputs is not None:
+            d_out = np.asarray(d_outputs)[:, t]
+            dh = dh + (np.where(keep, d_out, 0.0) if cache.zero_output_for_mask else d_out)
+        # masked rows pass dh straight through; valid rows go through the cell
+        d_hh_pre = dh * (1 - z) * act_grad(hh)
+        d_z_pre = dh * (h_prev - hh) * ract_grad(z)
+        dh_prev = dh * z
+        if cache.reset_after:
+            d_r_pre = d_hh_pre * rec_h * ract_grad(r)
+            d_rec = np.concatenate([d_z_pre, d_r_pre, d_hh_pre * r], axis=1)  # d(h U + b_rec)
+            d_xw = np.concatenate([d_z_pre, d_r_pre, d_hh_pre], axis=1)      # d(x W + b_in)
+            d_rec = np.where(keep, d_rec, 0.0)
+            d_xw = np.where(keep, d_xw, 0.0)
+            dr += h_prev.T @ d_rec
+            db_rec += d_rec.sum(axis=0)
+            dh_prev = dh_prev + d_rec @ recurrent_kernel.T
+        else:
+            d_q = d_hh_pre @ u_h.T  # q = r * h_prev
+            d_r_pre = d_q * h_prev * ract_grad(r)
+            d_xw = np.where(keep, np.concatenate([d_z_pre, d_r_pre, d_hh_pre], axis=1), 0.0)
+            d_zr = d_xw[:, : 2 * units]
+            dr[:, : 2 * units] += h_prev.T @ d_zr
+            dr[:, 2 * units:] += (r * h_prev).T @ d_xw[:, 2 * units:]
+            dh_prev = dh_prev + d_q * r + d_zr @ u_zr.T
+        dk += x_t.T @ d_xw
+        db_in += d_xw.sum(axis=0)
+        dx[:, s] = d_xw @ kernel.T
+        dh = np.where(keep, dh_prev, dh)
+    db = None
+    if cache.has_bias:
+        db = np.stack([db_in, db_rec]) if cache.reset_after else db_in
+    return GRUGradients(dx, dk, dr, db, dh if cache.has_state else None)
+
+
+# ---------------------------------------------------------------------- SimpleRNN ----
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="tanh",
+                       initial_state=None, mask=None, go_backwards=False,
+                       zero_output_for_mask=False, training=False):
+    """Keras' SimpleRNNCell, step by step: h = activation(x W + b + h_prev U)."""
+    x = np.asarray(x)
+    kernel = np.asarray(kernel)
+    recurrent_kernel = np.asarray(recurrent_kernel)
+    act, _ = _activation(activation, "activation")
+    batch, steps, _ = x.shape
+    units = recurrent_kernel.shape[0]
+    h, has_state = _single_initial_state(initial_state, batch, units, x.dtype)
+    valid = np.ones((batch, steps), bool) if mask is None else np.asarray(mask).astype(bool)
+    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+    outputs = np.zeros((batch, steps, units), x.dtype)
+    saved = []  # per processing step: (x_t, keep, h_prev, h_new)
+    for t, s in enumerate(order):
+        pre = x[:, s] @ kernel + h @ recurrent_kernel
+        if bias is not None:
+            pre = pre + bias
+        h_new = act(pre)
+        keep = valid[:, s][:, None]
+        saved.append((x[:, s], keep, h, h_new))
+        h = np.where(keep, h_new, h)
+        outputs[:, t] = np.where(keep, h, 0.0) if zero_output_for_mask else h
+    cache = None
+    if training:
+        cache = _ReferenceCache(
+            saved=saved, kernel=kernel, recurrent_kernel=recurrent_kernel,
+            has_bias=bias is not None, has_state=has_state, order=list(order), shape=x.shape,
+            zero_output_for_mask=zero_output_for_mask, activation=activation,
+        )
+    return SimpleRNNOutput(outputs, h, cache)
+
+
+def simple_rnn_backward(cache, d_outputs=None, d_h_n=None):
+    batch, steps, _ = cache.shape
+    kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
+    units = recurrent_kernel.shape[0]
+    dtype = kernel.dtype
+    _, act_grad = _activation(cache.activation, "activation")
+    dh = np.zeros((batch, units), dtype) if d_h_n is None else np.array(d_h_n, dtype)
+    dx = np.zeros(cache.shape, dtype)
+    dk = np.zeros_like(kernel)
+    dr = np.zeros_like(recurrent_kernel)
+    db = np.zeros(units, dtype)
+    for t in range(steps - 1, -1, -1):
+        s = cache.order[t]
+        x_t, keep, h_prev, h_new = cache.saved[t]
+        if d_outputs is not None:
+            d_out = np.asarray(d_outputs)[:, t]
+            dh = dh + (np.where(keep, d_out, 0.0) if cache.zero_output_for_mask else d_out)
+        d_pre = np.where(keep, dh * act_grad(h_new), 0.0)
+        dk += x_t.T @ d_pre
+        dr += h_prev.T @ d_pre
+        db += d_pre.sum(axis=0)
+        dx[:, s] = d_pre @ kernel.T
+        dh = np.where(keep, d_pre @ recurrent_kernel.T, dh)
+    return SimpleRNNGradients(dx, dk, dr, db if cache.has_bias else None,
+                              dh if cache.has_state else None)

@@ -1,0 +1,23 @@
+/* GRU kernels: the implementation is precision-generic (gru_impl.h), instantiated here. */
+#include "activations.h"
+
+#define REAL float
+#define SFX(name) name##_f32
+#define GEMM blas->sgemm
+#define ACTIVATE frnn_activate_inl_f32
+#define ACTIVATION_GRAD frnn_activation_grad_inl_f32
+#include "real_impl.h"
+#include "gru_impl.h"
+#undef REAL
+#undef SFX
+#undef GEMM
+#undef ACTIVATE
+#undef ACTIVATION_GRAD
+
+#define REAL double
+#define SFX(name) name##_f64
+#define GEMM blas->dgemm
+#define ACTIVATE frnn_activate_inl_f64
+#define ACTIVATION_GRAD frnn_activation_grad_inl_f64
+#include "real_impl.h"
+#include "gru_impl.h"

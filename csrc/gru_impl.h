@@ -1,0 +1,417 @@
+/* GRU forward and BPTT for one precision.  Included by gru.c with REAL, SFX(name), GEMM,
+ * ACTIVATE and ACTIVATION_GRAD defined.  See fusedrnn.h for the argument contract.
+ *
+ * Gate blocks z, r, h side by side (3H columns).  Per processing step, with hp = h_{t-1}:
+ *   reset_after=1:  R = hp U (+ b_rec),  z = ra(xz + Rz),  r = ra(xr + Rr),
+ *                   hh = a(xh + r * Rh)
+ *   reset_after=0:  z = ra(xz + hp Uz),  r = ra(xr + hp Ur),  hh = a(xh + (r*hp) Uh)
+ *   h = z*hp + (1-z)*hh
+ * where x? = x W? + b_in?.  The "hr" cache holds, per step and row, the H values backward
+ * needs besides the gates: Rh (reset_after=1) or q = r*hp (reset_after=0). */
+
+/* Steps of input projection computed at once during inference (bounded scratch). */
+#define FRNN_GRU_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
+
+/* Pointwise pass of one reset_after=1 step over the batch.
+ *   z      (B,3H): x W + b_in (+ b_rec for z, r); activated in place into z, r, hh.
+ *   rec    (B,3H): hp U for this step (without bias), read only.
+ *   b_rec_h (H,) or NULL: recurrent bias of the h block.
+ *   h      (B,H): state, updated in place.   mask_t (B,) or NULL.
+ *   out:   row b at out + b*out_stride_b, or NULL.
+ *   hr_save, h_save (B,H) or NULL: Rh and the state after this step, for backward. */
+FRNN_CLONES static void SFX(gru_step_after_pointwise)(
+    const frnn_dims *d, REAL *FRNN_RESTRICT z, const REAL *FRNN_RESTRICT rec,
+    const REAL *FRNN_RESTRICT b_rec_h, REAL *FRNN_RESTRICT h, const uint8_t *mask_t,
+    REAL *out, ptrdiff_t out_stride_b, REAL *hr_save, REAL *h_save) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT hb = h + b * H;
+        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b : NULL;
+        REAL *FRNN_RESTRICT hrb = hr_save ? hr_save + b * H : NULL;
+        if (mask_t && !mask_t[b]) { /* masked: carry the state */
+            if (ob) {
+                if (d->zero_output_for_mask) memset(ob, 0, (size_t)H * sizeof(REAL));
+                else memcpy(ob, hb, (size_t)H * sizeof(REAL));
+            }
+            /* backward multiplies cached rows of masked steps by zero: keep them finite */
+            if (hrb) memset(hrb, 0, (size_t)H * sizeof(REAL));
+        } else {
+            REAL *FRNN_RESTRICT zb = z + b * 3 * H;
+            const REAL *FRNN_RESTRICT rb = rec + b * 3 * H;
+            for (ptrdiff_t j = 0; j < 2 * H; ++j) zb[j] += rb[j];
+            ACTIVATE(d->recurrent_activation, zb, 2 * H); /* z, r */
+            const REAL *FRNN_RESTRICT gz = zb, *FRNN_RESTRICT gr = zb + H;
+            REAL *FRNN_RESTRICT gh = zb + 2 * H;
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                REAL rh = rb[2 * H + j] + (b_rec_h ? b_rec_h[j] : (REAL)0);
+                if (hrb) hrb[j] = rh;
+                gh[j] += gr[j] * rh;
+            }
+            ACTIVATE(d->activation, gh, H); /* hh */
+            for (ptrdiff_t j = 0; j < H; ++j) hb[j] = gz[j] * hb[j] + ((REAL)1 - gz[j]) * gh[j];
+            if (ob) memcpy(ob, hb, (size_t)H * sizeof(REAL));
+        }
+        if (h_save) memcpy(h_save + b * H, hb, (size_t)H * sizeof(REAL));
+    }
+}
+
+/* First pointwise pass of a reset_after=0 step: activate z and r (z already holds
+ * x W + b + hp [Uz Ur] in its first 2H columns) and write q = r*hp (zero on masked rows). */
+FRNN_CLONES static void SFX(gru_step_before_gates)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
+                                                   const REAL *FRNN_RESTRICT h,
+                                                   const uint8_t *mask_t, REAL *FRNN_RESTRICT q) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT qb = q + b * H;
+        if (mask_t && !mask_t[b]) {
+            memset(qb, 0, (size_t)H * sizeof(REAL));
+            continue;
+        }
+        REAL *FRNN_RESTRICT zb = z + b * 3 * H;
+        const REAL *FRNN_RESTRICT hb = h + b * H;
+        ACTIVATE(d->recurrent_activation, zb, 2 * H);
+        const REAL *FRNN_RESTRICT gr = zb + H;
+        for (ptrdiff_t j = 0; j < H; ++j) qb[j] = gr[j] * hb[j];
+    }
+}
+
+/* Second pointwise pass of a reset_after=0 step: z's h block holds xh + q Uh; activate it
+ * and update the state (masked rows carry it). */
+FRNN_CLONES static void SFX(gru_step_before_update)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
+                                                    REAL *FRNN_RESTRICT h, const uint8_t *mask_t,
+                                                    REAL *out, ptrdiff_t out_stride_b,
+                                                    REAL *h_save) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT hb = h + b * H;
+        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b : NULL;
+        if (mask_t && !mask_t[b]) {
+            if (ob) {
+                if (d->zero_output_for_mask) memset(ob, 0, (size_t)H * sizeof(REAL));
+                else memcpy(ob, hb, (size_t)H * sizeof(REAL));
+            }
+        } else {
+            REAL *FRNN_RESTRICT zb = z + b * 3 * H;
+            const REAL *FRNN_RESTRICT gz = zb;
+            REAL *FRNN_RESTRICT gh = zb + 2 * H;
+            ACTIVATE(d->activation, gh, H);
+            for (ptrdiff_t j = 0; j < H; ++j) hb[j] = gz[j] * hb[j] + ((REAL)1 - gz[j]) * gh[j];
+            if (ob) memcpy(ob, hb, (size_t)H * sizeof(REAL));
+        }
+        if (h_save) memcpy(h_save + b * H, hb, (size_t)H * sizeof(REAL));
+    }
+}
+
+int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                          const REAL *x, frnn_seq_strides xs,
+                          const REAL *kernel, const REAL *recurrent, const REAL *bias,
+                          const uint8_t *mask, frnn_seq_strides ms,
+                          const REAL *h0,
+                          REAL *outputs, frnn_seq_strides os,
+                          REAL *h_n,
+                          REAL *x_cache, REAL *gates, REAL *hr_cache, REAL *h_states,
+                          uint8_t *mask_cache) {
+    int status = frnn_check_dims(d, 3);
+    if (status) return status;
+    const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G3 = 3 * H;
+    const int training = gates != NULL;
+    if (training && (!x_cache || !hr_cache || !h_states || (mask && !mask_cache)))
+        return FRNN_EINVAL;
+
+    if (h0) memcpy(h_n, h0, (size_t)(B * H) * sizeof(REAL));
+    else memset(h_n, 0, (size_t)(B * H) * sizeof(REAL));
+    if (T == 0 || B == 0) return FRNN_OK;
+
+    ptrdiff_t chunk = T;
+    if (!training) {
+        ptrdiff_t per_step = B * (G3 + I);
+        chunk = FRNN_GRU_INFER_CHUNK_ELEMS / (per_step > 0 ? per_step : 1);
+        if (chunk < 1) chunk = 1;
+        if (chunk > T) chunk = T;
+    }
+    /* reset_after=1: the recurrent biases of z and r are folded into the input projection's
+     * bias once; only b_rec_h (multiplied by r) stays in the step. */
+    REAL *in_bias = NULL;
+    const REAL *b_rec_h = NULL;
+    uint8_t *mask_tm = NULL;
+    REAL *rec = frnn_alloc((size_t)(B * (reset_after ? G3 : H)), sizeof(REAL)); /* hp U, or q */
+    REAL *z_buf = training ? gates : frnn_alloc((size_t)(chunk * B * G3), sizeof(REAL));
+    REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
+    if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
+    if (bias && reset_after) in_bias = frnn_alloc((size_t)G3, sizeof(REAL));
+    if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (in_bias) {
+        for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
+        b_rec_h = bias + G3 + 2 * H;
+    }
+    if (mask) {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            ptrdiff_t s = frnn_input_step(d, t);
+            for (ptrdiff_t b = 0; b < B; ++b)
+                mask_tm[t * B + b] = mask[b * ms.stride_b + s * ms.stride_t] != 0;
+        }
+    }
+
+    for (ptrdiff_t t0 = 0; t0 < T; t0 += chunk) {
+        ptrdiff_t t1 = t0 + chunk < T ? t0 + chunk : T;
+        REAL *x_chunk = training ? x_buf + t0 * B * I : x_buf;
+        REAL *z_chunk = training ? z_buf + t0 * B * G3 : z_buf;
+        SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
+        status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel,
+                                       reset_after ? in_bias : bias, z_chunk);
+        if (status) goto done;
+        for (ptrdiff_t t = t0; t < t1; ++t) {
+            REAL *z_t = z_chunk + (t - t0) * B * G3;
+            const uint8_t *mask_t = mask ? mask_tm + t * B : NULL;
+            REAL *out_t = outputs ? outputs + t * os.stride_t : NULL;
+            REAL *h_save = training ? h_states + t * B * H : NULL;
+            if (reset_after) {
+                /* all three gates' recurrent parts in one GEMM, kept apart from z because
+                 * r multiplies only the recurrent part of the h block */
+                status = SFX(gemm_rm)(blas, 0, 0, B, G3, H, 1, h_n, H, recurrent, G3, 0, rec, G3);
+                if (status) goto done;
+                SFX(gru_step_after_pointwise)(d, z_t, rec, b_rec_h, h_n, mask_t, out_t,
+                                              os.stride_b, training ? hr_cache + t * B * H : NULL,
+                                              h_save);
+            } else {
+                /* z, r first; the h block needs r*hp, hence a second (B x H x H) GEMM */
+                REAL *q = training ? hr_cache + t * B * H : rec;
+                status = SFX(gemm_rm)(blas, 0, 0, B, 2 * H, H, 1, h_n, H, recurrent, G3, 1, z_t, G3);
+                if (status) goto done;
+                SFX(gru_step_before_gates)(d, z_t, h_n, mask_t, q);
+                status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, q, H, recurrent + 2 * H, G3, 1,
+                                      z_t + 2 * H, G3);
+                if (status) goto done;
+                SFX(gru_step_before_update)(d, z_t, h_n, mask_t, out_t, os.stride_b, h_save);
+            }
+        }
+    }
+done:
+    free(rec);
+    free(in_bias);
+    if (!training) {
+        free(z_buf);
+        free(x_buf);
+        free(mask_tm);
+    }
+    return status;
+}
+
+/* Backward pointwise pass of one reset_after=1 step for the whole batch.
+ *   gates_t (B,3H): z, r, hh.  hr_t (B,H): Rh.  h_prev (B,H) or NULL (zeros).
+ *   dh (B,H): gradient w.r.t. the state after this step; on return the part of the
+ *     gradient w.r.t. the state before it that does not flow through U (the recurrent
+ *     GEMM adds dR U^T afterwards).  Masked rows pass dh through unchanged.
+ *   dr (B,3H): written, gradient w.r.t. R = hp U + b_rec (zero on masked rows).
+ *   dxh (B,H): written, gradient w.r.t. xh = (x W + b_in)_h (zero on masked rows).
+ *   The gradient w.r.t. (x W + b_in)_{z,r} equals dr's z, r blocks. */
+FRNN_CLONES static void SFX(gru_step_after_backward_pointwise)(
+    const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT hr_t,
+    const REAL *FRNN_RESTRICT h_prev, const uint8_t *mask_t, const REAL *dout,
+    ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dr,
+    REAL *FRNN_RESTRICT dxh) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT dhb = dh + b * H;
+        REAL *FRNN_RESTRICT drb = dr + b * 3 * H;
+        REAL *FRNN_RESTRICT dxhb = dxh + b * H;
+        const int masked = mask_t && !mask_t[b];
+        if (dout && !(masked && d->zero_output_for_mask)) {
+            const REAL *db = dout + b * dout_stride_b;
+            for (ptrdiff_t j = 0; j < H; ++j) dhb[j] += db[j];
+        }
+        if (masked) {
+            memset(drb, 0, (size_t)(3 * H) * sizeof(REAL));
+            memset(dxhb, 0, (size_t)H * sizeof(REAL));
+            continue;
+        }
+        const REAL *FRNN_RESTRICT gz = gates_t + b * 3 * H;
+        const REAL *FRNN_RESTRICT gr = gz + H, *FRNN_RESTRICT gh = gz + 2 * H;
+        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H : NULL;
+        const REAL *FRNN_RESTRICT rhb = hr_t + b * H;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            REAL hp = hpb ? hpb[j] : (REAL)0;
+            dxhb[j] = dhb[j] * ((REAL)1 - gz[j]); /* d hh */
+            drb[j] = dhb[j] * (hp - gh[j]);       /* d z */
+            dhb[j] *= gz[j];                      /* direct path h = z*hp + ... */
+        }
+        ACTIVATION_GRAD(d->activation, gh, dxhb, H);
+        ACTIVATION_GRAD(d->recurrent_activation, gz, drb, H);
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            drb[H + j] = dxhb[j] * rhb[j];     /* d r */
+            drb[2 * H + j] = dxhb[j] * gr[j];  /* d Rh */
+        }
+        ACTIVATION_GRAD(d->recurrent_activation, gr, drb + H, H);
+    }
+}
+
+/* First backward pass of a reset_after=0 step: dz's z and h blocks (gradients w.r.t. the
+ * pre-activations), and dh <- dh*z (direct path).  dz's r block is filled by the second
+ * pass once dq = dz_h Uh^T is known.  Masked rows: dz = 0, dh passes through. */
+FRNN_CLONES static void SFX(gru_step_before_backward_zh)(
+    const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT h_prev,
+    const uint8_t *mask_t, const REAL *dout, ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh,
+    REAL *FRNN_RESTRICT dz) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT dhb = dh + b * H;
+        REAL *FRNN_RESTRICT dzb = dz + b * 3 * H;
+        const int masked = mask_t && !mask_t[b];
+        if (dout && !(masked && d->zero_output_for_mask)) {
+            const REAL *db = dout + b * dout_stride_b;
+            for (ptrdiff_t j = 0; j < H; ++j) dhb[j] += db[j];
+        }
+        if (masked) {
+            memset(dzb, 0, (size_t)(3 * H) * sizeof(REAL));
+            continue;
+        }
+        const REAL *FRNN_RESTRICT gz = gates_t + b * 3 * H, *FRNN_RESTRICT gh = gz + 2 * H;
+        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H : NULL;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            REAL hp = hpb ? hpb[j] : (REAL)0;
+            dzb[2 * H + j] = dhb[j] * ((REAL)1 - gz[j]);
+            dzb[j] = dhb[j] * (hp - gh[j]);
+            dhb[j] *= gz[j];
+        }
+        ACTIVATION_GRAD(d->activation, gh, dzb + 2 * H, H);
+        ACTIVATION_GRAD(d->recurrent_activation, gz, dzb, H);
+    }
+}
+
+/* Second backward pass of a reset_after=0 step: with dq = d(r*hp) (B,H), fill dz's r block
+ * and add dq*r to dh (valid rows only). */
+FRNN_CLONES static void SFX(gru_step_before_backward_r)(
+    const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT h_prev,
+    const uint8_t *mask_t, const REAL *FRNN_RESTRICT dq, REAL *FRNN_RESTRICT dh,
+    REAL *FRNN_RESTRICT dz) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        if (mask_t && !mask_t[b]) continue;
+        REAL *FRNN_RESTRICT dhb = dh + b * H;
+        REAL *FRNN_RESTRICT dzr = dz + b * 3 * H + H;
+        const REAL *FRNN_RESTRICT gr = gates_t + b * 3 * H + H;
+        const REAL *FRNN_RESTRICT dqb = dq + b * H;
+        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H : NULL;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            dzr[j] = hpb ? dqb[j] * hpb[j] : (REAL)0;
+            dhb[j] += dqb[j] * gr[j];
+        }
+        ACTIVATION_GRAD(d->recurrent_activation, gr, dzr, H);
+    }
+}
+
+int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                           const REAL *kernel, const REAL *recurrent, const REAL *h0,
+                           const REAL *x_cache, const REAL *gates, const REAL *hr_cache,
+                           const REAL *h_states, const uint8_t *mask_cache,
+                           const REAL *d_outputs, frnn_seq_strides dos, const REAL *d_h_n,
+                           REAL *dx, frnn_seq_strides dxs,
+                           REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
+    int status = frnn_check_dims(d, 3);
+    if (status) return status;
+    const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G3 = 3 * H;
+    const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
+
+    if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
+    else memset(d_h0, 0, state_bytes);
+    memset(d_kernel, 0, (size_t)(I * G3) * sizeof(REAL));
+    memset(d_recurrent, 0, (size_t)(H * G3) * sizeof(REAL));
+    if (d_bias) memset(d_bias, 0, (size_t)((reset_after ? 2 : 1) * G3) * sizeof(REAL));
+    for (ptrdiff_t s = 0; s < T; ++s)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
+    if (T == 0 || B == 0) return FRNN_OK;
+
+    /* dz: gradient w.r.t. the recurrent projection R (reset_after=1) or w.r.t. all gate
+     * pre-activations (reset_after=0), (T,B,3H).  dxh (reset_after=1 only): gradient w.r.t.
+     * the input projection's h block, which differs from R's by the factor r. */
+    REAL *dz = frnn_alloc((size_t)(T * B * G3), sizeof(REAL));
+    REAL *dxh = reset_after ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
+    REAL *dq = reset_after ? NULL : frnn_alloc((size_t)(B * H), sizeof(REAL));
+    REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
+    if (!dz || !dx_tm || (reset_after ? !dxh : !dq)) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+
+    for (ptrdiff_t t = T - 1; t >= 0; --t) {
+        const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
+        const REAL *gates_t = gates + t * B * G3;
+        const uint8_t *mask_t = mask_cache ? mask_cache + t * B : NULL;
+        const REAL *dout_t = d_outputs ? d_outputs + t * dos.stride_t : NULL;
+        REAL *dz_t = dz + t * B * G3;
+        if (reset_after) {
+            SFX(gru_step_after_backward_pointwise)(d, gates_t, hr_cache + t * B * H, h_prev,
+                                                   mask_t, dout_t, dos.stride_b, d_h0, dz_t,
+                                                   dxh + t * B * H);
+            /* dh_{t-1} += dR_t U^T: one GEMM for the three gates */
+            status = SFX(gemm_rm)(blas, 0, 1, B, H, G3, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
+            if (status) goto done;
+        } else {
+            SFX(gru_step_before_backward_zh)(d, gates_t, h_prev, mask_t, dout_t, dos.stride_b,
+                                             d_h0, dz_t);
+            /* dq = dz_h Uh^T, then r's gradient needs it */
+            status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t + 2 * H, G3, recurrent + 2 * H,
+                                  G3, 0, dq, H);
+            if (status) goto done;
+            SFX(gru_step_before_backward_r)(d, gates_t, h_prev, mask_t, dq, d_h0, dz_t);
+            status = SFX(gemm_rm)(blas, 0, 1, B, H, 2 * H, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
+            if (status) goto done;
+        }
+    }
+
+    /* Weight gradients: large GEMMs over all T*B rows.  h_{t-1} for t >= 1 is
+     * h_states[t-1]; the t = 0 term uses h0 and vanishes without it. */
+    const ptrdiff_t TB = T * B;
+    const ptrdiff_t zr_cols = reset_after ? 2 * H : G3; /* columns of dz that are d(xW) */
+    status = SFX(gemm_rm)(blas, 1, 0, I, zr_cols, TB, 1, x_cache, I, dz, G3, 0, d_kernel, G3);
+    if (status) goto done;
+    if (reset_after) {
+        status = SFX(gemm_rm)(blas, 1, 0, I, H, TB, 1, x_cache, I, dxh, H, 0, d_kernel + 2 * H, G3);
+        if (status) goto done;
+    }
+    /* dU: rows of hp against dR (reset_after=1: all 3H columns; else z, r only) */
+    const ptrdiff_t hp_cols = reset_after ? G3 : 2 * H;
+    if (T > 1) {
+        status = SFX(gemm_rm)(blas, 1, 0, H, hp_cols, (T - 1) * B, 1, h_states, H, dz + B * G3, G3,
+                              0, d_recurrent, G3);
+        if (status) goto done;
+    }
+    if (h0) {
+        status = SFX(gemm_rm)(blas, 1, 0, H, hp_cols, B, 1, h0, H, dz, G3, 1, d_recurrent, G3);
+        if (status) goto done;
+    }
+    if (!reset_after) { /* dUh = q^T dz_h, q = r*hp cached per step */
+        status = SFX(gemm_rm)(blas, 1, 0, H, H, TB, 1, hr_cache, H, dz + 2 * H, G3, 0,
+                              d_recurrent + 2 * H, G3);
+        if (status) goto done;
+    }
+    if (d_bias) {
+        SFX(column_sums)(dz, TB, G3, reset_after ? d_bias + G3 : d_bias);
+        if (reset_after) { /* input row: z, r as the recurrent row, h from dxh */
+            memcpy(d_bias, d_bias + G3, (size_t)(2 * H) * sizeof(REAL));
+            SFX(column_sums)(dxh, TB, H, d_bias + 2 * H);
+        }
+    }
+    status = SFX(gemm_rm)(blas, 0, 1, TB, I, zr_cols, 1, dz, G3, kernel, G3, 0, dx_tm, I);
+    if (status) goto done;
+    if (reset_after) {
+        status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dxh, H, kernel + 2 * H, G3, 1, dx_tm, I);
+        if (status) goto done;
+    }
+    for (ptrdiff_t t = 0; t < T; ++t) {
+        ptrdiff_t s = frnn_input_step(d, t);
+        for (ptrdiff_t b = 0; b < B; ++b)
+            memcpy(dx + b * dxs.stride_b + s * dxs.stride_t, dx_tm + (t * B + b) * I,
+                   (size_t)I * sizeof(REAL));
+    }
+done:
+    free(dz);
+    free(dxh);
+    free(dq);
+    free(dx_tm);
+    return status;
+}

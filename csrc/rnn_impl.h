@@ -1,0 +1,188 @@
+/* SimpleRNN forward and BPTT for one precision.  Included by rnn.c with REAL, SFX(name),
+ * GEMM, ACTIVATE and ACTIVATION_GRAD defined.  See fusedrnn.h for the argument contract.
+ *
+ * Per processing step: h = a(x W + b + h_{t-1} U).  The activated output is the new state,
+ * so training needs no gate cache: the per-step pre-activations are computed directly in
+ * h_states[t] and activated in place (masked rows get the carried state instead). */
+
+#define FRNN_RNN_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
+
+/* Pointwise pass of one step over the batch.
+ *   z (B,H): x W + b + h_{t-1} U; activated in place on valid rows.  With carry_into_z,
+ *     masked rows of z receive the carried state (training: z is h_states[t]).
+ *   h (B,H): state, updated.   mask_t (B,) or NULL.   out: row b at out + b*out_stride_b. */
+FRNN_CLONES static void SFX(rnn_step_pointwise)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
+                                                REAL *FRNN_RESTRICT h, const uint8_t *mask_t,
+                                                REAL *out, ptrdiff_t out_stride_b,
+                                                int carry_into_z) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT hb = h + b * H;
+        REAL *FRNN_RESTRICT zb = z + b * H;
+        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b : NULL;
+        if (mask_t && !mask_t[b]) {
+            if (ob) {
+                if (d->zero_output_for_mask) memset(ob, 0, (size_t)H * sizeof(REAL));
+                else memcpy(ob, hb, (size_t)H * sizeof(REAL));
+            }
+            if (carry_into_z) memcpy(zb, hb, (size_t)H * sizeof(REAL));
+        } else {
+            ACTIVATE(d->activation, zb, H);
+            memcpy(hb, zb, (size_t)H * sizeof(REAL));
+            if (ob) memcpy(ob, zb, (size_t)H * sizeof(REAL));
+        }
+    }
+}
+
+int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
+                          const REAL *x, frnn_seq_strides xs,
+                          const REAL *kernel, const REAL *recurrent, const REAL *bias,
+                          const uint8_t *mask, frnn_seq_strides ms,
+                          const REAL *h0,
+                          REAL *outputs, frnn_seq_strides os,
+                          REAL *h_n,
+                          REAL *x_cache, REAL *h_states, uint8_t *mask_cache) {
+    int status = frnn_check_dims(d, 1);
+    if (status) return status;
+    const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
+    const int training = h_states != NULL;
+    if (training && (!x_cache || (mask && !mask_cache))) return FRNN_EINVAL;
+
+    if (h0) memcpy(h_n, h0, (size_t)(B * H) * sizeof(REAL));
+    else memset(h_n, 0, (size_t)(B * H) * sizeof(REAL));
+    if (T == 0 || B == 0) return FRNN_OK;
+
+    ptrdiff_t chunk = T;
+    if (!training) {
+        ptrdiff_t per_step = B * (H + I);
+        chunk = FRNN_RNN_INFER_CHUNK_ELEMS / (per_step > 0 ? per_step : 1);
+        if (chunk < 1) chunk = 1;
+        if (chunk > T) chunk = T;
+    }
+    uint8_t *mask_tm = NULL;
+    REAL *z_buf = training ? h_states : frnn_alloc((size_t)(chunk * B * H), sizeof(REAL));
+    REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
+    if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
+    if (!z_buf || !x_buf || (mask && !mask_tm)) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (mask) {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            ptrdiff_t s = frnn_input_step(d, t);
+            for (ptrdiff_t b = 0; b < B; ++b)
+                mask_tm[t * B + b] = mask[b * ms.stride_b + s * ms.stride_t] != 0;
+        }
+    }
+
+    for (ptrdiff_t t0 = 0; t0 < T; t0 += chunk) {
+        ptrdiff_t t1 = t0 + chunk < T ? t0 + chunk : T;
+        REAL *x_chunk = training ? x_buf + t0 * B * I : x_buf;
+        REAL *z_chunk = training ? z_buf + t0 * B * H : z_buf;
+        SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
+        status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, bias, z_chunk);
+        if (status) goto done;
+        for (ptrdiff_t t = t0; t < t1; ++t) {
+            REAL *z_t = z_chunk + (t - t0) * B * H;
+            status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, h_n, H, recurrent, H, 1, z_t, H);
+            if (status) goto done;
+            SFX(rnn_step_pointwise)(d, z_t, h_n, mask ? mask_tm + t * B : NULL,
+                                    outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
+                                    training);
+        }
+    }
+done:
+    if (!training) {
+        free(z_buf);
+        free(x_buf);
+        free(mask_tm);
+    }
+    return status;
+}
+
+/* Backward pointwise pass of one step: dz = dh * a'(h_t) on valid rows (then dh = 0, the
+ * recurrent GEMM adds dz U^T); masked rows get dz = 0 and pass dh through. */
+FRNN_CLONES static void SFX(rnn_step_backward_pointwise)(
+    const frnn_dims *d, const REAL *FRNN_RESTRICT h_t, const uint8_t *mask_t, const REAL *dout,
+    ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz) {
+    const ptrdiff_t B = d->batch, H = d->units;
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT dhb = dh + b * H;
+        REAL *FRNN_RESTRICT dzb = dz + b * H;
+        const int masked = mask_t && !mask_t[b];
+        if (dout && !(masked && d->zero_output_for_mask)) {
+            const REAL *db = dout + b * dout_stride_b;
+            for (ptrdiff_t j = 0; j < H; ++j) dhb[j] += db[j];
+        }
+        if (masked) {
+            memset(dzb, 0, (size_t)H * sizeof(REAL));
+            continue;
+        }
+        memcpy(dzb, dhb, (size_t)H * sizeof(REAL));
+        memset(dhb, 0, (size_t)H * sizeof(REAL));
+        ACTIVATION_GRAD(d->activation, h_t + b * H, dzb, H);
+    }
+}
+
+int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
+                           const REAL *kernel, const REAL *recurrent, const REAL *h0,
+                           const REAL *x_cache, const REAL *h_states, const uint8_t *mask_cache,
+                           const REAL *d_outputs, frnn_seq_strides dos, const REAL *d_h_n,
+                           REAL *dx, frnn_seq_strides dxs,
+                           REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
+    int status = frnn_check_dims(d, 1);
+    if (status) return status;
+    const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
+    const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
+
+    if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
+    else memset(d_h0, 0, state_bytes);
+    memset(d_kernel, 0, (size_t)(I * H) * sizeof(REAL));
+    memset(d_recurrent, 0, (size_t)(H * H) * sizeof(REAL));
+    if (d_bias) memset(d_bias, 0, (size_t)H * sizeof(REAL));
+    for (ptrdiff_t s = 0; s < T; ++s)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
+    if (T == 0 || B == 0) return FRNN_OK;
+
+    REAL *dz = frnn_alloc((size_t)(T * B * H), sizeof(REAL));
+    REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
+    if (!dz || !dx_tm) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    for (ptrdiff_t t = T - 1; t >= 0; --t) {
+        REAL *dz_t = dz + t * B * H;
+        SFX(rnn_step_backward_pointwise)(d, h_states + t * B * H,
+                                         mask_cache ? mask_cache + t * B : NULL,
+                                         d_outputs ? d_outputs + t * dos.stride_t : NULL,
+                                         dos.stride_b, d_h0, dz_t);
+        status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 1, d_h0, H);
+        if (status) goto done;
+    }
+    const ptrdiff_t TB = T * B;
+    status = SFX(gemm_rm)(blas, 1, 0, I, H, TB, 1, x_cache, I, dz, H, 0, d_kernel, H);
+    if (status) goto done;
+    if (T > 1) { /* dU = sum_t h_{t-1}^T dz_t, t >= 1 ... */
+        status = SFX(gemm_rm)(blas, 1, 0, H, H, (T - 1) * B, 1, h_states, H, dz + B * H, H, 0,
+                              d_recurrent, H);
+        if (status) goto done;
+    }
+    if (h0) { /* ... plus the t = 0 term */
+        status = SFX(gemm_rm)(blas, 1, 0, H, H, B, 1, h0, H, dz, H, 1, d_recurrent, H);
+        if (status) goto done;
+    }
+    if (d_bias) SFX(column_sums)(dz, TB, H, d_bias);
+    status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, H, kernel, H, 0, dx_tm, I);
+    if (status) goto done;
+    for (ptrdiff_t t = 0; t < T; ++t) {
+        ptrdiff_t s = frnn_input_step(d, t);
+        for (ptrdiff_t b = 0; b < B; ++b)
+            memcpy(dx + b * dxs.stride_b + s * dxs.stride_t, dx_tm + (t * B + b) * I,
+                   (size_t)I * sizeof(REAL));
+    }
+done:
+    free(dz);
+    free(dx_tm);
+    return status;
+}

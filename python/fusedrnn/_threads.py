@@ -1,0 +1,141 @@
+"""How many threads the fused kernels use.
+
+The kernels run on two kinds of threads, one after the other, never nested:
+  - BLAS (scipy's, OpenBLAS in the wheels) for the big GEMMs: the input projection of
+    many steps at once and the weight gradients after the time loop;
+  - the kernels' own OpenMP team for the fused time loop (when built with OpenMP), each
+    thread owning a range of units; a problem too small to gain from it runs on one.
+This module sets both to the same count: BLAS through threadpoolctl, the time loop through
+fusedrnn._runtime.  Since the two never run at the same time, n threads means at most n
+busy threads, with no oversubscription.
+
+Default: all cores this process may run on.  BLAS honours ``OPENBLAS_NUM_THREADS`` /
+``OMP_NUM_THREADS`` if set; nothing is changed until you call :func:`set_num_threads` or
+enter :func:`threads`.
+
+Counts follow scikit-learn's ``n_threads`` convention: a positive int is that many threads,
+``-1`` means all cores, ``-2`` all but one, and so on (never fewer than one); ``None``
+means the default (all cores).
+
+The cap is process-wide, like BLAS' own setting: the BLAS part applies to every BLAS
+library loaded in the process (NumPy's and SciPy's), so NumPy matrix products made while it is in force
+are capped too.  :func:`threads` restores the previous counts on exit; in a program whose
+threads enter ``threads()`` concurrently, the innermost exit wins, so prefer one
+:func:`set_num_threads` at start-up there.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+import os
+import threading
+from typing import Iterator, Optional
+
+from threadpoolctl import ThreadpoolController
+
+__all__ = ["available_cores", "get_num_threads", "set_num_threads", "threads"]
+
+_lock = threading.RLock()
+_controller: Optional[ThreadpoolController] = None
+
+
+def available_cores() -> int:
+    """Number of CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve(n) -> int:
+    """Thread count meant by n (see the module docstring for the convention)."""
+    if n is None:
+        return available_cores()
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n: expected an int (thread count) or None, got {type(n).__name__}")
+    n = int(n)
+    if n == 0:
+        raise ValueError(
+            "n: 0 threads is not a thread count; use a positive count, -1 for all cores "
+            "(-2 for all but one, ...) or None for the default"
+        )
+    if n > 0:
+        return n
+    return max(1, available_cores() + 1 + n)
+
+
+def _blas_pools():
+    """threadpoolctl handles of every BLAS library in the process, the kernels' included."""
+    global _controller
+    with _lock:
+        if _controller is None:
+            # Importing cython_blas loads the BLAS the kernels call, so the controller sees it.
+            import scipy.linalg.cython_blas  # noqa: F401
+
+            _controller = ThreadpoolController()
+        return _controller.select(user_api="blas")
+
+
+def _runtime():
+    """The kernels' own thread setting (fusedrnn._runtime), or None in builds without it."""
+    try:
+        from . import _runtime
+    except ImportError:
+        return None
+    return _runtime
+
+
+def _blas_threads() -> int:
+    """Threads of the BLAS libraries now (read from them: reflects the environment)."""
+    counts = [info["num_threads"] for info in _blas_pools().info()]
+    return max(counts) if counts else 1
+
+
+def _loop_threads() -> int:
+    """Threads the kernels' fused time loops may use now (1 without OpenMP)."""
+    runtime = _runtime()
+    return runtime.get_kernel_threads() if runtime is not None else 1
+
+
+def get_num_threads() -> int:
+    """Most threads a kernel call may keep busy now: the larger of the BLAS count and the
+    fused time loops' count (they are equal after set_num_threads or inside threads())."""
+    return max(_blas_threads(), _loop_threads())
+
+
+def _set_loop_threads(count: int) -> None:
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.set_kernel_threads(count)
+
+
+def set_num_threads(n: Optional[int]) -> None:
+    """Use at most n threads in the kernels (and every BLAS in the process) from now on.
+
+    n: a positive count, -1 for all cores (-2 all but one, ...), or None for the default
+    (all cores).  BLAS libraries may clamp very large counts; get_num_threads() tells."""
+    count = _resolve(n)
+    with _lock:
+        _blas_pools().limit(limits=count)
+        _set_loop_threads(count)
+
+
+@contextlib.contextmanager
+def threads(n: Optional[int]) -> Iterator[int]:
+    """Context manager: run the enclosed code with at most n kernel threads, then restore
+    the previous counts.  Yields the thread count it set.
+
+        with fusedrnn.threads(1):
+            out = fusedrnn.ops.lstm_forward(x, kernel, recurrent_kernel)
+    """
+    count = _resolve(n)
+    with _lock:
+        previous_loop = _loop_threads()
+        limiter = _blas_pools().limit(limits=count)
+        _set_loop_threads(count)
+    try:
+        yield count
+    finally:
+        with _lock:
+            limiter.restore_original_limits()
+            _set_loop_threads(previous_loop)

@@ -1,0 +1,759 @@
+"""``fusedrnn bench``: time the fused kernels against the NumPy reference and PyTorch.
+
+For every cell (LSTM, and GRU / SimpleRNN once :mod:`fusedrnn.ops` has them), mode
+(``forward`` = inference, ``train`` = forward saving for backward + backward with every
+gradient) and grid point, the same problem (:mod:`fusedrnn._bench_cases`) runs through
+
+- fusedrnn (:mod:`fusedrnn.ops`),
+- the NumPy reference (:mod:`fusedrnn.reference`),
+- torch (``torch.nn.LSTM/GRU/RNN``, the same weights mapped, ``batch_first=True``),
+
+with BLAS and torch capped at the same number of threads.  Each measurement is a warm-up
+call, then repeated calls until both a minimum count and a time budget are reached; the
+table reports the median.  When the PyTorch drop-in ``fusedrnn.torch.LSTM`` is present, a
+small training loop (LSTM + Linear head, Adam) is also timed against the same loop with
+``torch.nn.LSTM``.
+
+Usage::
+
+    fusedrnn bench [--quick] [--cells lstm,gru,rnn] [--modes forward,train]
+                   [--json PATH] [--markdown PATH] [--plot PATH] [--threads N] [--repeat N]
+
+The Markdown report goes to stdout, progress to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from ._bench_cases import (
+    CELLS,
+    DEFAULT_LOOP,
+    IMPLEMENTATIONS,
+    MODES,
+    OP_NAMES,
+    QUICK_LOOP,
+    Case,
+    LoopConfig,
+    Point,
+    available_cells,
+    build_torch_module,
+    drop_in_lstm_available,
+    flops,
+    full_grid,
+    implementation_available,
+    make_case,
+    make_problem,
+    numpy_skipped,
+    quick_grid,
+    torch_available,
+    torch_weights,
+    training_loops,
+)
+
+__all__ = [
+    "CELLS", "MODES", "IMPLEMENTATIONS", "OP_NAMES", "TABLE_COLUMNS", "Point", "Case",
+    "LoopConfig", "DEFAULT_LOOP", "QUICK_LOOP", "training_loops", "drop_in_lstm_available",
+    "torch_available", "available_cores", "Timing",
+    "MeasureSettings", "Result", "LoopResult", "full_grid", "quick_grid", "numpy_skipped",
+    "flops", "available_cells", "implementation_available", "make_case", "make_problem",
+    "build_torch_module", "torch_weights", "measure", "run_grid", "run_loop", "environment",
+    "thread_limits", "format_markdown", "to_json", "plot_speedups", "main",
+]
+
+# Accepted spellings on the command line -> canonical cell names.
+CELL_ALIASES = {"lstm": "lstm", "gru": "gru", "rnn": "rnn", "simple_rnn": "rnn",
+                "simplernn": "rnn"}
+
+# Marks in the table (explained under it).
+SKIPPED = "-"           # left out by the time-budget rule (numpy_skipped)
+NOT_AVAILABLE = "n/a"   # the implementation cannot run this cell, or did not measure it
+NOT_SELECTED = "off"    # left out with --impls
+
+
+# --------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How long to time one case: `warmup` untimed calls, then timed calls until at least
+    `min_repeats` were made and `budget` seconds have passed (at most `max_repeats`)."""
+
+    warmup: int = 1
+    min_repeats: int = 3
+    max_repeats: int = 50
+    budget: float = 0.3
+
+    def for_numpy(self) -> "MeasureSettings":
+        """The NumPy reference is slow: a third of the repeats and of the budget."""
+        return MeasureSettings(self.warmup, max(1, self.min_repeats // 3), self.max_repeats,
+                               self.budget / 3)
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of each timed call."""
+
+    seconds: List[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1e3
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.seconds) * 1e3
+
+    @property
+    def repeats(self) -> int:
+        return len(self.seconds)
+
+
+def measure(function: Callable[[], object], settings: MeasureSettings) -> Timing:
+    """Time `function` (see MeasureSettings for the stopping rule)."""
+    for _ in range(settings.warmup):
+        function()
+    seconds: List[float] = []
+    start = time.perf_counter()
+    while len(seconds) < settings.max_repeats:
+        t0 = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - t0)
+        if len(seconds) >= settings.min_repeats and time.perf_counter() - start >= settings.budget:
+            break
+    return Timing(seconds)
+
+
+@dataclass
+class Result:
+    """All implementations at one (cell, mode, point)."""
+
+    cell: str
+    mode: str
+    point: Point
+    timings: Dict[str, Timing] = field(default_factory=dict)
+    marks: Dict[str, str] = field(default_factory=dict)      # why a timing is missing
+    saved_bytes: Dict[str, Optional[int]] = field(default_factory=dict)
+
+    @property
+    def flops(self) -> int:
+        return flops(self.cell, self.mode, self.point)
+
+    def median_ms(self, implementation: str) -> Optional[float]:
+        timing = self.timings.get(implementation)
+        return None if timing is None else timing.median_ms
+
+    @property
+    def gflops(self) -> Optional[float]:
+        """GFLOP/s of fusedrnn (GEMM FLOPs over its median time)."""
+        ms = self.median_ms("fusedrnn")
+        return None if not ms else self.flops / (ms * 1e-3) / 1e9
+
+    def ratio(self, implementation: str) -> Optional[float]:
+        """implementation's median / fusedrnn's median (> 1: fusedrnn is faster)."""
+        mine, theirs = self.median_ms("fusedrnn"), self.median_ms(implementation)
+        return None if not mine or theirs is None else theirs / mine
+
+    def saved_bytes_per_step(self, implementation: str) -> Optional[float]:
+        nbytes = self.saved_bytes.get(implementation)
+        return None if nbytes is None else nbytes / self.point.steps
+
+
+def run_grid(cells: Sequence[str], modes: Sequence[str], points: Sequence[Point],
+             implementations: Sequence[str], settings: MeasureSettings,
+             dtype=np.float32, skip_numpy_at_large_points: bool = True,
+             progress: Optional[Callable[[str], None]] = None) -> List[Result]:
+    """Measure every (cell, mode, point); the implementations of one point run back to back
+    so that load changes on a shared machine hit them alike."""
+    results = []
+    for cell in cells:
+        for mode in modes:
+            for point in points:
+                result = Result(cell, mode, point)
+                for implementation in IMPLEMENTATIONS:
+                    if implementation not in implementations:
+                        result.marks[implementation] = NOT_SELECTED
+                        continue
+                    if not implementation_available(implementation, cell):
+                        result.marks[implementation] = NOT_AVAILABLE
+                        continue
+                    if (implementation == "numpy" and skip_numpy_at_large_points
+                            and numpy_skipped(point)):
+                        result.marks[implementation] = SKIPPED
+                        continue
+                    case = make_case(implementation, cell, mode, point, dtype)
+                    chosen = settings.for_numpy() if implementation == "numpy" else settings
+                    result.timings[implementation] = measure(case.run, chosen)
+                    if mode == "train" and implementation in ("fusedrnn", "torch"):
+                        result.saved_bytes[implementation] = case.saved_bytes()
+                    if progress is not None:
+                        progress(f"{case.name}: {result.timings[implementation].median_ms:.3f} ms")
+                results.append(result)
+    return results
+
+
+@dataclass
+class LoopResult:
+    """The drop-in training loop: per-iteration seconds (warm-up excluded) and final loss."""
+
+    config: LoopConfig
+    seconds: Dict[str, List[float]]
+    final_loss: Dict[str, float]
+
+    def median_ms(self, implementation: str) -> float:
+        return statistics.median(self.seconds[implementation]) * 1e3
+
+    @property
+    def ratio(self) -> float:
+        """torch.nn.LSTM loop time / fusedrnn.torch.LSTM loop time."""
+        return self.median_ms("torch") / self.median_ms("fusedrnn")
+
+
+def run_loop(config: LoopConfig, warmup_iterations: int = 1) -> LoopResult:
+    """Train the same model with fusedrnn.torch.LSTM and torch.nn.LSTM, alternating one
+    iteration of each; the first `warmup_iterations` are not timed (but do train)."""
+    steps = training_loops(config)
+    seconds: Dict[str, List[float]] = {name: [] for name in steps}
+    losses: Dict[str, float] = {}
+    for iteration in range(config.iterations):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            losses[name] = step()
+            if iteration >= warmup_iterations:
+                seconds[name].append(time.perf_counter() - t0)
+    return LoopResult(config, seconds, losses)
+
+
+# --------------------------------------------------------------------------------------
+# Threads and environment
+# --------------------------------------------------------------------------------------
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class thread_limits:
+    """Context manager capping BLAS/OpenMP (threadpoolctl) and torch at `threads`, restoring
+    both on exit.  Enter it after the libraries are imported so threadpoolctl sees them."""
+
+    def __init__(self, threads: int, use_torch: bool):
+        self.threads = threads
+        self.use_torch = use_torch
+        self._limiter = None
+        self._torch_threads = None
+
+    def __enter__(self):
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS the kernels call)
+        from threadpoolctl import threadpool_limits
+
+        if self.use_torch:
+            import torch
+
+            self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+        self._limiter = threadpool_limits(limits=self.threads)
+        return self
+
+    def __exit__(self, *exc):
+        self._limiter.restore_original_limits()
+        if self._torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+        return False
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _library_owner(filepath: str) -> str:
+    """Which package ships a shared library, from its path (numpy.libs/... -> numpy)."""
+    parts = filepath.replace("\\", "/").split("/")
+    if "site-packages" in parts:
+        index = parts.index("site-packages")
+        if index + 1 < len(parts) - 1:
+            return parts[index + 1].split(".")[0]
+    return os.path.basename(filepath)
+
+
+def environment(use_torch: bool) -> dict:
+    """Versions, CPU and the thread configuration in force (call inside thread_limits)."""
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    info = {
+        "fusedrnn": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "cpu": _cpu_model(),
+        "logical_cpus_available": available_cores(),
+        "threadpools": [
+            {**{key: pool.get(key) for key in ("user_api", "internal_api", "prefix",
+                                               "version", "num_threads")},
+             "loaded_by": _library_owner(pool.get("filepath") or "")}
+            for pool in threadpool_info()
+        ],
+        "torch_installed": torch_available(),
+        "torch": None,          # version, when this run uses torch
+        "torch_threads": None,
+    }
+    if use_torch:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------
+
+def _ms(value: Optional[float]) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 0.1:
+        return f"{value:.2f}"
+    return f"{value:.2g}"
+
+
+def _cell_time(result: Result, implementation: str) -> str:
+    if implementation in result.marks:
+        return result.marks[implementation]
+    return _ms(result.median_ms(implementation))
+
+
+def _ratio(value: Optional[float], missing: str) -> str:
+    return missing if value is None else f"{value:.2f}x"
+
+
+def _gflops(value: Optional[float]) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def _kib(value: Optional[float]) -> str:
+    return NOT_AVAILABLE if value is None else f"{value / 1024:.1f}"
+
+
+TABLE_COLUMNS = (
+    "cell", "mode", "B", "T", "I", "H", "fusedrnn ms", "numpy ms", "torch ms",
+    "fusedrnn GFLOP/s", "torch/fusedrnn", "numpy/fusedrnn",
+    "saved KiB/step fusedrnn", "saved KiB/step torch",
+)
+
+
+def table_rows(results: Sequence[Result]) -> List[List[str]]:
+    rows = []
+    for r in results:
+        p = r.point
+        train = r.mode == "train"
+        rows.append([
+            r.cell, r.mode, str(p.batch), str(p.steps), str(p.features), str(p.units),
+            _cell_time(r, "fusedrnn"), _cell_time(r, "numpy"), _cell_time(r, "torch"),
+            _gflops(r.gflops),
+            _ratio(r.ratio("torch"), r.marks.get("torch", NOT_AVAILABLE)),
+            _ratio(r.ratio("numpy"), r.marks.get("numpy", NOT_AVAILABLE)),
+            _kib(r.saved_bytes_per_step("fusedrnn")) if train else "",
+            _kib(r.saved_bytes_per_step("torch")) if train else "",
+        ])
+    return rows
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                    first_numeric: int) -> List[str]:
+    """A Markdown table, columns from `first_numeric` on right-aligned."""
+    numeric = [k >= first_numeric for k in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _load(value: Optional[float]) -> str:
+    return NOT_AVAILABLE if value is None else f"{value:.2f}"
+
+
+def load_average() -> Optional[float]:
+    """1-minute system load average, or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _torch_state(env: dict) -> str:
+    """torch's version, or why it has none in this run."""
+    if env["torch"]:
+        return env["torch"]
+    return "not used" if env.get("torch_installed") else "not installed"
+
+
+def _thread_summary(env: dict) -> str:
+    pools = ", ".join(
+        f"{pool['internal_api']}{' ' + pool['version'] if pool['version'] else ''} "
+        f"(from {pool['loaded_by']}): {pool['num_threads']} threads"
+        for pool in env["threadpools"]
+    )
+    torch_part = (f"; torch {env['torch']}: {env['torch_threads']} threads"
+                  if env["torch"] else f"; torch {_torch_state(env)}")
+    return pools + torch_part
+
+
+def format_markdown(env: dict, config: dict, results: Sequence[Result],
+                    loop: Optional[LoopResult], notes: Sequence[str]) -> str:
+    """The whole report: header, the kernel table with footnotes, the training loop."""
+    lines = [
+        "# fusedrnn benchmark",
+        "",
+        f"- fusedrnn {env['fusedrnn']}, Python {env['python']}, NumPy {env['numpy']}, "
+        f"SciPy {env['scipy']}, torch {_torch_state(env)}",
+        f"- CPU: {env['cpu']} ({env['logical_cpus_available']} logical CPUs available)",
+        f"- threads: {_thread_summary(env)}",
+        f"- dtype {config['dtype']}; each time is the median of >= {config['min_repeats']} "
+        f"calls after {config['warmup']} warm-up call (NumPy: >= "
+        f"{max(1, config['min_repeats'] // 3)}), repeated until a {config['budget']:g} s "
+        "budget per measurement",
+        f"- run time {config['elapsed_seconds']:.0f} s; 1-minute load average "
+        f"{_load(config.get('load_before'))} before, {_load(config.get('load_after'))} after "
+        "(above the thread count means other processes competed for the CPUs)",
+        "",
+    ]
+    if results:
+        lines += _markdown_table(TABLE_COLUMNS, table_rows(results), first_numeric=2)
+        lines += [
+            "",
+            "- Ratios are the other implementation's median time over fusedrnn's: > 1 means "
+            "fusedrnn is faster. GFLOP/s counts the GEMM FLOPs of the forward pass "
+            "(LSTM 8·B·H·(I+H), GRU 6·B·H·(I+H), RNN 2·B·H·(I+H) per step), three times "
+            "that for `train` (forward + backward with all gradients).",
+        ]
+        if any(r.mode == "train" for r in results):
+            lines.append(
+                "- `train` saved KiB/step: bytes kept for backward per time step, weights "
+                "excluded (fusedrnn: the ops cache's nbytes; torch: the tensors its autograd "
+                "saves, measured with saved-tensor hooks)."
+            )
+        if any(SKIPPED in r.marks.values() for r in results):
+            lines.append(
+                f"- `{SKIPPED}`: the NumPy reference is left out at the largest points "
+                "(batch × units ≥ 128 × 512) to keep the default run short; "
+                "`--numpy-everywhere` times it there too."
+            )
+        if any(NOT_AVAILABLE in r.marks.values() for r in results):
+            lines.append(f"- `{NOT_AVAILABLE}`: not available in this environment.")
+        if any(NOT_SELECTED in r.marks.values() for r in results):
+            lines.append(f"- `{NOT_SELECTED}`: not selected (`--impls`).")
+    if loop is not None:
+        c = loop.config
+        lines += [
+            "",
+            "## Training loop: fusedrnn.torch.LSTM vs torch.nn.LSTM",
+            "",
+            f"LSTM({c.features}, {c.units}, batch_first=True) + Linear({c.units}, 1) on the "
+            f"last output, MSE, Adam(lr={c.learning_rate:g}); batch {c.batch}, {c.steps} "
+            f"steps; {c.iterations} iterations, the first not timed; same initial "
+            "parameters and data.",
+            "",
+        ]
+        rows = [[name, _ms(loop.median_ms(name)), f"{loop.final_loss[name]:.6f}"]
+                for name in ("fusedrnn", "torch")]
+        lines += _markdown_table(("LSTM module", "ms/iteration (median)",
+                                  "loss after the last iteration"), rows, first_numeric=1)
+        lines += ["", f"torch.nn.LSTM / fusedrnn.torch.LSTM: {loop.ratio:.2f}x"]
+    if notes:
+        lines += [""] + [f"Note: {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(env: dict, config: dict, results: Sequence[Result],
+            loop: Optional[LoopResult], notes: Sequence[str]) -> dict:
+    """Everything in the report, with raw numbers (seconds of every timed call)."""
+    def timing(t: Optional[Timing]):
+        if t is None:
+            return None
+        return {"median_ms": t.median_ms, "min_ms": t.min_ms, "repeats": t.repeats,
+                "seconds": t.seconds}
+
+    return {
+        "environment": env,
+        "config": config,
+        "results": [
+            {
+                "cell": r.cell, "mode": r.mode, "batch": r.point.batch, "steps": r.point.steps,
+                "features": r.point.features, "units": r.point.units, "flops": r.flops,
+                "times": {impl: timing(r.timings.get(impl)) for impl in IMPLEMENTATIONS},
+                "missing": dict(r.marks),
+                "fusedrnn_gflops": r.gflops,
+                "ratio_torch_over_fusedrnn": r.ratio("torch"),
+                "ratio_numpy_over_fusedrnn": r.ratio("numpy"),
+                "saved_bytes_per_step": {impl: r.saved_bytes_per_step(impl)
+                                         for impl in ("fusedrnn", "torch")}
+                if r.mode == "train" else None,
+            }
+            for r in results
+        ],
+        "loop": None if loop is None else {
+            "config": dataclasses.asdict(loop.config),
+            "median_ms": {name: loop.median_ms(name) for name in loop.seconds},
+            "final_loss": loop.final_loss,
+            "ratio_torch_over_fusedrnn": loop.ratio,
+            "seconds": loop.seconds,
+        },
+        "notes": list(notes),
+    }
+
+
+def plot_speedups(results: Sequence[Result], path: str) -> None:
+    """Bar chart of torch/fusedrnn per point, one panel per mode, one bar colour per cell.
+    Needs matplotlib (the ``plots`` extra); imported here only."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend needed
+
+    modes = [m for m in MODES if any(r.mode == m for r in results)]
+    figure = Figure(figsize=(12, 4.5 * max(1, len(modes))), layout="constrained")
+    axes = figure.subplots(len(modes), 1, squeeze=False)[:, 0]
+    for ax, mode in zip(axes, modes):
+        rows = [r for r in results if r.mode == mode and r.ratio("torch") is not None]
+        points = list(dict.fromkeys(r.point for r in rows))
+        cells = list(dict.fromkeys(r.cell for r in rows))
+        width = 0.8 / max(1, len(cells))
+        for k, cell in enumerate(cells):
+            xs, ys = [], []
+            for r in rows:
+                if r.cell == cell:
+                    xs.append(points.index(r.point) + (k - (len(cells) - 1) / 2) * width)
+                    ys.append(r.ratio("torch"))
+            # bars grow from 1 (parity) up or down, on a log scale so 2x and 0.5x look alike
+            ax.bar(xs, [y - 1.0 for y in ys], bottom=1.0, width=width, label=cell)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(points)))
+        ax.set_xticklabels([f"B{p.batch} T{p.steps}\n{p.features}/{p.units}" for p in points],
+                           fontsize=8)
+        ax.set_ylabel("torch time / fusedrnn time")
+        ax.set_title(f"{mode}: speed-up of fusedrnn over torch (> 1: fusedrnn faster)")
+        ax.legend()
+    figure.savefig(path, dpi=120)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _comma_list(text: str, allowed: dict, what: str) -> List[str]:
+    """'a,b' -> canonical names, in the given order, without duplicates."""
+    names = []
+    for raw in text.split(","):
+        key = raw.strip().lower()
+        if key not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {raw.strip()!r}; expected a comma-separated list of "
+                f"{', '.join(sorted(set(allowed.values())))}"
+            )
+        if allowed[key] not in names:
+            names.append(allowed[key])
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusedrnn bench",
+        description="Time fusedrnn's fused LSTM/GRU/SimpleRNN kernels (inference and "
+                    "training step) against the NumPy reference and PyTorch, and a training "
+                    "loop with the PyTorch drop-in. Markdown report on stdout.",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset of the grid with short budgets (well under 30 s)")
+    parser.add_argument("--cells", type=lambda s: _comma_list(s, CELL_ALIASES, "cell"),
+                        default=None,
+                        help="comma-separated cells: lstm,gru,rnn (default: every cell "
+                             "fusedrnn.ops provides)")
+    parser.add_argument("--modes", type=lambda s: _comma_list(s, {m: m for m in MODES}, "mode"),
+                        default=list(MODES), help="comma-separated: forward,train (default both)")
+    parser.add_argument("--impls", type=lambda s: _comma_list(
+                            s, {i: i for i in IMPLEMENTATIONS}, "implementation"),
+                        default=list(IMPLEMENTATIONS),
+                        help="comma-separated implementations to time: fusedrnn,numpy,torch "
+                             "(fusedrnn is always timed; default all)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="threads for BLAS (threadpoolctl) and torch "
+                             "(default: the CPUs this process may use)")
+    parser.add_argument("--repeat", type=_positive_int, default=None,
+                        help="minimum timed calls per measurement (default 3, quick 2; the "
+                             "NumPy reference gets a third)")
+    parser.add_argument("--budget", type=_positive_float, default=None,
+                        help="seconds of timed calls per measurement (default 0.3, quick 0.03)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--numpy-everywhere", action="store_true",
+                        help="also time the NumPy reference at the largest points (slow)")
+    parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
+                        help="time a training loop with fusedrnn.torch.LSTM vs torch.nn.LSTM "
+                             "(default: on when the drop-in module is available)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the report to a file")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="save a bar chart of the speed-up over torch (needs matplotlib)")
+    return parser
+
+
+def _check_output_path(parser, option: str, path: Optional[str]) -> None:
+    """Fail before the (long) run, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        parser.error(f"{option} {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        parser.error(f"{option} {path}: is a directory, expected a file path")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse and validate the command line (errors exit with status 2 and a message)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    present = available_cells()
+    if args.cells is None:
+        args.cells = present
+    else:
+        missing = [c for c in args.cells if c not in present]
+        if missing:
+            parser.error(
+                "--cells: " + ", ".join(
+                    f"{c} is not available (fusedrnn.ops has no {'/'.join(OP_NAMES[c])})"
+                    for c in missing)
+            )
+    if not args.cells:
+        parser.error("no cell to benchmark: fusedrnn.ops provides no kernels")
+    if "fusedrnn" not in args.impls:
+        args.impls = ["fusedrnn"] + args.impls  # every ratio is relative to fusedrnn
+    # without torch the torch column says n/a (see implementation_available)
+    args.torch_missing = "torch" in args.impls and not torch_available()
+    args.threads = args.threads or available_cores()
+    args.repeat = args.repeat or (2 if args.quick else 3)
+    args.budget = args.budget or (0.03 if args.quick else 0.3)
+
+    for option in ("json", "markdown", "plot"):
+        _check_output_path(parser, "--" + option, getattr(args, option))
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'fusedrnn[plots]'")
+    if args.loop and not drop_in_lstm_available():
+        parser.error("--loop needs torch and fusedrnn.torch.LSTM (the PyTorch drop-in)")
+    if args.loop is None:
+        args.loop = drop_in_lstm_available()
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``fusedrnn bench``; returns the exit status."""
+    args = parse_args(argv)
+    dtype = np.dtype(args.dtype)
+    settings = MeasureSettings(warmup=1, min_repeats=args.repeat, budget=args.budget)
+    points = quick_grid() if args.quick else full_grid()
+    use_torch = torch_available() and ("torch" in args.impls or args.loop)
+    notes = []
+    if args.torch_missing:
+        notes.append("torch is not installed: no torch column (pip install 'fusedrnn[torch]').")
+    if use_torch:
+        import torch  # noqa: F401  (imported before thread_limits so its OpenMP is capped)
+
+    def progress(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    load_before = load_average()
+    started = time.perf_counter()
+    with thread_limits(args.threads, use_torch):
+        env = environment(use_torch)
+        progress(f"threads: {_thread_summary(env)}")
+        results = run_grid(args.cells, args.modes, points, args.impls, settings, dtype,
+                           skip_numpy_at_large_points=not args.numpy_everywhere,
+                           progress=progress)
+        loop = None
+        status = 0
+        if args.loop:
+            loop_config = QUICK_LOOP if args.quick else DEFAULT_LOOP
+            progress(f"training loop: {loop_config}")
+            try:
+                loop = run_loop(loop_config)
+            except Exception as exc:  # keep the kernel table; report the failure, exit 1
+                notes.append(f"the training loop failed: {type(exc).__name__}: {exc}")
+                status = 1
+    elapsed = time.perf_counter() - started
+    progress(f"done in {elapsed:.1f} s")
+
+    config = {
+        "quick": args.quick, "cells": args.cells, "modes": args.modes,
+        "implementations": args.impls, "threads": args.threads, "dtype": args.dtype,
+        "warmup": settings.warmup, "min_repeats": settings.min_repeats,
+        "max_repeats": settings.max_repeats, "budget": settings.budget,
+        "numpy_everywhere": args.numpy_everywhere, "elapsed_seconds": elapsed,
+        "load_before": load_before, "load_after": load_average(),
+    }
+    report = format_markdown(env, config, results, loop, notes)
+    sys.stdout.write(report)
+    sys.stdout.flush()
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(report)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(to_json(env, config, results, loop, notes), handle, indent=1)
+    if args.plot:
+        plot_speedups(results, args.plot)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

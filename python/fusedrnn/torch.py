@@ -1,0 +1,449 @@
+"""PyTorch drop-in replacements for ``torch.nn.LSTM``, ``torch.nn.GRU`` and ``torch.nn.RNN``.
+
+Replace ``torch.nn.LSTM(...)`` by ``fusedrnn.torch.LSTM(...)`` and change nothing else: the
+constructor signature, the parameter names, shapes and default initialisation, the
+``forward`` arguments (a Tensor, batched or unbatched, or a PackedSequence, and ``hx``)
+and the returned values are torch's.  Each class subclasses its ``torch.nn`` counterpart,
+so ``isinstance(m, torch.nn.LSTM)``, ``state_dict``/``load_state_dict`` in both
+directions, ``.double()``/``.float()``, optimizers and DistributedDataParallel all work as
+with torch; only ``forward`` is ours.
+
+Each layer and direction runs through one ``torch.autograd.Function`` that calls the fused
+kernels of :mod:`fusedrnn.ops` (``*_forward(training=True)`` in forward, ``*_backward`` in
+backward); under ``torch.no_grad()`` (or when nothing requires a gradient) the kernels run
+with ``training=False`` and save nothing.  CPU tensors only, float32 or float64.
+
+Weight mapping to the kernels' Keras layout: ``kernel = weight_ih.T``, ``recurrent_kernel
+= weight_hh.T``.  LSTM and RNN use one bias ``bias_ih + bias_hh`` (its gradient goes to
+both); GRU keeps torch's two biases as the ``reset_after=True`` bias ``[b_ih; b_hh]`` and
+reorders torch's gate rows (r, z, n) into Keras' gate columns (z, r, h).
+
+``proj_size > 0`` (LSTM with projections) is not supported: the fused kernel has no
+projection inside the recurrence, so the constructor raises a ValueError.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch  # absolute import: the real PyTorch, not this module
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import ops
+
+__all__ = ["LSTM", "GRU", "RNN"]
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Cells: how one torch layer/direction maps onto the kernels of fusedrnn.ops.
+# Each has n_states (2 for LSTM's (h, c), else 1) and four methods:
+#   keras_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy,
+#   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training)
+#       -> (outputs in processing order, final states tuple, cache or None),
+#   backward(cache, d_outputs, d_states) -> (dx, d_kernel, d_recurrent, d_bias, d_initial),
+#   torch_gradients(d_kernel, d_recurrent, d_bias) -> torch gradients of the 4 parameters.
+# --------------------------------------------------------------------------------------
+
+def _numpy(tensor):
+    """A NumPy view of a CPU tensor (no copy); None stays None."""
+    return None if tensor is None else tensor.detach().numpy()
+
+
+def _require_op(name):
+    """The kernel fusedrnn.ops.<name>, looked up at call time."""
+    function = getattr(ops, name, None)
+    if function is None:
+        raise NotImplementedError(
+            f"fusedrnn.ops.{name} is not available in this build of fusedrnn"
+        )
+    return function
+
+
+class _SummedBiasCell:
+    """Cells whose gate rows are in Keras' column order already (LSTM, RNN): the weights
+    are transposed and torch's two biases, which only ever appear as a sum, are added."""
+
+    def keras_weights(self, w_ih, w_hh, b_ih, b_hh):
+        kernel = np.ascontiguousarray(_numpy(w_ih).T)
+        recurrent = np.ascontiguousarray(_numpy(w_hh).T)
+        bias = None if b_ih is None else _numpy(b_ih) + _numpy(b_hh)
+        return kernel, recurrent, bias
+
+    def torch_gradients(self, d_kernel, d_recurrent, d_bias):
+        """Kernel-layout gradients -> torch's (weight_ih, weight_hh, bias_ih, bias_hh).
+
+        The summed bias feeds both torch biases, so both receive its gradient (as two
+        separate tensors: autograd may keep a returned gradient as a parameter's .grad)."""
+        d_w_ih = torch.from_numpy(np.ascontiguousarray(d_kernel.T))
+        d_w_hh = torch.from_numpy(np.ascontiguousarray(d_recurrent.T))
+        if d_bias is None:
+            return d_w_ih, d_w_hh, None, None
+        d_b = torch.from_numpy(d_bias)
+        return d_w_ih, d_w_hh, d_b, d_b.clone()
+
+
+class _LSTMCell(_SummedBiasCell):
+    """LSTM: torch's gate order (i, f, g, o) is Keras' (i, f, c, o)."""
+
+    n_states = 2
+
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
+        result = _require_op("lstm_forward")(
+            x, kernel, recurrent, bias, initial_state=initial, mask=mask,
+            go_backwards=go_backwards, zero_output_for_mask=mask is not None, training=training,
+        )
+        return result.outputs, (result.h_n, result.c_n), result.cache
+
+    def backward(self, cache, d_outputs, d_states):
+        grads = _require_op("lstm_backward")(cache, d_outputs, d_states[0], d_states[1])
+        return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0, grads.c0)
+
+
+class _RNNCell(_SummedBiasCell):
+    """Elman RNN, h = nonlinearity(x W_ih^T + h W_hh^T + b), with tanh or relu."""
+
+    n_states = 1
+
+    def __init__(self, nonlinearity):
+        self.nonlinearity = nonlinearity
+
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
+        result = _require_op("simple_rnn_forward")(
+            x, kernel, recurrent, bias, activation=self.nonlinearity, initial_state=initial,
+            mask=mask, go_backwards=go_backwards, zero_output_for_mask=mask is not None,
+            training=training,
+        )
+        return result.outputs, (result.h_n,), result.cache
+
+    def backward(self, cache, d_outputs, d_states):
+        grads = _require_op("simple_rnn_backward")(cache, d_outputs, d_states[0])
+        return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
+
+
+class _GRUCell:
+    """GRU: torch's rows (r, z, n) become Keras' columns (z, r, h), reset_after=True.
+
+    torch's n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) is Keras' reset_after candidate
+    with bias [b_ih; b_hh], and torch's h = (1 - z) * n + z * h_prev is Keras' update."""
+
+    n_states = 1
+
+    @staticmethod
+    def _swap_rz(hidden_size):
+        """Row order that swaps the first two gate blocks (its own inverse)."""
+        h = hidden_size
+        return np.concatenate([np.arange(h, 2 * h), np.arange(0, h), np.arange(2 * h, 3 * h)])
+
+    def keras_weights(self, w_ih, w_hh, b_ih, b_hh):
+        order = self._swap_rz(w_hh.shape[1])
+        kernel = np.ascontiguousarray(_numpy(w_ih)[order].T)
+        recurrent = np.ascontiguousarray(_numpy(w_hh)[order].T)
+        bias = None
+        if b_ih is not None:
+            bias = np.stack([_numpy(b_ih)[order], _numpy(b_hh)[order]])
+        return kernel, recurrent, bias
+
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
+        result = _require_op("gru_forward")(
+            x, kernel, recurrent, bias, reset_after=True, initial_state=initial, mask=mask,
+            go_backwards=go_backwards, zero_output_for_mask=mask is not None, training=training,
+        )
+        return result.outputs, (result.h_n,), result.cache
+
+    def backward(self, cache, d_outputs, d_states):
+        grads = _require_op("gru_backward")(cache, d_outputs, d_states[0])
+        return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
+
+    def torch_gradients(self, d_kernel, d_recurrent, d_bias):
+        order = self._swap_rz(d_recurrent.shape[0])
+        d_w_ih = torch.from_numpy(np.ascontiguousarray(d_kernel.T[order]))
+        d_w_hh = torch.from_numpy(np.ascontiguousarray(d_recurrent.T[order]))
+        if d_bias is None:
+            return d_w_ih, d_w_hh, None, None
+        return (d_w_ih, d_w_hh, torch.from_numpy(np.ascontiguousarray(d_bias[0][order])),
+                torch.from_numpy(np.ascontiguousarray(d_bias[1][order])))
+
+
+def _outputs_in_input_order(outputs, go_backwards):
+    """The kernels return outputs in processing order: re-reverse a backward direction."""
+    outputs = torch.from_numpy(outputs)
+    return outputs.flip(1) if go_backwards else outputs
+
+
+# --------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------
+
+class _FusedDirection(torch.autograd.Function):
+    """One layer and direction: fused forward, fused BPTT backward.
+
+    Inputs: x (batch, time, features) in input order, torch's weight_ih, weight_hh,
+    bias_ih, bias_hh (or None), and the initial states (none, or n_states tensors of shape
+    (batch, hidden)).  Returns the outputs (batch, time, hidden) in input order and the
+    final states."""
+
+    @staticmethod
+    def forward(ctx, cell, mask, go_backwards, x, w_ih, w_hh, b_ih, b_hh, *initial):
+        ctx.set_materialize_grads(False)  # None gradients reach the kernels as "zero"
+        kernel, recurrent, bias = cell.keras_weights(w_ih, w_hh, b_ih, b_hh)
+        initial_np = tuple(_numpy(s) for s in initial) if initial else None
+        outputs, states, cache = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np,
+                                              mask, go_backwards, training=True)
+        ctx.cell = cell
+        ctx.cache = cache
+        ctx.go_backwards = go_backwards
+        ctx.n_initial = len(initial)
+        return (_outputs_in_input_order(outputs, go_backwards),
+                *(torch.from_numpy(s) for s in states))
+
+    @staticmethod
+    def backward(ctx, d_outputs, *d_states):
+        d_out = _numpy(d_outputs)
+        if d_out is not None and ctx.go_backwards:
+            d_out = d_out[:, ::-1]  # the kernel wants processing order; a strided view
+        d_states_np = tuple(_numpy(d) for d in d_states)
+        dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.backward(
+            ctx.cache, d_out, d_states_np)
+        d_w_ih, d_w_hh, d_b_ih, d_b_hh = ctx.cell.torch_gradients(d_kernel, d_recurrent,
+                                                                  d_bias)
+        d_initial_t = tuple(torch.from_numpy(d) for d in d_initial) if ctx.n_initial else ()
+        return (None, None, None, torch.from_numpy(dx), d_w_ih, d_w_hh, d_b_ih, d_b_hh,
+                *d_initial_t)
+
+
+def _run_direction(cell, x, weights, initial, mask, go_backwards):
+    """Outputs (batch, time, hidden) in input order and final states of one direction.
+
+    Goes through autograd only when a gradient is wanted; otherwise the kernels run in
+    inference mode (training=False) and cache nothing."""
+    tensors = (x, *weights, *initial)
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors)
+    if wants_grad:
+        results = _FusedDirection.apply(cell, mask, go_backwards, x, *weights, *initial)
+        return results[0], tuple(results[1:])
+    kernel, recurrent, bias = cell.keras_weights(*weights)
+    initial_np = tuple(_numpy(s) for s in initial) if initial else None
+    outputs, states, _ = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np, mask,
+                                      go_backwards, training=False)
+    return (_outputs_in_input_order(outputs, go_backwards),
+            tuple(torch.from_numpy(s) for s in states))
+
+
+# --------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------
+
+class _FusedRNNMixin:
+    """The shared ``forward`` of LSTM, GRU and RNN.  Expects torch.nn.RNNBase attributes
+    (input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)."""
+
+    def _cell(self):
+        raise NotImplementedError  # each module names its cell
+
+    # -- argument checks -----------------------------------------------------------
+    def _check_tensor(self, tensor, argname, dtype=None):
+        cls = type(self).__name__
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{cls}: {argname} must be a torch.Tensor, got "
+                            f"{type(tensor).__name__}")
+        if tensor.device.type != "cpu":
+            raise ValueError(f"{cls}: {argname} is on device {tensor.device}; the fused "
+                             "kernels run on the CPU only (move it with .cpu())")
+        if dtype is None and tensor.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{cls}: {argname} has dtype {tensor.dtype}; expected "
+                            "torch.float32 or torch.float64")
+        if dtype is not None and tensor.dtype != dtype:
+            raise TypeError(f"{cls}: {argname} has dtype {tensor.dtype} but the input has "
+                            f"dtype {dtype}; convert one of them (e.g. model.to({dtype}))")
+
+    def _layer_weights(self, layer, direction):
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        w_ih = getattr(self, "weight_ih" + suffix)
+        w_hh = getattr(self, "weight_hh" + suffix)
+        if self.bias:
+            return w_ih, w_hh, getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)
+        return w_ih, w_hh, None, None
+
+    def _initial_states(self, hx, batch, is_batched, dtype):
+        """hx as a tuple of (layers*directions, batch, hidden) tensors, or None."""
+        if hx is None:
+            return None
+        cls = type(self).__name__
+        n_states = self._cell().n_states
+        if n_states == 2:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{cls}: hx must be a tuple (h_0, c_0) of tensors, got "
+                                f"{type(hx).__name__}")
+            names = ("hx[0] (h_0)", "hx[1] (c_0)")
+            states = tuple(hx)
+        else:
+            names = ("hx",)
+            states = (hx,)
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        expected = (layers, batch, self.hidden_size) if is_batched else (layers,
+                                                                          self.hidden_size)
+        shape_names = ("(num_layers * num_directions, batch, hidden_size)" if is_batched
+                       else "(num_layers * num_directions, hidden_size) for unbatched input")
+        checked = []
+        for state, name in zip(states, names):
+            self._check_tensor(state, name, dtype)
+            if tuple(state.shape) != expected:
+                raise ValueError(f"{cls}: {name} must have shape {shape_names} = {expected}, "
+                                 f"got {tuple(state.shape)}")
+            checked.append(state if is_batched else state.unsqueeze(1))
+        return tuple(checked)
+
+    # -- forward ----------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        """torch.nn's forward, computed with the fused kernels.
+
+        input: (time, batch, input_size), (batch, time, input_size) with batch_first,
+        (time, input_size) unbatched, or a PackedSequence.  hx: initial hidden state(s) of
+        shape (num_layers * num_directions, batch, hidden_size) (no batch axis for
+        unbatched input); a tuple (h_0, c_0) for LSTM; None means zeros.
+        Returns (output, h_n) or, for LSTM, (output, (h_n, c_n)), shaped as torch's."""
+        cls = type(self).__name__
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data = input.data
+            self._check_tensor(data, "input.data")
+            # Work in the caller's batch order (pad_packed_sequence un-sorts), where hx
+            # and h_n live too; padded time steps are masked out.
+            x, lengths = pad_packed_sequence(input, batch_first=True)
+            steps = x.shape[1]
+            mask = (torch.arange(steps)[None, :] < lengths[:, None]).numpy()
+            is_batched = True
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"{cls}: input must be a torch.Tensor or a PackedSequence, "
+                                f"got {type(input).__name__}")
+            self._check_tensor(input, "input")
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"{cls}: input must be 3-D ({'batch, time' if self.batch_first else 'time, batch'}"
+                    f", input_size) or 2-D unbatched (time, input_size), got shape "
+                    f"{tuple(input.shape)}")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                x = input.unsqueeze(0)
+            else:
+                x = input if self.batch_first else input.transpose(0, 1)  # a view
+            mask = None
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{cls}: input's last dimension must be input_size = "
+                             f"{self.input_size}, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"{cls}: input must have at least one sequence and one time "
+                             f"step, got shape {tuple(input.shape)}")
+        dtype = x.dtype
+        for name, param in self.named_parameters(recurse=False):
+            self._check_tensor(param, f"parameter {name}", dtype)
+        initial = self._initial_states(hx, x.shape[0], is_batched, dtype)
+
+        output, finals = self._run_layers(x, initial, mask)
+
+        n_states = self._cell().n_states
+        final_states = tuple(torch.stack([f[k] for f in finals]) for k in range(n_states))
+        if packed:
+            output = self._pack_like(output, lengths, input)
+        elif not is_batched:
+            output = output.squeeze(0)
+            final_states = tuple(s.squeeze(1) for s in final_states)
+        elif not self.batch_first:
+            output = output.transpose(0, 1).contiguous()  # torch returns a contiguous tensor
+        hidden = final_states if n_states == 2 else final_states[0]
+        return output, hidden
+
+    def _run_layers(self, x, initial, mask):
+        """Stack the layers on batch-major x (batch, time, features).
+
+        Returns the last layer's output (batch, time, directions * hidden) and, per layer
+        and direction in torch's order, the tuple of final states.
+
+        Packed input arrives padded with a (batch, time) prefix mask.  Masked steps keep
+        the state and output zeros, which gives torch's PackedSequence semantics: padding
+        outputs are zero and h_n is each sequence's state at its last valid step.  The
+        reverse direction runs with go_backwards on the same mask: the padded tail is then
+        processed first, leaves the initial state untouched, and each sequence effectively
+        starts from its own last valid step, which is torch's per-sequence reversal without
+        an index gather; its outputs come back in processing order and are flipped."""
+        cell = self._cell()
+        directions = 2 if self.bidirectional else 1
+        finals = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                start = () if initial is None else tuple(s[index] for s in initial)
+                out, states = _run_direction(cell, layer_input,
+                                             self._layer_weights(layer, direction), start,
+                                             mask, go_backwards=direction == 1)
+                outputs.append(out)
+                finals.append(states)
+            layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                # torch's inter-layer dropout: on every layer's output but the last
+                layer_input = torch.nn.functional.dropout(layer_input, self.dropout,
+                                                          training=True)
+        return layer_input, finals
+
+    @staticmethod
+    def _pack_like(output, lengths, packed_input):
+        """Pack a padded batch-major output with the input's batch_sizes and orderings."""
+        sorted_indices = packed_input.sorted_indices
+        if sorted_indices is not None:
+            output = output.index_select(0, sorted_indices)
+            lengths = lengths.index_select(0, sorted_indices)
+        data = pack_padded_sequence(output, lengths, batch_first=True,
+                                    enforce_sorted=True).data
+        return PackedSequence(data, packed_input.batch_sizes, sorted_indices,
+                              packed_input.unsorted_indices)
+
+
+class LSTM(_FusedRNNMixin, torch.nn.LSTM):
+    """Drop-in ``torch.nn.LSTM`` on the fused kernels (see the module docstring).
+
+    Same arguments as torch.nn.LSTM; ``proj_size`` must be 0 (ValueError otherwise)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        if proj_size != 0:
+            raise ValueError(
+                f"LSTM: proj_size={proj_size} is not supported: the fused LSTM kernel has no "
+                "projection inside the recurrence; use proj_size=0 (or torch.nn.LSTM)")
+        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout,
+                         bidirectional=bidirectional, proj_size=0, device=device, dtype=dtype)
+
+    def _cell(self):
+        return _LSTMCell()
+
+
+class GRU(_FusedRNNMixin, torch.nn.GRU):
+    """Drop-in ``torch.nn.GRU`` on the fused kernels (see the module docstring)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout,
+                         bidirectional=bidirectional, device=device, dtype=dtype)
+
+    def _cell(self):
+        return _GRUCell()
+
+
+class RNN(_FusedRNNMixin, torch.nn.RNN):
+    """Drop-in ``torch.nn.RNN`` (Elman, ``nonlinearity`` "tanh" or "relu") on the fused
+    kernels (see the module docstring)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers=num_layers,
+                         nonlinearity=nonlinearity, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, device=device,
+                         dtype=dtype)
+
+    def _cell(self):
+        return _RNNCell(self.nonlinearity)

@@ -1,0 +1,189 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Cython glue for the GRU kernels: allocate results, release the GIL, call csrc/.
+
+Arguments arrive validated and normalised by fusedrnn.ops (dtype, shapes, last-axis
+contiguity); this layer only checks what it relies on for memory safety."""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint8_t
+from fusedrnn._common cimport (frnn_blas, frnn_dims, frnn_seq_strides, frnn_activation,
+                               scipy_blas, raise_for_status, seq_strides)
+
+cnp.import_array()
+
+cdef extern from "fusedrnn.h" nogil:
+    int frnn_gru_forward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                             const float *x, frnn_seq_strides xs,
+                             const float *kernel, const float *recurrent, const float *bias,
+                             const uint8_t *mask, frnn_seq_strides ms, const float *h0,
+                             float *outputs, frnn_seq_strides os, float *h_n,
+                             float *x_cache, float *gates, float *hr_cache, float *h_states,
+                             uint8_t *mask_cache) noexcept
+    int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                             const double *x, frnn_seq_strides xs,
+                             const double *kernel, const double *recurrent, const double *bias,
+                             const uint8_t *mask, frnn_seq_strides ms, const double *h0,
+                             double *outputs, frnn_seq_strides os, double *h_n,
+                             double *x_cache, double *gates, double *hr_cache, double *h_states,
+                             uint8_t *mask_cache) noexcept
+    int frnn_gru_backward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                              const float *kernel, const float *recurrent, const float *h0,
+                              const float *x_cache, const float *gates, const float *hr_cache,
+                              const float *h_states, const uint8_t *mask_cache,
+                              const float *d_outputs, frnn_seq_strides dos, const float *d_h_n,
+                              float *dx, frnn_seq_strides dxs, float *d_kernel,
+                              float *d_recurrent, float *d_bias, float *d_h0) noexcept
+    int frnn_gru_backward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_after,
+                              const double *kernel, const double *recurrent, const double *h0,
+                              const double *x_cache, const double *gates,
+                              const double *hr_cache, const double *h_states,
+                              const uint8_t *mask_cache, const double *d_outputs,
+                              frnn_seq_strides dos, const double *d_h_n,
+                              double *dx, frnn_seq_strides dxs, double *d_kernel,
+                              double *d_recurrent, double *d_bias, double *d_h0) noexcept
+
+
+cdef inline void *data_or_null(object array):
+    if array is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+cdef frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs, Py_ssize_t units,
+                         bint go_backwards, bint zero_output_for_mask, int activation,
+                         int recurrent_activation):
+    cdef frnn_dims d
+    d.batch = batch
+    d.steps = steps
+    d.input_size = inputs
+    d.units = units
+    d.go_backwards = go_backwards
+    d.zero_output_for_mask = zero_output_for_mask
+    d.activation = <frnn_activation>activation
+    d.recurrent_activation = <frnn_activation>recurrent_activation
+    return d
+
+
+def gru_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, mask, h0,
+                bint reset_after, bint go_backwards, bint zero_output_for_mask, int activation,
+                int recurrent_activation, bint training):
+    """Returns (outputs, h_n, cache); cache = (x_cache, gates, hr_cache, h_states,
+    mask_cache) in processing order, or None for inference.  See csrc/fusedrnn.h."""
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = recurrent.shape[0]
+    dtype = x.dtype
+    cdef bint is_f32 = dtype == np.float32
+    # (empty arrays may report zero strides: nothing is read from them)
+    if x.strides[2] != x.itemsize and I > 1 and x.size:
+        raise ValueError("x: the feature axis must be contiguous")
+    cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
+                                 recurrent_activation)
+    cdef frnn_blas blas = scipy_blas()
+    cdef cnp.ndarray outputs = np.empty((B, T, H), dtype=dtype)
+    cdef cnp.ndarray h_n = np.empty((B, H), dtype=dtype)
+    x_cache = gates = hr_cache = h_states = mask_cache = None
+    if training:
+        x_cache = np.empty((T, B, I), dtype=dtype)
+        gates = np.empty((T, B, 3 * H), dtype=dtype)
+        hr_cache = np.empty((T, B, H), dtype=dtype)
+        h_states = np.empty((T, B, H), dtype=dtype)
+        if mask is not None:
+            mask_cache = np.empty((T, B), dtype=np.uint8)
+    cdef frnn_seq_strides xs = seq_strides(x), os = seq_strides(outputs)
+    cdef frnn_seq_strides ms
+    ms.stride_b = 0
+    ms.stride_t = 0
+    if mask is not None:
+        ms = seq_strides(mask)
+    cdef void *px = data_or_null(x)
+    cdef void *pk = data_or_null(kernel)
+    cdef void *pr = data_or_null(recurrent)
+    cdef void *pb = data_or_null(bias)
+    cdef const uint8_t *pm = <const uint8_t *>data_or_null(mask)
+    cdef void *ph0 = data_or_null(h0)
+    cdef void *pout = data_or_null(outputs)
+    cdef void *phn = data_or_null(h_n)
+    cdef void *pxc = data_or_null(x_cache)
+    cdef void *pg = data_or_null(gates)
+    cdef void *phr = data_or_null(hr_cache)
+    cdef void *phs = data_or_null(h_states)
+    cdef uint8_t *pmc = <uint8_t *>data_or_null(mask_cache)
+    cdef int status
+    with nogil:
+        if is_f32:
+            status = frnn_gru_forward_f32(&blas, &d, reset_after, <float *>px, xs, <float *>pk,
+                                          <float *>pr, <float *>pb, pm, ms, <float *>ph0,
+                                          <float *>pout, os, <float *>phn, <float *>pxc,
+                                          <float *>pg, <float *>phr, <float *>phs, pmc)
+        else:
+            status = frnn_gru_forward_f64(&blas, &d, reset_after, <double *>px, xs,
+                                          <double *>pk, <double *>pr, <double *>pb, pm, ms,
+                                          <double *>ph0, <double *>pout, os, <double *>phn,
+                                          <double *>pxc, <double *>pg, <double *>phr,
+                                          <double *>phs, pmc)
+    raise_for_status(status, "gru_forward")
+    cache = (x_cache, gates, hr_cache, h_states, mask_cache) if training else None
+    return outputs, h_n, cache
+
+
+def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, tuple cache,
+                 d_outputs, d_h_n, bint reset_after, bint go_backwards,
+                 bint zero_output_for_mask, int activation, int recurrent_activation):
+    """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0)."""
+    x_cache, gates, hr_cache, h_states, mask_cache = cache
+    cdef Py_ssize_t T = x_cache.shape[0], B = x_cache.shape[1], I = x_cache.shape[2]
+    cdef Py_ssize_t H = recurrent.shape[0]
+    dtype = kernel.dtype
+    cdef bint is_f32 = dtype == np.float32
+    cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
+                                 recurrent_activation)
+    cdef frnn_blas blas = scipy_blas()
+    cdef cnp.ndarray dx = np.empty((B, T, I), dtype=dtype)
+    cdef cnp.ndarray d_kernel = np.empty((I, 3 * H), dtype=dtype)
+    cdef cnp.ndarray d_recurrent = np.empty((H, 3 * H), dtype=dtype)
+    d_bias = None
+    if has_bias:
+        if reset_after:
+            d_bias = np.empty((2, 3 * H), dtype=dtype)  # [input row; recurrent row]
+        else:
+            d_bias = np.empty((3 * H,), dtype=dtype)
+    cdef cnp.ndarray d_h0 = np.empty((B, H), dtype=dtype)
+    cdef frnn_seq_strides dxs = seq_strides(dx)
+    cdef frnn_seq_strides dos
+    dos.stride_b = 0
+    dos.stride_t = 0
+    if d_outputs is not None:
+        if d_outputs.strides[2] != d_outputs.itemsize and H > 1 and d_outputs.size:
+            raise ValueError("d_outputs: the feature axis must be contiguous")
+        dos = seq_strides(d_outputs)
+    cdef void *pk = data_or_null(kernel)
+    cdef void *pr = data_or_null(recurrent)
+    cdef void *ph0 = data_or_null(h0)
+    cdef void *pxc = data_or_null(x_cache)
+    cdef void *pg = data_or_null(gates)
+    cdef void *phr = data_or_null(hr_cache)
+    cdef void *phs = data_or_null(h_states)
+    cdef const uint8_t *pmc = <const uint8_t *>data_or_null(mask_cache)
+    cdef void *pdo = data_or_null(d_outputs)
+    cdef void *pdhn = data_or_null(d_h_n)
+    cdef void *pdx = data_or_null(dx)
+    cdef void *pdk = data_or_null(d_kernel)
+    cdef void *pdr = data_or_null(d_recurrent)
+    cdef void *pdb = data_or_null(d_bias)
+    cdef void *pdh0 = data_or_null(d_h0)
+    cdef int status
+    with nogil:
+        if is_f32:
+            status = frnn_gru_backward_f32(&blas, &d, reset_after, <float *>pk, <float *>pr,
+                                           <float *>ph0, <float *>pxc, <float *>pg,
+                                           <float *>phr, <float *>phs, pmc, <float *>pdo, dos,
+                                           <float *>pdhn, <float *>pdx, dxs, <float *>pdk,
+                                           <float *>pdr, <float *>pdb, <float *>pdh0)
+        else:
+            status = frnn_gru_backward_f64(&blas, &d, reset_after, <double *>pk, <double *>pr,
+                                           <double *>ph0, <double *>pxc, <double *>pg,
+                                           <double *>phr, <double *>phs, pmc, <double *>pdo,
+                                           dos, <double *>pdhn, <double *>pdx, dxs,
+                                           <double *>pdk, <double *>pdr, <double *>pdb,
+                                           <double *>pdh0)
+    raise_for_status(status, "gru_backward")
+    return dx, d_kernel, d_recurrent, d_bias, d_h0

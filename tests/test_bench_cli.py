@@ -1,0 +1,268 @@
+"""The ``fusedrnn`` command and ``fusedrnn bench``: structure of the report, not speed.
+
+One quick in-process run (smallest budgets) checks the Markdown table and the JSON; the
+rest checks the pieces the numbers depend on (FLOP counts, the timing rule, the torch
+weight mapping) and that bad arguments give clear errors."""
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fusedrnn import __main__ as cli
+from fusedrnn import bench, ops
+
+from helpers import assert_close, require
+
+
+def _finite_positive(value):
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `fusedrnn bench --quick` run with the smallest budget, LSTM only."""
+    directory = tmp_path_factory.mktemp("bench")
+    json_path, markdown_path = directory / "bench.json", directory / "bench.md"
+    argv = ["bench", "--quick", "--cells", "lstm", "--repeat", "1", "--budget", "0.001",
+            "--threads", "1", "--json", str(json_path), "--markdown", str(markdown_path)]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = cli.main(argv)
+    return {
+        "status": status,
+        "stdout": stdout.getvalue(),
+        "json": json.loads(json_path.read_text()),
+        "markdown": markdown_path.read_text(),
+    }
+
+
+def test_quick_run_succeeds_and_writes_the_same_report(quick_run):
+    assert quick_run["status"] == 0
+    assert quick_run["markdown"] == quick_run["stdout"]
+
+
+def test_quick_run_markdown_table_has_one_row_per_measurement(quick_run):
+    lines = quick_run["stdout"].splitlines()
+    header_index = next(k for k, line in enumerate(lines) if line.startswith("| cell |"))
+    header = [c.strip() for c in lines[header_index].strip("|").split("|")]
+    assert header == list(bench.TABLE_COLUMNS)
+    rows = []
+    for line in lines[header_index + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    expected = {("lstm", mode, str(p.batch), str(p.steps), str(p.features), str(p.units))
+                for mode in bench.MODES for p in bench.quick_grid()}
+    assert {tuple(row[:6]) for row in rows} == expected
+    assert len(rows) == len(expected)
+    for row in rows:
+        assert float(row[header.index("fusedrnn ms")]) > 0
+        assert float(row[header.index("fusedrnn GFLOP/s")]) > 0
+
+
+def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
+    data = quick_run["json"]
+    assert data["config"]["threads"] == 1
+    assert data["environment"]["cpu"]
+    assert all(pool["num_threads"] == 1 for pool in data["environment"]["threadpools"]
+               if pool["user_api"] == "blas")
+    results = data["results"]
+    assert len(results) == len(bench.MODES) * len(bench.quick_grid())
+    has_torch = bench.torch_available()
+    for r in results:
+        assert r["flops"] == bench.flops(
+            r["cell"], r["mode"], bench.Point(r["batch"], r["steps"], r["features"], r["units"]))
+        implementations = ["fusedrnn", "numpy"] + (["torch"] if has_torch else [])
+        for implementation in implementations:
+            timing = r["times"][implementation]
+            assert _finite_positive(timing["median_ms"]), (implementation, timing)
+            assert timing["repeats"] >= 1
+            assert timing["min_ms"] <= timing["median_ms"]
+        assert _finite_positive(r["fusedrnn_gflops"])
+        assert _finite_positive(r["ratio_numpy_over_fusedrnn"])
+        if has_torch:
+            assert _finite_positive(r["ratio_torch_over_fusedrnn"])
+            expected = r["times"]["torch"]["median_ms"] / r["times"]["fusedrnn"]["median_ms"]
+            assert r["ratio_torch_over_fusedrnn"] == pytest.approx(expected)
+        if r["mode"] == "train":
+            saved = r["saved_bytes_per_step"]
+            # fusedrnn saves at least the activated gates and c, h (6 * units per row) per step
+            assert saved["fusedrnn"] >= 6 * r["units"] * r["batch"] * 4
+            if has_torch:
+                assert _finite_positive(saved["torch"])
+        else:
+            assert r["saved_bytes_per_step"] is None
+
+
+def test_quick_run_training_loop_section(quick_run):
+    loop = quick_run["json"]["loop"]
+    if not bench.drop_in_lstm_available():
+        assert loop is None
+        pytest.skip("fusedrnn.torch.LSTM is not available")
+    assert "## Training loop" in quick_run["stdout"]
+    for name in ("fusedrnn", "torch"):
+        assert _finite_positive(loop["median_ms"][name])
+        assert len(loop["seconds"][name]) == loop["config"]["iterations"] - 1
+    # same model, data and initial parameters: the two loops train alike
+    assert loop["final_loss"]["fusedrnn"] == pytest.approx(loop["final_loss"]["torch"], rel=1e-3)
+
+
+def test_flops_follow_the_per_step_formulas():
+    point = bench.Point(batch=2, steps=3, features=4, units=5)
+    # per step: LSTM 8*B*H*(I+H), GRU 6*B*H*(I+H), RNN 2*B*H*(I+H); B*H*(I+H) = 90
+    assert bench.flops("lstm", "forward", point) == 8 * 90 * 3
+    assert bench.flops("gru", "forward", point) == 6 * 90 * 3
+    assert bench.flops("rnn", "forward", point) == 2 * 90 * 3
+    assert bench.flops("lstm", "train", point) == 3 * 8 * 90 * 3
+
+
+def test_full_grid_is_the_issue_grid():
+    grid = bench.full_grid()
+    at_100 = {(p.batch, p.features, p.units) for p in grid if p.steps == 100}
+    assert at_100 == {(b, i, h) for b in (1, 8, 32, 128)
+                      for i, h in ((64, 128), (128, 256), (256, 512))}
+    assert bench.Point(8, 1000, 64, 128) in grid
+    skipped = [p for p in grid if bench.numpy_skipped(p)]
+    assert skipped == [bench.Point(128, 100, 256, 512)]
+
+
+def test_measure_warms_up_then_repeats_until_count_and_budget():
+    calls = []
+    timing = bench.measure(lambda: calls.append(1),
+                           bench.MeasureSettings(warmup=2, min_repeats=3, max_repeats=9,
+                                                 budget=0.0))
+    assert timing.repeats == 3 and len(calls) == 5
+    calls.clear()
+    timing = bench.measure(lambda: calls.append(1),
+                           bench.MeasureSettings(warmup=0, min_repeats=1, max_repeats=4,
+                                                 budget=60.0))
+    assert timing.repeats == 4 and len(calls) == 4  # max_repeats ends a long budget
+
+
+@pytest.mark.parametrize("cell", bench.CELLS)
+def test_torch_baseline_has_the_same_weights(cell, request):
+    """The torch module the benchmark times computes what fusedrnn computes: outputs and
+    the input and weight gradients for the benchmark's upstream gradient."""
+    if cell not in bench.available_cells():
+        pytest.skip(f"fusedrnn.ops has no {cell} kernels yet")
+    torch = require("torch", request)
+    problem = bench.make_problem(cell, bench.Point(3, 5, 4, 6), dtype=np.float64, seed=1)
+    forward_name, backward_name = bench.OP_NAMES[cell]
+    ours = getattr(ops, forward_name)(problem.x, problem.kernel, problem.recurrent_kernel,
+                                      problem.bias, training=True)
+    ours_grads = getattr(ops, backward_name)(ours.cache, problem.d_outputs)
+
+    module = bench.build_torch_module(problem)
+    x = torch.from_numpy(problem.x).requires_grad_(True)
+    outputs, _ = module(x)
+    assert_close(outputs.detach().numpy(), ours.outputs, 1e-10, name="outputs")
+    outputs.backward(torch.from_numpy(problem.d_outputs))
+    assert_close(x.grad.numpy(), ours_grads.x, 1e-10, name="d x")
+    gradients = dataclasses.replace(problem, kernel=ours_grads.kernel,
+                                    recurrent_kernel=ours_grads.recurrent_kernel,
+                                    bias=ours_grads.bias)
+    mapped = bench.torch_weights(gradients)  # our gradients in torch's layout
+    if cell != "gru":  # one Keras bias = bias_ih + bias_hh: both get its gradient
+        mapped["bias_hh_l0"] = mapped["bias_ih_l0"]
+    for name, expected in mapped.items():
+        assert_close(getattr(module, name).grad.numpy(), expected, 1e-10, name=name)
+
+
+def test_cli_help_lists_the_subcommands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "bench" in out and "experiment" in out
+
+
+def test_module_entry_point_runs():
+    completed = subprocess.run([sys.executable, "-m", "fusedrnn", "--help"],
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0
+    assert "bench" in completed.stdout
+
+
+def test_unknown_subcommand_is_an_error(capsys):
+    assert cli.main(["benchmark"]) == 2
+    assert "unknown command 'benchmark'" in capsys.readouterr().err
+
+
+def test_missing_subcommand_module_gives_a_clear_error(monkeypatch):
+    monkeypatch.setitem(cli.SUBCOMMANDS, "experiment", ("fusedrnn._no_such_module", "x"))
+    with pytest.raises(SystemExit, match="not available in this installation"):
+        cli.main(["experiment"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cells", "lstm,foo"], "unknown cell 'foo'"),
+    (["--modes", "backward"], "unknown mode 'backward'"),
+    (["--threads", "0"], "expected a positive integer, got 0"),
+    (["--repeat", "many"], "expected a positive integer, got 'many'"),
+    (["--budget", "-1"], "expected a positive number"),
+    (["--json", "/no/such/directory/out.json"], "does not exist"),
+])
+def test_bad_bench_arguments_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(["bench", *argv])
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unavailable_cell_is_named(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "available_cells", lambda: ["lstm"])
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--cells", "gru"])
+    assert "gru is not available" in capsys.readouterr().err
+
+
+def _synthetic_results():
+    """Results with known times (seconds), as run_grid would return them."""
+    big = bench.Point(128, 100, 256, 512)
+    small = bench.Point(1, 100, 64, 128)
+    forward = bench.Result("lstm", "forward", small,
+                           timings={"fusedrnn": bench.Timing([0.002, 0.003, 0.001]),
+                                    "numpy": bench.Timing([0.010]),
+                                    "torch": bench.Timing([0.004, 0.004, 0.005])})
+    train = bench.Result("lstm", "train", big,
+                         timings={"fusedrnn": bench.Timing([0.5]),
+                                  "torch": bench.Timing([0.25])},
+                         marks={"numpy": bench.SKIPPED},
+                         saved_bytes={"fusedrnn": 100 * 2048, "torch": None})
+    return [forward, train]
+
+
+def test_report_computes_ratios_gflops_and_footnotes():
+    forward, train = _synthetic_results()
+    assert forward.ratio("torch") == pytest.approx(2.0)   # medians 4 ms / 2 ms
+    assert forward.ratio("numpy") == pytest.approx(5.0)
+    assert train.ratio("numpy") is None
+    assert forward.gflops == pytest.approx(bench.flops("lstm", "forward", forward.point) / 2e-3 / 1e9)
+    assert train.saved_bytes_per_step("fusedrnn") == 2048
+    env = {"fusedrnn": "0", "python": "3", "numpy": "2", "scipy": "1", "cpu": "test cpu",
+           "logical_cpus_available": 2, "torch_installed": True, "torch": "2.13",
+           "torch_threads": 2,
+           "threadpools": [{"internal_api": "openblas", "version": "0.3", "loaded_by": "scipy",
+                            "num_threads": 2}]}
+    config = {"dtype": "float32", "min_repeats": 3, "warmup": 1, "budget": 0.3,
+              "elapsed_seconds": 1.0, "load_before": 0.5, "load_after": None}
+    report = bench.format_markdown(env, config, [forward, train], None, ["a note"])
+    rows = [line for line in report.splitlines() if line.startswith("| lstm")]
+    assert rows[0].split("|")[7:13] == [" 2.00 ", " 10.0 ", " 4.00 ",
+                                        f" {bench._gflops(forward.gflops)} ", " 2.00x ", " 5.00x "]
+    assert rows[1].split("|")[7:9] == [" 500 ", " - "]
+    assert rows[1].split("|")[11:15] == [" 0.50x ", " - ", " 2.0 ", " n/a "]
+    assert "left out at the largest points" in report   # the '-' footnote
+    assert "openblas 0.3 (from scipy): 2 threads" in report
+    assert "Note: a note" in report
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "speedup.png"
+    bench.plot_speedups(_synthetic_results(), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

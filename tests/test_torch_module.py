@@ -1,0 +1,454 @@
+"""fusedrnn.torch.LSTM / GRU / RNN against torch.nn: parity, state_dict, training, errors.
+
+Every parity test copies a torch.nn module's state_dict into ours and compares outputs,
+final states and the gradients of every parameter, the input and hx, for a loss with
+random weights on all outputs (so no gradient is symmetric or trivially zero)."""
+from __future__ import annotations
+
+import pytest
+import numpy as np
+
+from helpers import assert_close, require
+
+KINDS = ("LSTM", "GRU", "RNN")
+# (relative tolerance, absolute floor scaled to the magnitude) per dtype name
+RTOL = {"float32": 2e-4, "float64": 1e-9}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_each(request):
+    """torch and BLAS on one thread: on 2 shared cores, threads spinning against each other
+    (and against other test processes) cost far more than they bring at these sizes."""
+    import threadpoolctl
+
+    torch = require("torch", request)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(1):
+        yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def torch(request):
+    torch = require("torch", request)
+    torch.manual_seed(0)
+    return torch
+
+
+@pytest.fixture
+def ft(torch):
+    import fusedrnn.torch as ft
+    return ft
+
+
+def make_pair(torch, ft, kind, input_size, hidden_size, dtype, **options):
+    """A torch.nn module and ours with identical parameters."""
+    reference = getattr(torch.nn, kind)(input_size, hidden_size, dtype=dtype, **options)
+    ours = getattr(ft, kind)(input_size, hidden_size, dtype=dtype, **options)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def run_with_gradients(torch, module, make_input, hx, loss_weights):
+    """Forward, then the gradients of a weighted sum of every returned tensor w.r.t. the
+    input, hx and every parameter.  Returns (output tensor, states tuple, grads dict)."""
+    x_leaf, model_input = make_input()
+    output, hidden = module(model_input, hx)
+    states = hidden if isinstance(hidden, tuple) else (hidden,)
+    out_tensor = output.data if hasattr(output, "batch_sizes") else output
+    loss = (out_tensor * loss_weights[0]).sum()
+    for state, weight in zip(states, loss_weights[1:]):
+        loss = loss + (state * weight).sum()
+    wrt = {"input": x_leaf}
+    if hx is not None:
+        for k, state in enumerate(hx if isinstance(hx, tuple) else (hx,)):
+            wrt[f"hx[{k}]"] = state
+    wrt.update(dict(module.named_parameters()))
+    grads = torch.autograd.grad(loss, list(wrt.values()))
+    return output, states, dict(zip(wrt, grads))
+
+
+def assert_parity(torch, reference, ours, make_input, hx, dtype):
+    """Outputs, final states and all gradients of `ours` equal torch.nn's."""
+    rtol = RTOL[str(dtype).replace("torch.", "")]
+    with torch.no_grad():
+        ref_out, ref_hidden = reference(make_input()[1], hx)
+    ref_states = ref_hidden if isinstance(ref_hidden, tuple) else (ref_hidden,)
+    ref_data = ref_out.data if hasattr(ref_out, "batch_sizes") else ref_out
+    generator = torch.Generator().manual_seed(1)
+    loss_weights = [torch.randn(ref_data.shape, generator=generator, dtype=dtype)]
+    loss_weights += [torch.randn(s.shape, generator=generator, dtype=dtype) for s in ref_states]
+
+    expected = run_with_gradients(torch, reference, make_input, hx, loss_weights)
+    actual = run_with_gradients(torch, ours, make_input, hx, loss_weights)
+
+    exp_out, act_out = expected[0], actual[0]
+    assert type(act_out) is type(exp_out)
+    if hasattr(exp_out, "batch_sizes"):
+        assert torch.equal(act_out.batch_sizes, exp_out.batch_sizes)
+        for name in ("sorted_indices", "unsorted_indices"):
+            e, a = getattr(exp_out, name), getattr(act_out, name)
+            assert (e is None and a is None) or torch.equal(a, e), name
+        exp_out, act_out = exp_out.data, act_out.data
+    assert act_out.shape == exp_out.shape and act_out.dtype == exp_out.dtype
+    assert act_out.is_contiguous()
+    assert_close(act_out.detach().numpy(), exp_out.detach().numpy(), rtol, name="output")
+    assert len(actual[1]) == len(expected[1])
+    for k, (a, e) in enumerate(zip(actual[1], expected[1])):
+        assert a.shape == e.shape
+        assert_close(a.detach().numpy(), e.detach().numpy(), rtol, name=f"final state {k}")
+    assert actual[2].keys() == expected[2].keys()
+    for name, e in expected[2].items():
+        assert_close(actual[2][name].numpy(), e.numpy(), rtol, name=f"gradient of {name}")
+
+
+def input_maker(torch, rng, *, layout, steps, batch, input_size, batch_first, dtype,
+                lengths=None, enforce_sorted=False):
+    """A function returning (leaf tensor, module input) afresh on each call."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    if layout == "unbatched":
+        data = rng.standard_normal((steps, input_size))
+    elif batch_first:
+        data = rng.standard_normal((batch, steps, input_size))
+    else:
+        data = rng.standard_normal((steps, batch, input_size))
+
+    def make():
+        leaf = torch.tensor(data, dtype=dtype, requires_grad=True)
+        if layout == "packed":
+            return leaf, pack_padded_sequence(leaf, torch.tensor(lengths), batch_first=batch_first,
+                                              enforce_sorted=enforce_sorted)
+        return leaf, leaf
+
+    return make
+
+
+def random_hx(torch, rng, kind, layers, batch, hidden_size, dtype, unbatched=False):
+    shape = (layers, hidden_size) if unbatched else (layers, batch, hidden_size)
+
+    def state():
+        return torch.tensor(rng.standard_normal(shape), dtype=dtype, requires_grad=True)
+
+    return (state(), state()) if kind == "LSTM" else state()
+
+
+# Random configurations: (num_layers, bidirectional, batch_first, bias, layout, hx, dtype).
+# Sizes are drawn per test from the seeded rng, with odd sizes (1, 3, 67) forced in some.
+CONFIGS = [
+    (1, False, False, True, "tensor", False, "float64"),
+    (2, True, True, True, "tensor", True, "float64"),
+    (3, False, False, False, "tensor", True, "float32"),
+    (1, True, False, True, "packed", True, "float64"),
+    (2, True, True, True, "packed", False, "float32"),
+    (3, True, False, True, "packed", True, "float64"),
+    (2, False, True, False, "packed", True, "float64"),
+    (1, True, True, True, "unbatched", True, "float32"),
+    (2, True, False, True, "unbatched", False, "float64"),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, config):
+    layers, bidirectional, batch_first, bias, layout, with_hx, dtype_name = config
+    dtype = getattr(torch, dtype_name)
+    input_size = int(rng.choice([1, 3, 5, 67]))
+    hidden_size = int(rng.choice([1, 3, 8, 67]))
+    batch = int(rng.choice([1, 3, 6]))
+    steps = int(rng.integers(1, 12))
+    options = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                   bias=bias)
+    if kind == "RNN":
+        options["nonlinearity"] = str(rng.choice(["tanh", "relu"]))
+    reference, ours = make_pair(torch, ft, kind, input_size, hidden_size, dtype, **options)
+    lengths = None
+    if layout == "packed":
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[rng.integers(batch)] = steps  # one sequence spans every step
+        lengths = lengths.tolist()
+    # shown by pytest on failure: the rng seed depends on the run's hash seed
+    print(f"{kind} {options} input_size={input_size} hidden_size={hidden_size} "
+          f"batch={batch} steps={steps} lengths={lengths}")
+    make_input = input_maker(torch, rng, layout=layout, steps=steps, batch=batch,
+                             input_size=input_size, batch_first=batch_first, dtype=dtype,
+                             lengths=lengths)
+    directions = 2 if bidirectional else 1
+    hx = None
+    if with_hx:
+        hx = random_hx(torch, rng, kind, layers * directions, batch, hidden_size, dtype,
+                       unbatched=layout == "unbatched")
+    assert_parity(torch, reference, ours, make_input, hx, dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_parity_long_packed_bidirectional_sequence(torch, ft, rng, kind, dtype_name):
+    """300 steps, 67 units, unsorted lengths: the reverse direction starts at each
+    sequence's own last step, padding outputs are zero, h_n is taken at the last step."""
+    dtype = getattr(torch, dtype_name)
+    reference, ours = make_pair(torch, ft, kind, 3, 67, dtype, bidirectional=True)
+    lengths = [137, 300, 1, 64]
+    make_input = input_maker(torch, rng, layout="packed", steps=300, batch=4, input_size=3,
+                             batch_first=False, dtype=dtype, lengths=lengths)
+    hx = random_hx(torch, rng, kind, 2, 4, 67, dtype)
+    assert_parity(torch, reference, ours, make_input, hx, dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_sorted_input_and_padding_outputs(torch, ft, rng, kind):
+    """enforce_sorted=True input (no sorted_indices), and the padded view of the output
+    is zero past each length, as torch's."""
+    from torch.nn.utils.rnn import pad_packed_sequence
+
+    dtype = torch.float64
+    reference, ours = make_pair(torch, ft, kind, 4, 5, dtype, num_layers=2, bidirectional=True,
+                                batch_first=True)
+    lengths = [7, 5, 5, 2]
+    make_input = input_maker(torch, rng, layout="packed", steps=7, batch=4, input_size=4,
+                             batch_first=True, dtype=dtype, lengths=lengths,
+                             enforce_sorted=True)
+    assert_parity(torch, reference, ours, make_input, None, dtype)
+    padded, _ = pad_packed_sequence(ours(make_input()[1])[0], batch_first=True)
+    for row, length in enumerate(lengths):
+        assert torch.all(padded[row, length:] == 0)
+        assert torch.all(padded[row, :length].abs().sum(-1) > 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_on_part_of_the_results(torch, ft, rng, kind):
+    """Gradients flowing only from h_n (no output gradient), or only from the output."""
+    dtype = torch.float64
+    reference, ours = make_pair(torch, ft, kind, 3, 4, dtype, num_layers=2, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((6, 2, 3)), dtype=dtype)
+    for pick in ("state", "output"):
+        grads = []
+        for module in (reference, ours):
+            module.zero_grad()
+            output, hidden = module(x)
+            h_n = hidden[0] if kind == "LSTM" else hidden
+            (h_n.sum() if pick == "state" else output.pow(2).sum()).backward()
+            grads.append([p.grad.clone() for p in module.parameters()])
+        for expected, actual in zip(*grads):
+            assert_close(actual.numpy(), expected.numpy(), 1e-9, name=pick)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trips_both_ways(torch, ft, kind):
+    ours = getattr(ft, kind)(5, 7, num_layers=2, bidirectional=True)
+    reference = getattr(torch.nn, kind)(5, 7, num_layers=2, bidirectional=True)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    for (name, a), (_, b) in zip(ours.state_dict().items(), reference.state_dict().items()):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+    assert isinstance(ours, getattr(torch.nn, kind))
+
+    reference.load_state_dict(ours.state_dict())  # ours -> torch
+    for name, value in ours.state_dict().items():
+        assert torch.equal(reference.state_dict()[name], value)
+    fresh = getattr(ft, kind)(5, 7, num_layers=2, bidirectional=True)
+    fresh.load_state_dict(reference.state_dict())  # torch -> ours
+    x = torch.randn(4, 3, 5)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x)[0], reference(x)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_initialisation_is_uniform_in_plus_minus_one_over_sqrt_h(torch, ft, kind):
+    hidden_size = 16
+    bound = 1.0 / hidden_size ** 0.5
+    values = torch.cat([p.detach().reshape(-1) for p in getattr(ft, kind)(30, hidden_size).parameters()])
+    assert values.abs().max() <= bound
+    assert values.max() > 0.95 * bound and values.min() < -0.95 * bound
+    assert abs(float(values.mean())) < 0.05 * bound  # centred
+    assert abs(float(values.std()) - bound / 3 ** 0.5) < 0.05 * bound  # std of U(-b, b)
+
+
+def test_training_with_adam_matches_torch_nn(torch, ft, rng):
+    """Eight Adam steps of a small sequence classifier in float64 (packed, bidirectional,
+    2 layers): the parameters end where torch.nn's end."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    dtype = torch.float64
+    results = []
+    data = torch.tensor(rng.standard_normal((5, 9, 3)), dtype=dtype)
+    targets = torch.tensor(rng.standard_normal((5, 2)), dtype=dtype)
+    lengths = torch.tensor([9, 4, 7, 1, 9])
+    torch.manual_seed(3)
+    initial = torch.nn.LSTM(3, 6, num_layers=2, bidirectional=True, batch_first=True).double()
+    head_init = torch.nn.Linear(12, 2).double()
+    for module_class in (torch.nn.LSTM, ft.LSTM):
+        rnn = module_class(3, 6, num_layers=2, bidirectional=True, batch_first=True,
+                           dtype=dtype)
+        rnn.load_state_dict(initial.state_dict())
+        head = torch.nn.Linear(12, 2, dtype=dtype)
+        head.load_state_dict(head_init.state_dict())
+        params = list(rnn.parameters()) + list(head.parameters())
+        optimizer = torch.optim.Adam(params, lr=0.05)
+        for _ in range(8):
+            optimizer.zero_grad()
+            packed = pack_padded_sequence(data, lengths, batch_first=True, enforce_sorted=False)
+            _, (h_n, _) = rnn(packed)
+            features = torch.cat([h_n[-2], h_n[-1]], dim=1)
+            loss = torch.nn.functional.mse_loss(head(features), targets)
+            loss.backward()
+            optimizer.step()
+        results.append([p.detach().clone() for p in params])
+    start = [p.detach() for p in (*initial.parameters(), *head_init.parameters())]
+    moved = max(float((a - b).abs().max()) for a, b in zip(results[0], start))
+    assert moved > 0.1  # training really changed the parameters
+    for expected, actual in zip(*results):
+        assert_close(actual.numpy(), expected.numpy(), 1e-8)
+
+
+def test_no_grad_runs_inference_kernels(torch, ft, monkeypatch):
+    """Under torch.no_grad() (or when nothing requires grad) the kernels get
+    training=False; with autograd they get training=True."""
+    from fusedrnn import ops
+
+    calls = []
+    real_forward = ops.lstm_forward
+
+    def recording_forward(*args, **kwargs):
+        calls.append(kwargs["training"])
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "lstm_forward", recording_forward)
+    reference, ours = make_pair(torch, ft, "LSTM", 3, 4, torch.float32, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        output, (h_n, c_n) = ours(x)
+        expected, (h_exp, c_exp) = reference(x)
+    assert calls == [False, False]
+    assert not output.requires_grad and not h_n.requires_grad
+    assert torch.allclose(output, expected, atol=1e-5) and torch.allclose(c_n, c_exp, atol=1e-5)
+
+    calls.clear()
+    output, _ = ours(x)
+    assert calls == [True, True] and output.requires_grad
+
+    calls.clear()
+    for p in ours.parameters():
+        p.requires_grad_(False)
+    output, _ = ours(x)
+    assert calls == [False, False] and not output.requires_grad
+
+
+def test_double_and_float_conversions(torch, ft, rng):
+    reference, ours = make_pair(torch, ft, "LSTM", 3, 4, torch.float32, num_layers=2)
+    x = rng.standard_normal((6, 2, 3))
+    ours.double()
+    reference.double()
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    out64, _ = ours(torch.tensor(x))
+    assert out64.dtype == torch.float64
+    assert_close(out64.detach().numpy(), reference(torch.tensor(x))[0].detach().numpy(), 1e-12)
+    ours.float()
+    out32, _ = ours(torch.tensor(x, dtype=torch.float32))
+    assert out32.dtype == torch.float32
+    assert_close(out32.detach().numpy(), out64.detach().numpy(), 1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inter_layer_dropout_only_in_training(torch, ft, rng, kind):
+    dtype = torch.float64
+    x = torch.tensor(rng.standard_normal((8, 3, 4)), dtype=dtype)
+    reference, ours = make_pair(torch, ft, kind, 4, 5, dtype, num_layers=2, dropout=0.5)
+    ours.eval()
+    reference.eval()
+    assert_close(ours(x)[0].detach().numpy(), reference(x)[0].detach().numpy(), 1e-9)
+    ours.train()
+    first, second = ours(x)[0], ours(x)[0]
+    assert not torch.allclose(first, second)  # a fresh dropout mask per call
+
+    # dropout=1 zeroes the second layer's input: deterministic, so torch must agree.
+    reference, ours = make_pair(torch, ft, kind, 4, 5, dtype, num_layers=2, dropout=1.0)
+    out_ref, out_ours = reference(x)[0], ours(x)[0]
+    assert_close(out_ours.detach().numpy(), out_ref.detach().numpy(), 1e-9)
+    out_ours.sum().backward()
+    assert torch.all(ours.weight_ih_l1.grad == 0)  # the zeroed input carries no gradient
+    assert torch.any(ours.weight_hh_l1.grad != 0)
+
+
+def test_callers_tensors_are_not_modified(torch, ft, rng):
+    reference, ours = make_pair(torch, ft, "LSTM", 3, 4, torch.float64, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((5, 2, 3)), requires_grad=True)
+    hx = random_hx(torch, rng, "LSTM", 2, 2, 4, torch.float64)
+    before = [t.detach().clone() for t in (x, *hx, *ours.parameters())]
+    output, (h_n, c_n) = ours(x, hx)
+    (output.sum() + h_n.sum() + c_n.sum()).backward()
+    for old, new in zip(before, (x, *hx, *ours.parameters())):
+        assert torch.equal(old, new.detach())
+
+
+def test_backward_twice_with_retained_graph(torch, ft, rng):
+    _, ours = make_pair(torch, ft, "LSTM", 3, 4, torch.float64)
+    x = torch.tensor(rng.standard_normal((5, 2, 3)), requires_grad=True)
+    loss = ours(x)[0].pow(2).sum()
+    loss.backward(retain_graph=True)
+    once = x.grad.clone()
+    loss.backward()
+    assert_close(x.grad.numpy(), 2 * once.numpy(), 1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_against_finite_differences(torch, ft, rng, kind):
+    """torch.autograd.gradcheck through the module: packed, bidirectional, with hx."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    module = getattr(ft, kind)(2, 3, bidirectional=True, dtype=torch.float64)
+    x = torch.tensor(rng.standard_normal((4, 3, 2)), requires_grad=True)
+    h0 = torch.tensor(rng.standard_normal((2, 3, 3)), requires_grad=True)
+    c0 = torch.tensor(rng.standard_normal((2, 3, 3)), requires_grad=True)
+    lengths = torch.tensor([2, 4, 1])
+
+    def run(x, h0, c0, *params):
+        named = dict(zip([n for n, _ in module.named_parameters()], params))
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        hx = (h0, c0) if kind == "LSTM" else h0
+        output, hidden = torch.func.functional_call(module, named, (packed, hx))
+        states = hidden if kind == "LSTM" else (hidden,)
+        return (output.data, *states)
+
+    params = [p.detach().clone().requires_grad_(True) for p in module.parameters()]
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
+
+
+def test_lstm_proj_size_is_rejected_clearly(torch, ft):
+    with pytest.raises(ValueError, match="proj_size"):
+        ft.LSTM(3, 4, proj_size=2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_input_raises_clear_errors(torch, ft, kind):
+    module = getattr(ft, kind)(3, 4, num_layers=2)
+    with pytest.raises(ValueError, match="input_size = 3"):
+        module(torch.randn(5, 2, 4))
+    with pytest.raises(ValueError, match="3-D"):
+        module(torch.randn(5, 2, 3, 1))
+    with pytest.raises(TypeError, match="torch.float32 or torch.float64"):
+        module(torch.zeros(5, 2, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch.float32 or torch.float64"):
+        module(torch.zeros(5, 2, 3, dtype=torch.float16))
+    with pytest.raises(TypeError, match="weight_ih_l0 has dtype torch.float32"):
+        module(torch.zeros(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="CPU"):
+        module(torch.zeros(5, 2, 3, device="meta"))
+    with pytest.raises(ValueError, match="at least one sequence and one time step"):
+        module(torch.randn(0, 2, 3))
+    with pytest.raises(ValueError, match="at least one sequence and one time step"):
+        module(torch.randn(5, 0, 3))
+    with pytest.raises(TypeError, match="torch.Tensor or a PackedSequence"):
+        module(np.zeros((5, 2, 3), np.float32))
+    state = torch.zeros(2, 3, 4)  # batch 3 != 2
+    with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
+        module(torch.randn(5, 2, 3), (state, state) if kind == "LSTM" else state)
+    state = torch.zeros(2, 2, 4)  # batched state for unbatched input
+    with pytest.raises(ValueError, match="unbatched"):
+        module(torch.randn(5, 3), (state, state) if kind == "LSTM" else state)
+    state = torch.zeros(2, 2, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="dtype"):
+        module(torch.randn(5, 2, 3), (state, state) if kind == "LSTM" else state)
+    if kind == "LSTM":
+        with pytest.raises(TypeError, match=r"\(h_0, c_0\)"):
+            module(torch.randn(5, 2, 3), torch.zeros(2, 2, 4))
