@@ -178,10 +178,13 @@ int frnn_lstm_backward_f64(const frnn_blas *blas, const frnn_dims *d,
  *             or NULL.
  *   mask      (B,T) uint8 via mask_strides, or NULL.     h0 (B,H) or NULL (zeros).
  *   outputs   (B,T,H) via out_strides, processing order, or NULL.   h_n (B,H), written.
+ *   rec_mask  (3,B,H) or NULL: recurrent dropout masks m_z, m_r, m_h (Keras 3's GRUCell
+ *             implementation 1): h_{t-1}*m_g replaces h_{t-1} where it multiplies U's
+ *             gate-g block (and in r*h_{t-1}); the update z*h_{t-1} uses h_{t-1} itself.
  *   Training cache (all NULL for inference; all non-NULL for training), written:
  *   x_cache   (T,B,I) input in processing order.   gates (T,B,3H): activated z, r, hh.
- *   hr_cache  (T,B,H): reset_after=1: Rh = hp Uh + b_rec_h; reset_after=0: r*hp
- *             (zero on masked rows).
+ *   hr_cache  (T,B,H): reset_after=1: Rh = (hp*m_h) Uh + b_rec_h; reset_after=0:
+ *             r*hp*m_h (m_h = 1 without dropout; zero on masked rows).
  *   h_states  (T,B,H): state after each step.   mask_cache (T,B) when mask != NULL.
  */
 int frnn_gru_forward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
@@ -190,7 +193,7 @@ int frnn_gru_forward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_af
                          const uint8_t *mask, frnn_seq_strides mask_strides,
                          const float *h0,
                          float *outputs, frnn_seq_strides out_strides,
-                         float *h_n,
+                         float *h_n, const float *rec_mask,
                          float *x_cache, float *gates, float *hr_cache, float *h_states,
                          uint8_t *mask_cache);
 int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_after,
@@ -199,13 +202,14 @@ int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_af
                          const uint8_t *mask, frnn_seq_strides mask_strides,
                          const double *h0,
                          double *outputs, frnn_seq_strides out_strides,
-                         double *h_n,
+                         double *h_n, const double *rec_mask,
                          double *x_cache, double *gates, double *hr_cache, double *h_states,
                          uint8_t *mask_cache);
 
 /* gru_backward arguments (the cache is read only; it may be used again):
  *   reset_after, kernel, recurrent, h0 as in forward.
  *   x_cache, gates, hr_cache, h_states, mask_cache (NULL = no mask): forward's cache.
+ *   rec_mask  (3,B,H) or NULL: the recurrent dropout masks forward used.
  *   d_outputs (B,T,H) via dout_strides in processing order, or NULL.  d_h_n (B,H) or NULL.
  *   Gradients, all written: dx (B,T,I) via dx_strides in input order; d_kernel (I,3H);
  *   d_recurrent (H,3H); d_bias with the forward bias' shape, or NULL; d_h0 (B,H).
@@ -214,6 +218,7 @@ int frnn_gru_backward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_a
                           const float *kernel, const float *recurrent, const float *h0,
                           const float *x_cache, const float *gates, const float *hr_cache,
                           const float *h_states, const uint8_t *mask_cache,
+                          const float *rec_mask,
                           const float *d_outputs, frnn_seq_strides dout_strides,
                           const float *d_h_n,
                           float *dx, frnn_seq_strides dx_strides,
@@ -222,6 +227,7 @@ int frnn_gru_backward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_a
                           const double *kernel, const double *recurrent, const double *h0,
                           const double *x_cache, const double *gates, const double *hr_cache,
                           const double *h_states, const uint8_t *mask_cache,
+                          const double *rec_mask,
                           const double *d_outputs, frnn_seq_strides dout_strides,
                           const double *d_h_n,
                           double *dx, frnn_seq_strides dx_strides,
@@ -234,9 +240,11 @@ int frnn_gru_backward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_a
  * rnn_forward arguments: x (B,T,I) via x_strides; kernel (I,H); recurrent (H,H); bias (H,)
  *   or NULL; mask (B,T) or NULL; h0 (B,H) or NULL; outputs (B,T,H) or NULL; h_n (B,H).
  *   Training cache (all NULL for inference; all non-NULL for training), written:
+ *   rec_mask (B,H) or NULL: recurrent dropout, multiplies h_{t-1} where it enters the GEMM.
  *   x_cache (T,B,I); h_states (T,B,H): state after each step (which is the activation's
  *   output on valid rows, so no gate cache is needed); mask_cache (T,B) when mask != NULL.
- * rnn_backward: as gru_backward without reset_after/gates/hr_cache; d_bias (H,) or NULL.
+ * rnn_backward: as gru_backward without reset_after/gates/hr_cache; rec_mask (B,H) or NULL;
+ *   d_bias (H,) or NULL.
  */
 int frnn_rnn_forward_f32(const frnn_blas *blas, const frnn_dims *d,
                          const float *x, frnn_seq_strides x_strides,
@@ -244,7 +252,7 @@ int frnn_rnn_forward_f32(const frnn_blas *blas, const frnn_dims *d,
                          const uint8_t *mask, frnn_seq_strides mask_strides,
                          const float *h0,
                          float *outputs, frnn_seq_strides out_strides,
-                         float *h_n,
+                         float *h_n, const float *rec_mask,
                          float *x_cache, float *h_states, uint8_t *mask_cache);
 int frnn_rnn_forward_f64(const frnn_blas *blas, const frnn_dims *d,
                          const double *x, frnn_seq_strides x_strides,
@@ -252,11 +260,12 @@ int frnn_rnn_forward_f64(const frnn_blas *blas, const frnn_dims *d,
                          const uint8_t *mask, frnn_seq_strides mask_strides,
                          const double *h0,
                          double *outputs, frnn_seq_strides out_strides,
-                         double *h_n,
+                         double *h_n, const double *rec_mask,
                          double *x_cache, double *h_states, uint8_t *mask_cache);
 int frnn_rnn_backward_f32(const frnn_blas *blas, const frnn_dims *d,
                           const float *kernel, const float *recurrent, const float *h0,
                           const float *x_cache, const float *h_states, const uint8_t *mask_cache,
+                          const float *rec_mask,
                           const float *d_outputs, frnn_seq_strides dout_strides,
                           const float *d_h_n,
                           float *dx, frnn_seq_strides dx_strides,
@@ -265,6 +274,7 @@ int frnn_rnn_backward_f64(const frnn_blas *blas, const frnn_dims *d,
                           const double *kernel, const double *recurrent, const double *h0,
                           const double *x_cache, const double *h_states,
                           const uint8_t *mask_cache,
+                          const double *rec_mask,
                           const double *d_outputs, frnn_seq_strides dout_strides,
                           const double *d_h_n,
                           double *dx, frnn_seq_strides dx_strides,

@@ -7,7 +7,49 @@
  *   reset_after=0:  z = ra(xz + hp Uz),  r = ra(xr + hp Ur),  hh = a(xh + (r*hp) Uh)
  *   h = z*hp + (1-z)*hh
  * where x? = x W? + b_in?.  The "hr" cache holds, per step and row, the H values backward
- * needs besides the gates: Rh (reset_after=1) or q = r*hp (reset_after=0). */
+ * needs besides the gates: Rh (reset_after=1) or q = r*hp (reset_after=0).
+ *
+ * Recurrent dropout (Keras 3, GRUCell implementation 1): rec_mask holds one (B,H) mask per
+ * gate, m_z, m_r, m_h; hp is replaced by hp*m_g wherever it is multiplied by U's gate-g
+ * block (and in q = r*(hp*m_h)), while the update h = z*hp + (1-z)*hh uses hp itself.
+ * Different masks per gate split the one recurrent GEMM into one per gate block. */
+
+/* dst (B,H) = h (B,H) * m (B,H), the dropped-out state one gate block sees. */
+static void SFX(gru_drop)(ptrdiff_t n, const REAL *FRNN_RESTRICT h, const REAL *FRNN_RESTRICT m,
+                          REAL *FRNN_RESTRICT dst) {
+    for (ptrdiff_t k = 0; k < n; ++k) dst[k] = h[k] * m[k];
+}
+
+/* c[:, g-blocks g0..g1) (+)= (h*m_g) U[:, g-block] per gate block, each (B x H x H);
+ * ld = 3H for c and U.  beta as in GEMM.  scratch (B,H). */
+static int SFX(gru_masked_recurrent_gemm)(const frnn_blas *blas, ptrdiff_t B, ptrdiff_t H,
+                                          int g0, int g1, const REAL *h, const REAL *rec_mask,
+                                          const REAL *recurrent, REAL beta, REAL *c,
+                                          REAL *scratch) {
+    for (int g = g0; g < g1; ++g) {
+        SFX(gru_drop)(B * H, h, rec_mask + g * B * H, scratch);
+        int status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, scratch, H, recurrent + g * H, 3 * H,
+                                  beta, c + g * H, 3 * H);
+        if (status) return status;
+    }
+    return FRNN_OK;
+}
+
+/* dh (B,H) += sum over gate blocks g0..g1) of m_g * (dz[:, g-block] U[:, g-block]^T).
+ * scratch (B,H). */
+static int SFX(gru_masked_recurrent_grad)(const frnn_blas *blas, ptrdiff_t B, ptrdiff_t H,
+                                          int g0, int g1, const REAL *dz, const REAL *rec_mask,
+                                          const REAL *recurrent, REAL *FRNN_RESTRICT dh,
+                                          REAL *FRNN_RESTRICT scratch) {
+    for (int g = g0; g < g1; ++g) {
+        int status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz + g * H, 3 * H, recurrent + g * H,
+                                  3 * H, 0, scratch, H);
+        if (status) return status;
+        const REAL *FRNN_RESTRICT m = rec_mask + g * B * H;
+        for (ptrdiff_t k = 0; k < B * H; ++k) dh[k] += m[k] * scratch[k];
+    }
+    return FRNN_OK;
+}
 
 /* Steps of input projection computed at once during inference (bounded scratch). */
 #define FRNN_GRU_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
@@ -56,9 +98,11 @@ FRNN_CLONES static void SFX(gru_step_after_pointwise)(
 }
 
 /* First pointwise pass of a reset_after=0 step: activate z and r (z already holds
- * x W + b + hp [Uz Ur] in its first 2H columns) and write q = r*hp (zero on masked rows). */
+ * x W + b + hp [Uz Ur] in its first 2H columns) and write q = r*hp, or r*hp*m_h with
+ * recurrent dropout (m_h (B,H) or NULL); q is zero on masked rows. */
 FRNN_CLONES static void SFX(gru_step_before_gates)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
                                                    const REAL *FRNN_RESTRICT h,
+                                                   const REAL *FRNN_RESTRICT m_h,
                                                    const uint8_t *mask_t, REAL *FRNN_RESTRICT q) {
     const ptrdiff_t B = d->batch, H = d->units;
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -71,7 +115,12 @@ FRNN_CLONES static void SFX(gru_step_before_gates)(const frnn_dims *d, REAL *FRN
         const REAL *FRNN_RESTRICT hb = h + b * H;
         ACTIVATE(d->recurrent_activation, zb, 2 * H);
         const REAL *FRNN_RESTRICT gr = zb + H;
-        for (ptrdiff_t j = 0; j < H; ++j) qb[j] = gr[j] * hb[j];
+        if (m_h) {
+            const REAL *FRNN_RESTRICT mb = m_h + b * H;
+            for (ptrdiff_t j = 0; j < H; ++j) qb[j] = gr[j] * hb[j] * mb[j];
+        } else {
+            for (ptrdiff_t j = 0; j < H; ++j) qb[j] = gr[j] * hb[j];
+        }
     }
 }
 
@@ -108,7 +157,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                           const uint8_t *mask, frnn_seq_strides ms,
                           const REAL *h0,
                           REAL *outputs, frnn_seq_strides os,
-                          REAL *h_n,
+                          REAL *h_n, const REAL *rec_mask,
                           REAL *x_cache, REAL *gates, REAL *hr_cache, REAL *h_states,
                           uint8_t *mask_cache) {
     int status = frnn_check_dims(d, 3);
@@ -135,11 +184,13 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const REAL *b_rec_h = NULL;
     uint8_t *mask_tm = NULL;
     REAL *rec = frnn_alloc((size_t)(B * (reset_after ? G3 : H)), sizeof(REAL)); /* hp U, or q */
+    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *z_buf = training ? gates : frnn_alloc((size_t)(chunk * B * G3), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (bias && reset_after) in_bias = frnn_alloc((size_t)G3, sizeof(REAL));
-    if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)) {
+    if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)
+        || (rec_mask && !h_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -171,7 +222,11 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             if (reset_after) {
                 /* all three gates' recurrent parts in one GEMM, kept apart from z because
                  * r multiplies only the recurrent part of the h block */
-                status = SFX(gemm_rm)(blas, 0, 0, B, G3, H, 1, h_n, H, recurrent, G3, 0, rec, G3);
+                if (rec_mask)
+                    status = SFX(gru_masked_recurrent_gemm)(blas, B, H, 0, 3, h_n, rec_mask,
+                                                            recurrent, 0, rec, h_dropped);
+                else
+                    status = SFX(gemm_rm)(blas, 0, 0, B, G3, H, 1, h_n, H, recurrent, G3, 0, rec, G3);
                 if (status) goto done;
                 SFX(gru_step_after_pointwise)(d, z_t, rec, b_rec_h, h_n, mask_t, out_t,
                                               os.stride_b, training ? hr_cache + t * B * H : NULL,
@@ -179,9 +234,15 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             } else {
                 /* z, r first; the h block needs r*hp, hence a second (B x H x H) GEMM */
                 REAL *q = training ? hr_cache + t * B * H : rec;
-                status = SFX(gemm_rm)(blas, 0, 0, B, 2 * H, H, 1, h_n, H, recurrent, G3, 1, z_t, G3);
+                if (rec_mask)
+                    status = SFX(gru_masked_recurrent_gemm)(blas, B, H, 0, 2, h_n, rec_mask,
+                                                            recurrent, 1, z_t, h_dropped);
+                else
+                    status = SFX(gemm_rm)(blas, 0, 0, B, 2 * H, H, 1, h_n, H, recurrent, G3, 1,
+                                          z_t, G3);
                 if (status) goto done;
-                SFX(gru_step_before_gates)(d, z_t, h_n, mask_t, q);
+                SFX(gru_step_before_gates)(d, z_t, h_n, rec_mask ? rec_mask + 2 * B * H : NULL,
+                                           mask_t, q);
                 status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, q, H, recurrent + 2 * H, G3, 1,
                                       z_t + 2 * H, G3);
                 if (status) goto done;
@@ -191,6 +252,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     }
 done:
     free(rec);
+    free(h_dropped);
     free(in_bias);
     if (!training) {
         free(z_buf);
@@ -281,12 +343,12 @@ FRNN_CLONES static void SFX(gru_step_before_backward_zh)(
     }
 }
 
-/* Second backward pass of a reset_after=0 step: with dq = d(r*hp) (B,H), fill dz's r block
- * and add dq*r to dh (valid rows only). */
+/* Second backward pass of a reset_after=0 step: with dq = d q (B,H), q = r*hp*m_h (m_h
+ * (B,H) or NULL for ones), fill dz's r block and add dq*r*m_h to dh (valid rows only). */
 FRNN_CLONES static void SFX(gru_step_before_backward_r)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT h_prev,
-    const uint8_t *mask_t, const REAL *FRNN_RESTRICT dq, REAL *FRNN_RESTRICT dh,
-    REAL *FRNN_RESTRICT dz) {
+    const REAL *FRNN_RESTRICT m_h, const uint8_t *mask_t, const REAL *FRNN_RESTRICT dq,
+    REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz) {
     const ptrdiff_t B = d->batch, H = d->units;
     for (ptrdiff_t b = 0; b < B; ++b) {
         if (mask_t && !mask_t[b]) continue;
@@ -295,9 +357,11 @@ FRNN_CLONES static void SFX(gru_step_before_backward_r)(
         const REAL *FRNN_RESTRICT gr = gates_t + b * 3 * H + H;
         const REAL *FRNN_RESTRICT dqb = dq + b * H;
         const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H : NULL;
+        const REAL *FRNN_RESTRICT mb = m_h ? m_h + b * H : NULL;
         for (ptrdiff_t j = 0; j < H; ++j) {
-            dzr[j] = hpb ? dqb[j] * hpb[j] : (REAL)0;
-            dhb[j] += dqb[j] * gr[j];
+            REAL dqm = mb ? dqb[j] * mb[j] : dqb[j]; /* d(r*hp) */
+            dzr[j] = hpb ? dqm * hpb[j] : (REAL)0;
+            dhb[j] += dqm * gr[j];
         }
         ACTIVATION_GRAD(d->recurrent_activation, gr, dzr, H);
     }
@@ -307,6 +371,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                            const REAL *kernel, const REAL *recurrent, const REAL *h0,
                            const REAL *x_cache, const REAL *gates, const REAL *hr_cache,
                            const REAL *h_states, const uint8_t *mask_cache,
+                           const REAL *rec_mask,
                            const REAL *d_outputs, frnn_seq_strides dos, const REAL *d_h_n,
                            REAL *dx, frnn_seq_strides dxs,
                            REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
@@ -332,7 +397,10 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     REAL *dxh = reset_after ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
     REAL *dq = reset_after ? NULL : frnn_alloc((size_t)(B * H), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
-    if (!dz || !dx_tm || (reset_after ? !dxh : !dq)) {
+    /* recurrent dropout: per-step scratch, and h_{t-1}*m_g for all steps (dU, gate by gate) */
+    REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
+    if (!dz || !dx_tm || (reset_after ? !dxh : !dq) || (rec_mask && (!dh_step || !hp_dropped))) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -347,8 +415,12 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
             SFX(gru_step_after_backward_pointwise)(d, gates_t, hr_cache + t * B * H, h_prev,
                                                    mask_t, dout_t, dos.stride_b, d_h0, dz_t,
                                                    dxh + t * B * H);
-            /* dh_{t-1} += dR_t U^T: one GEMM for the three gates */
-            status = SFX(gemm_rm)(blas, 0, 1, B, H, G3, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
+            /* dh_{t-1} += dR_t U^T: one GEMM for the three gates (one each with dropout) */
+            if (rec_mask)
+                status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 3, dz_t, rec_mask,
+                                                        recurrent, d_h0, dh_step);
+            else
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, G3, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
             if (status) goto done;
         } else {
             SFX(gru_step_before_backward_zh)(d, gates_t, h_prev, mask_t, dout_t, dos.stride_b,
@@ -357,8 +429,15 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
             status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t + 2 * H, G3, recurrent + 2 * H,
                                   G3, 0, dq, H);
             if (status) goto done;
-            SFX(gru_step_before_backward_r)(d, gates_t, h_prev, mask_t, dq, d_h0, dz_t);
-            status = SFX(gemm_rm)(blas, 0, 1, B, H, 2 * H, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
+            SFX(gru_step_before_backward_r)(d, gates_t, h_prev,
+                                            rec_mask ? rec_mask + 2 * B * H : NULL, mask_t, dq,
+                                            d_h0, dz_t);
+            if (rec_mask)
+                status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 2, dz_t, rec_mask,
+                                                        recurrent, d_h0, dh_step);
+            else
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, 2 * H, 1, dz_t, G3, recurrent, G3, 1,
+                                      d_h0, H);
             if (status) goto done;
         }
     }
@@ -375,12 +454,25 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     }
     /* dU: rows of hp against dR (reset_after=1: all 3H columns; else z, r only) */
     const ptrdiff_t hp_cols = reset_after ? G3 : 2 * H;
-    if (T > 1) {
+    if (rec_mask) { /* block g sees h_{t-1}*m_g: one GEMM per gate block over all steps */
+        for (int g = 0; g < (reset_after ? 3 : 2); ++g) {
+            const REAL *m = rec_mask + g * B * H;
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                const REAL *hp = t > 0 ? h_states + (t - 1) * B * H : h0;
+                REAL *dst = hp_dropped + t * B * H;
+                if (hp) SFX(gru_drop)(B * H, hp, m, dst);
+                else memset(dst, 0, (size_t)(B * H) * sizeof(REAL));
+            }
+            status = SFX(gemm_rm)(blas, 1, 0, H, H, TB, 1, hp_dropped, H, dz + g * H, G3, 0,
+                                  d_recurrent + g * H, G3);
+            if (status) goto done;
+        }
+    } else if (T > 1) {
         status = SFX(gemm_rm)(blas, 1, 0, H, hp_cols, (T - 1) * B, 1, h_states, H, dz + B * G3, G3,
                               0, d_recurrent, G3);
         if (status) goto done;
     }
-    if (h0) {
+    if (h0 && !rec_mask) {
         status = SFX(gemm_rm)(blas, 1, 0, H, hp_cols, B, 1, h0, H, dz, G3, 1, d_recurrent, G3);
         if (status) goto done;
     }
@@ -413,5 +505,7 @@ done:
     free(dxh);
     free(dq);
     free(dx_tm);
+    free(dh_step);
+    free(hp_dropped);
     return status;
 }

@@ -62,6 +62,10 @@ static inline int frnn_thread_id(void) { return 0; }
  * one thread: the per-step barrier (~1 us) would cost more than the split saves. */
 #define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 16)
 
+/* Batch rows from which the per-step recurrent product goes to BLAS' GEMM instead of the
+ * packed tiles: with this many rows BLAS' blocked kernels are faster (measured at B=32). */
+#define FRNN_BLAS_STEP_MIN_ROWS 32
+
 /* Threads for a fused time loop over nb unit blocks with `macs` multiply-adds per step. */
 static inline int frnn_pick_threads(ptrdiff_t nb, ptrdiff_t macs) {
     int nt = frnn_get_num_threads();

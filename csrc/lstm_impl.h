@@ -101,7 +101,9 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     }
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int nt = frnn_pick_threads(nb, B * H * G4);
-    REAL *packed = frnn_alloc((size_t)(nb * H * 4 * VW), sizeof(REAL));
+    const int blas_steps = B >= FRNN_BLAS_STEP_MIN_ROWS;
+    REAL *packed = blas_steps ? frnn_alloc(1, sizeof(REAL))
+                              : frnn_alloc((size_t)(nb * H * 4 * VW), sizeof(REAL));
     REAL *scratch = frnn_alloc((size_t)(nt * nb * VW), sizeof(REAL));
     REAL *h_alt = frnn_alloc((size_t)(B * H), sizeof(REAL));
     REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(2 * B * H), sizeof(REAL)) : NULL;
@@ -114,7 +116,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    SFX(pack_recurrent)(recurrent, H, 4, packed);
+    if (!blas_steps) SFX(pack_recurrent)(recurrent, H, 4, packed);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -134,6 +136,22 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, G4, x_chunk, kernel, bias, z_chunk);
         if (status) goto done;
+        if (blas_steps) { /* many rows: BLAS' GEMM beats the tiles; it owns the threads */
+            for (ptrdiff_t t = t0; t < t1; ++t) {
+                REAL *z_t = z_chunk + (t - t0) * B * G4;
+                const REAL *h_prev = h_buf[t & 1];
+                status = SFX(gemm_rm)(blas, 0, 0, B, G4, H, 1, rec_mask ? hd_buf[t & 1] : h_prev,
+                                      H, recurrent, G4, 1, z_t, G4);
+                if (status) goto done;
+                SFX(lstm_step_pointwise)(d, z_t, h_prev, h_buf[(t + 1) & 1], c_n,
+                                         mask ? mask_tm + t * B : NULL,
+                                         outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
+                                         training ? c_states + t * B * H : NULL,
+                                         training ? h_states + t * B * H : NULL, rec_mask,
+                                         rec_mask ? hd_buf[(t + 1) & 1] : NULL, scratch, 0, H);
+            }
+            continue;
+        }
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
             const int tid = frnn_thread_id();
@@ -251,15 +269,38 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
 
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int nt = frnn_pick_threads(nb, B * H * G4);
+    const int blas_steps = B >= FRNN_BLAS_STEP_MIN_ROWS;
     REAL *dz = frnn_alloc((size_t)(T * B * G4), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
-    REAL *packed_t = frnn_alloc((size_t)(nb * G4 * VW), sizeof(REAL));
+    /* the BLAS path needs dZ_t U^T in a scratch when it is masked by recurrent dropout */
+    REAL *packed_t = blas_steps ? frnn_alloc((size_t)(rec_mask ? B * H : 1), sizeof(REAL))
+                                : frnn_alloc((size_t)(nb * G4 * VW), sizeof(REAL));
     REAL *scratch = frnn_alloc((size_t)(2 * nt * nb * VW), sizeof(REAL));
     /* with recurrent dropout: h_{t-1} as the recurrent GEMM saw it, for dU */
     REAL *h_prev_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
     if (!dz || !dx_tm || !packed_t || !scratch || (rec_mask && !h_prev_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
+    }
+    if (blas_steps) {
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            const REAL *c_prev = t > 0 ? c_states + (t - 1) * B * H : c0;
+            REAL *dz_t = dz + t * B * G4;
+            SFX(lstm_step_backward_pointwise)(d, gates + t * B * G4, c_states + t * B * H, c_prev,
+                                              mask_cache ? mask_cache + t * B : NULL,
+                                              d_outputs ? d_outputs + t * dos.stride_t : NULL,
+                                              dos.stride_b, d_h0, d_c0, dz_t, scratch,
+                                              scratch + nb * VW, 0, H);
+            if (rec_mask) {
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 0,
+                                      packed_t, H);
+                for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += packed_t[k] * rec_mask[k];
+            } else {
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 1, d_h0, H);
+            }
+            if (status) goto done;
+        }
+        goto weights;
     }
     SFX(pack_recurrent_t)(recurrent, H, 4, packed_t);
 
@@ -283,7 +324,9 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         }
     }
 
+weights:
     /* Weight gradients: a few large GEMMs over all T*B rows. */
+    ;
     const REAL *h_prev_from_step1 = h_states; /* h_{t-1} for t = 1 .. T-1 */
     const REAL *h0_used = h0;
     if (rec_mask) {

@@ -5,31 +5,16 @@
  * call costs ~1 us, and OpenBLAS repacks U on every call).  Here U is packed once per call
  * so that each block of VW consecutive units has the G gate columns of those units side by
  * side; a thread owning a range of unit blocks computes exactly the gate pre-activations its
- * fused pointwise pass needs, so the two cores split the units and meet once per step.
+ * fused pointwise pass needs, so the cores split the units and meet once per step.
  *
- * Vectors are GCC vector extensions of 64 bytes: one AVX-512 register, two AVX2 registers,
- * four SSE registers; the FRNN_CLONES dispatch picks the widest the CPU has. */
+ * The loops are plain C over fixed-size register tiles (acc[rows][G*VW]); GCC vectorises
+ * them in each FRNN_CLONES variant (AVX-512, AVX2+FMA, baseline).  GCC vector extensions
+ * wider than the target's registers were tried first and compiled to stack traffic
+ * (~3 GFLOP/s); these tiles measured 25-40 GFLOP/s per core. */
 
-typedef REAL SFX(vec) __attribute__((vector_size(64)));
 #ifndef VW
-#define VW ((ptrdiff_t)(64 / sizeof(REAL))) /* lanes per vector; REAL is read at each use */
+#define VW ((ptrdiff_t)(64 / sizeof(REAL))) /* units per block: 64 bytes; REAL read per use */
 #endif
-
-FRNN_INLINE SFX(vec) SFX(vload)(const REAL *p) {
-    SFX(vec) v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-FRNN_INLINE void SFX(vstore)(REAL *p, SFX(vec) v) { memcpy(p, &v, sizeof v); }
-/* first n (< VW allowed) lanes, the rest zero */
-FRNN_INLINE SFX(vec) SFX(vload_part)(const REAL *p, ptrdiff_t n) {
-    SFX(vec) v = {0};
-    memcpy(&v, p, (size_t)n * sizeof(REAL));
-    return v;
-}
-FRNN_INLINE void SFX(vstore_part)(REAL *p, SFX(vec) v, ptrdiff_t n) {
-    memcpy(p, &v, (size_t)n * sizeof(REAL));
-}
 
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks)(ptrdiff_t H) { return (H + VW - 1) / VW; }
 
@@ -65,52 +50,47 @@ FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t H, ptrdif
 
 /* z[b, g*H + j] += sum_k h[b, k] U[k, g*H + j] for all rows b < B and the units j of blocks
  * [jb0, jb1).  h (B,H) contiguous; z rows of G*H, row stride ldz.  G is a compile-time
- * constant in each instantiation so the accumulators stay in registers. */
+ * constant in each instantiation so the tiles have a fixed size. */
 #define FRNN_DEFINE_RECMM(GN)                                                                  \
-    FRNN_CLONES FRNN_UNUSED static void SFX(recurrent_matmul_g##GN)(                                     \
+    FRNN_CLONES FRNN_UNUSED static void SFX(recurrent_matmul_g##GN)(                           \
         const REAL *FRNN_RESTRICT packed, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h, \
         REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {                   \
         for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {                                             \
             const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;                       \
             const REAL *pb = packed + jb * H * GN * VW;                                        \
             ptrdiff_t b = 0;                                                                   \
-            for (; b + 4 <= B; b += 4) { /* 4 rows x GN gates of accumulators */               \
-                SFX(vec) acc[4][GN];                                                           \
-                for (int r = 0; r < 4; ++r)                                                    \
-                    for (int g = 0; g < GN; ++g) acc[r][g] = (SFX(vec)){0};                    \
-                const REAL *h0r = h + b * H;                                                   \
+            for (; b + 4 <= B; b += 4) { /* a 4-row tile: each weight load feeds 4 FMAs */    \
+                REAL acc[4][GN * VW] = {{0}};                                                  \
+                const REAL *hr = h + b * H;                                                    \
                 for (ptrdiff_t k = 0; k < H; ++k) {                                            \
                     const REAL *pk = pb + k * GN * VW;                                         \
-                    for (int g = 0; g < GN; ++g) {                                             \
-                        SFX(vec) wv = SFX(vload)(pk + g * VW);                                 \
-                        for (int r = 0; r < 4; ++r) acc[r][g] += h0r[r * H + k] * wv;          \
+                    const REAL h0 = hr[k], h1 = hr[H + k], h2 = hr[2 * H + k],                 \
+                               h3 = hr[3 * H + k];                                             \
+                    for (int q = 0; q < GN * VW; ++q) {                                        \
+                        const REAL w = pk[q];                                                  \
+                        acc[0][q] += h0 * w;                                                   \
+                        acc[1][q] += h1 * w;                                                   \
+                        acc[2][q] += h2 * w;                                                   \
+                        acc[3][q] += h3 * w;                                                   \
                     }                                                                          \
                 }                                                                              \
                 for (int r = 0; r < 4; ++r)                                                    \
                     for (int g = 0; g < GN; ++g) {                                             \
                         REAL *zp = z + (b + r) * ldz + g * H + j0;                             \
-                        if (n == VW) SFX(vstore)(zp, SFX(vload)(zp) + acc[r][g]);              \
-                        else SFX(vstore_part)(zp, SFX(vload_part)(zp, n) + acc[r][g], n);      \
+                        for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[r][g * VW + w];          \
                     }                                                                          \
             }                                                                                  \
-            for (; b < B; ++b) { /* one row: split k in two chains to hide FMA latency */     \
-                SFX(vec) acc[2][GN];                                                           \
-                for (int g = 0; g < GN; ++g) acc[0][g] = acc[1][g] = (SFX(vec)){0};            \
+            for (; b < B; ++b) {                                                               \
+                REAL acc[GN * VW] = {0};                                                       \
                 const REAL *hr = h + b * H;                                                    \
-                ptrdiff_t k = 0;                                                               \
-                for (; k + 2 <= H; k += 2)                                                     \
-                    for (int g = 0; g < GN; ++g) {                                             \
-                        acc[0][g] += hr[k] * SFX(vload)(pb + (k * GN + g) * VW);               \
-                        acc[1][g] += hr[k + 1] * SFX(vload)(pb + ((k + 1) * GN + g) * VW);     \
-                    }                                                                          \
-                for (; k < H; ++k)                                                             \
-                    for (int g = 0; g < GN; ++g)                                               \
-                        acc[0][g] += hr[k] * SFX(vload)(pb + (k * GN + g) * VW);               \
+                for (ptrdiff_t k = 0; k < H; ++k) {                                            \
+                    const REAL *pk = pb + k * GN * VW;                                         \
+                    const REAL hk = hr[k];                                                     \
+                    for (int q = 0; q < GN * VW; ++q) acc[q] += hk * pk[q];                    \
+                }                                                                              \
                 for (int g = 0; g < GN; ++g) {                                                 \
                     REAL *zp = z + b * ldz + g * H + j0;                                       \
-                    SFX(vec) sum = acc[0][g] + acc[1][g];                                      \
-                    if (n == VW) SFX(vstore)(zp, SFX(vload)(zp) + sum);                        \
-                    else SFX(vstore_part)(zp, SFX(vload_part)(zp, n) + sum, n);                \
+                    for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[g * VW + w];                \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
@@ -122,44 +102,52 @@ FRNN_DEFINE_RECMM(4)
 
 /* dh[b, j] += (sum_c dz[b, c] U[j, c]) * (keep ? keep[b, j] : 1) for all rows and the units
  * of blocks [jb0, jb1).  dz (B, GH) row stride ldz; dh and keep (B,H) contiguous. */
-FRNN_UNUSED FRNN_CLONES static void SFX(recurrent_matmul_t)(const REAL *FRNN_RESTRICT packed_t, ptrdiff_t H,
-                                                ptrdiff_t GH, ptrdiff_t B,
-                                                const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,
-                                                const REAL *FRNN_RESTRICT keep,
-                                                REAL *FRNN_RESTRICT dh, ptrdiff_t jb0,
-                                                ptrdiff_t jb1) {
+FRNN_CLONES FRNN_UNUSED static void SFX(recurrent_matmul_t)(
+    const REAL *FRNN_RESTRICT packed_t, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B,
+    const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep,
+    REAL *FRNN_RESTRICT dh, ptrdiff_t jb0, ptrdiff_t jb1) {
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         const REAL *pb = packed_t + jb * GH * VW;
         ptrdiff_t b = 0;
-        for (; b + 8 <= B; b += 8) {
-            SFX(vec) acc[8];
-            for (int r = 0; r < 8; ++r) acc[r] = (SFX(vec)){0};
+        for (; b + 8 <= B; b += 8) { /* an 8-row tile */
+            REAL acc[8][VW] = {{0}};
             const REAL *dzr = dz + b * ldz;
             for (ptrdiff_t c = 0; c < GH; ++c) {
-                SFX(vec) wv = SFX(vload)(pb + c * VW);
-                for (int r = 0; r < 8; ++r) acc[r] += dzr[r * ldz + c] * wv;
+                const REAL *pc = pb + c * VW;
+                REAL d[8];
+                for (int r = 0; r < 8; ++r) d[r] = dzr[r * ldz + c];
+                for (int w = 0; w < VW; ++w)
+                    for (int r = 0; r < 8; ++r) acc[r][w] += d[r] * pc[w];
             }
             for (int r = 0; r < 8; ++r) {
                 REAL *dp = dh + (b + r) * H + j0;
-                SFX(vec) a = acc[r];
-                if (keep) a *= SFX(vload_part)(keep + (b + r) * H + j0, n);
-                if (n == VW) SFX(vstore)(dp, SFX(vload)(dp) + a);
-                else SFX(vstore_part)(dp, SFX(vload_part)(dp, n) + a, n);
+                const REAL *kp = keep ? keep + (b + r) * H + j0 : NULL;
+                for (ptrdiff_t w = 0; w < n; ++w) dp[w] += kp ? acc[r][w] * kp[w] : acc[r][w];
             }
         }
-        for (; b < B; ++b) { /* one row: four chains over c */
-            SFX(vec) acc[4] = {{0}, {0}, {0}, {0}};
+        for (; b < B; ++b) { /* one row: four partial sums over c to hide FMA latency */
+            REAL acc[4][VW] = {{0}};
             const REAL *dzr = dz + b * ldz;
             ptrdiff_t c = 0;
-            for (; c + 4 <= GH; c += 4)
-                for (int q = 0; q < 4; ++q) acc[q] += dzr[c + q] * SFX(vload)(pb + (c + q) * VW);
-            for (; c < GH; ++c) acc[0] += dzr[c] * SFX(vload)(pb + c * VW);
-            SFX(vec) a = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            for (; c + 4 <= GH; c += 4) {
+                const REAL d0 = dzr[c], d1 = dzr[c + 1], d2 = dzr[c + 2], d3 = dzr[c + 3];
+                const REAL *pc = pb + c * VW;
+                for (int w = 0; w < VW; ++w) {
+                    acc[0][w] += d0 * pc[w];
+                    acc[1][w] += d1 * pc[VW + w];
+                    acc[2][w] += d2 * pc[2 * VW + w];
+                    acc[3][w] += d3 * pc[3 * VW + w];
+                }
+            }
+            for (; c < GH; ++c)
+                for (int w = 0; w < VW; ++w) acc[0][w] += dzr[c] * pb[c * VW + w];
             REAL *dp = dh + b * H + j0;
-            if (keep) a *= SFX(vload_part)(keep + b * H + j0, n);
-            if (n == VW) SFX(vstore)(dp, SFX(vload)(dp) + a);
-            else SFX(vstore_part)(dp, SFX(vload_part)(dp, n) + a, n);
+            const REAL *kp = keep ? keep + b * H + j0 : NULL;
+            for (ptrdiff_t w = 0; w < n; ++w) {
+                REAL s = (acc[0][w] + acc[1][w]) + (acc[2][w] + acc[3][w]);
+                dp[w] += kp ? s * kp[w] : s;
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
  *
  * Per processing step: h = a(x W + b + h_{t-1} U).  The activated output is the new state,
  * so training needs no gate cache: the per-step pre-activations are computed directly in
- * h_states[t] and activated in place (masked rows get the carried state instead). */
+ * h_states[t] and activated in place (masked rows get the carried state instead).
+ * Recurrent dropout (Keras 3): rec_mask (B,H) multiplies h_{t-1} where it enters the GEMM. */
 
 #define FRNN_RNN_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
 
@@ -40,7 +41,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                           const uint8_t *mask, frnn_seq_strides ms,
                           const REAL *h0,
                           REAL *outputs, frnn_seq_strides os,
-                          REAL *h_n,
+                          REAL *h_n, const REAL *rec_mask,
                           REAL *x_cache, REAL *h_states, uint8_t *mask_cache) {
     int status = frnn_check_dims(d, 1);
     if (status) return status;
@@ -62,8 +63,9 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     uint8_t *mask_tm = NULL;
     REAL *z_buf = training ? h_states : frnn_alloc((size_t)(chunk * B * H), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
+    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
-    if (!z_buf || !x_buf || (mask && !mask_tm)) {
+    if (!z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -84,7 +86,12 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (status) goto done;
         for (ptrdiff_t t = t0; t < t1; ++t) {
             REAL *z_t = z_chunk + (t - t0) * B * H;
-            status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, h_n, H, recurrent, H, 1, z_t, H);
+            const REAL *h_in = h_n;
+            if (rec_mask) {
+                for (ptrdiff_t k = 0; k < B * H; ++k) h_dropped[k] = h_n[k] * rec_mask[k];
+                h_in = h_dropped;
+            }
+            status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, h_in, H, recurrent, H, 1, z_t, H);
             if (status) goto done;
             SFX(rnn_step_pointwise)(d, z_t, h_n, mask ? mask_tm + t * B : NULL,
                                     outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
@@ -92,6 +99,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         }
     }
 done:
+    free(h_dropped);
     if (!training) {
         free(z_buf);
         free(x_buf);
@@ -127,7 +135,7 @@ FRNN_CLONES static void SFX(rnn_step_backward_pointwise)(
 int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                            const REAL *kernel, const REAL *recurrent, const REAL *h0,
                            const REAL *x_cache, const REAL *h_states, const uint8_t *mask_cache,
-                           const REAL *d_outputs, frnn_seq_strides dos, const REAL *d_h_n,
+                           const REAL *rec_mask, const REAL *d_outputs, frnn_seq_strides dos, const REAL *d_h_n,
                            REAL *dx, frnn_seq_strides dxs,
                            REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
     int status = frnn_check_dims(d, 1);
@@ -147,7 +155,10 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
 
     REAL *dz = frnn_alloc((size_t)(T * B * H), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
-    if (!dz || !dx_tm) {
+    /* recurrent dropout: per-step scratch, and h_{t-1}*m for all steps (for dU) */
+    REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
+    if (!dz || !dx_tm || (rec_mask && (!dh_step || !hp_dropped))) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -157,18 +168,31 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                                          mask_cache ? mask_cache + t * B : NULL,
                                          d_outputs ? d_outputs + t * dos.stride_t : NULL,
                                          dos.stride_b, d_h0, dz_t);
-        status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 1, d_h0, H);
+        if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
+            status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 0, dh_step, H);
+            for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += rec_mask[k] * dh_step[k];
+        } else {
+            status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 1, d_h0, H);
+        }
         if (status) goto done;
     }
     const ptrdiff_t TB = T * B;
     status = SFX(gemm_rm)(blas, 1, 0, I, H, TB, 1, x_cache, I, dz, H, 0, d_kernel, H);
     if (status) goto done;
-    if (T > 1) { /* dU = sum_t h_{t-1}^T dz_t, t >= 1 ... */
+    if (rec_mask) { /* dU = sum_t (h_{t-1}*m)^T dz_t */
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            const REAL *hp = t > 0 ? h_states + (t - 1) * B * H : h0;
+            REAL *dst = hp_dropped + t * B * H;
+            for (ptrdiff_t k = 0; k < B * H; ++k) dst[k] = hp ? hp[k] * rec_mask[k] : (REAL)0;
+        }
+        status = SFX(gemm_rm)(blas, 1, 0, H, H, TB, 1, hp_dropped, H, dz, H, 0, d_recurrent, H);
+        if (status) goto done;
+    } else if (T > 1) { /* dU = sum_t h_{t-1}^T dz_t, t >= 1 ... */
         status = SFX(gemm_rm)(blas, 1, 0, H, H, (T - 1) * B, 1, h_states, H, dz + B * H, H, 0,
                               d_recurrent, H);
         if (status) goto done;
     }
-    if (h0) { /* ... plus the t = 0 term */
+    if (h0 && !rec_mask) { /* ... plus the t = 0 term */
         status = SFX(gemm_rm)(blas, 1, 0, H, H, B, 1, h0, H, dz, H, 1, d_recurrent, H);
         if (status) goto done;
     }
@@ -184,5 +208,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
 done:
     free(dz);
     free(dx_tm);
+    free(dh_step);
+    free(hp_dropped);
     return status;
 }

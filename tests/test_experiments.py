@@ -3,6 +3,7 @@ and the CI smoke test of every experiment's --quick mode (files exist, numbers f
 in range)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -34,12 +35,8 @@ def _need(condition: bool, message: str):
 
 
 def _matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-        ok = True
-    except ImportError:
-        ok = False
-    _need(ok, "matplotlib is needed for the experiments' plots")
+    _need(importlib.util.find_spec("matplotlib") is not None,
+          "matplotlib is needed for the experiments' plots")
 
 
 # ----------------------------------------------------------------------------- networks
@@ -105,7 +102,8 @@ def test_spectral_radius_is_set_per_gate(cell, rng):
     exploding.set_recurrent_spectral_radius(model.layers[0], 2.5)
     recurrent = model.layers[0].get_weights()[1]
     for g in range(recurrent.shape[1] // 5):
-        assert _nets.spectral_radius(recurrent[:, 5 * g:5 * (g + 1)]) == pytest.approx(2.5, rel=1e-4)
+        block = recurrent[:, 5 * g:5 * (g + 1)]
+        assert _nets.spectral_radius(block) == pytest.approx(2.5, rel=1e-4)
 
 
 def test_gradient_flow_training_learns(rng):
@@ -227,6 +225,7 @@ def test_report_files_and_json_without_nan(tmp_path):
 
 def test_markdown_table_and_spread():
     assert markdown_table(["a"], [[1.0]]).splitlines() == ["| a |", "|---|", "| 1.000 |"]
+    assert markdown_table(["a", "b"], [[2.5e22, 1e-5]]).splitlines()[2] == "| 2.5e+22 | 1e-05 |"
     spread = mean_and_spread([1.0, 3.0])
     assert spread == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "min": 1.0, "max": 3.0,
                       "n": 2}
@@ -250,15 +249,22 @@ def test_cli_rejects_bad_arguments(capsys):
         experiments.main(["padding", "--quick", "--full"])
     with pytest.raises(SystemExit):
         experiments.main(["padding", "--seed", "-1"])
+    with pytest.raises(SystemExit):
+        experiments.main(["padding", "--threads", "0"])
     with pytest.raises(ValueError, match="name"):
         experiments.run("nope", "unused")
+    with pytest.raises(ValueError, match="threads"):
+        experiments.run("padding", "unused", threads=0)
+    with pytest.raises(ValueError, match="seed"):
+        experiments.run("padding", "unused", seed=-3)
 
 
 def test_cli_missing_imdb_says_what_to_pass(tmp_path, monkeypatch, capsys):
     _matplotlib()
     monkeypatch.delenv(imdb.ENV_VAR, raising=False)
-    status = experiments.main(["imdb-seqlen", "--quick", "--out", str(tmp_path), "-q"])
-    assert status == 2
+    out = tmp_path / "imdb"
+    status = experiments.main(["imdb-seqlen", "--quick", "--out", str(out), "-q"])
+    assert status == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "--data PATH" in err and imdb.ENV_VAR in err
 
@@ -317,16 +323,18 @@ def test_quick_exploding(tmp_path):
     experiments.run("exploding", tmp_path, quick=True, verbose=False)
     runs = _load_results(tmp_path, "exploding")["runs"]
     config = exploding.CONFIGS["quick"]
-    assert len(runs) == 2 * len(config["radii"])
+    assert len(runs) == 2 * len(config["radii"]) * len(config["activations"])
     for r in runs.values():
-        assert r["initial_grad_norm"] > 0
         if r["diverged_at_step"] is None:
+            assert r["initial_grad_norm"] > 0
             assert len(r["step_grad_norm"]) == config["training_steps"]
             assert r["test_mse"] is not None and r["test_mse"] >= 0
-    # The larger radius starts with the larger gradient: the explosion the plot shows.
+        else:
+            assert 0 <= r["diverged_at_step"] < config["training_steps"]
+    # tanh: the larger radius starts with the larger gradient, the explosion the plot shows.
     small, large = min(config["radii"]), max(config["radii"])
-    assert (runs[f"rho={large:g}/none"]["initial_grad_norm"]
-            > 10 * runs[f"rho={small:g}/none"]["initial_grad_norm"])
+    assert (runs[exploding.run_key("tanh", large, None)]["initial_grad_norm"]
+            > 10 * runs[exploding.run_key("tanh", small, None)]["initial_grad_norm"])
 
 
 def test_quick_padding(tmp_path):
@@ -352,11 +360,13 @@ def test_quick_imdb_seqlen(tmp_path, monkeypatch):
     results = _load_results(tmp_path, "imdb-seqlen")
     config = imdb_seqlen.CONFIGS["quick"]
     # 124 train + 108 test reviews reach 1000 tokens; quick mode subsamples them.
-    assert results["subsets"][">=1000"]["reviews"] == min(232, config["max_subset_size"])
+    assert (results["subsets"][">=1000"]["reviews"]
+            == min(232, config["subsets"][">=1000"]["max_reviews"]))
     for name, r in results["subsets"].items():
+        repeats = config["subsets"][name]["repeats"]
         for cell in _nets.CELLS:
             points = r["cells"][cell]
             assert [p["max_seq_len"] for p in points] == config["max_seq_lens"]
             for p in points:
                 assert _probability(p["mean"])
-                assert p["n"] == config["folds"] * config["repeats"]
+                assert p["n"] == config["folds"] * repeats

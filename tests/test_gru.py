@@ -618,6 +618,80 @@ def test_gradients_match_keras_jax_autodiff(request, rng, reset_after):
         assert_close(getattr(grads, name), np.asarray(value), RTOL[np.float64], name=f"d{name}")
 
 
+# ------------------------------------------------------------ recurrent dropout ----
+
+def dropout_masks(rng, batch, units, rate=0.4):
+    """Three (batch, units) inverted-dropout masks, z, r, h, as Keras draws them."""
+    return (rng.random((3, batch, units)) > rate) / (1 - rate)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", RESET_AFTER, ids=RA_IDS)
+@pytest.mark.parametrize("state", [True, False], ids=["state", "nostate"])
+@pytest.mark.parametrize("steps", [1, 7])
+def test_recurrent_dropout_matches_reference(rng, dtype, reset_after, state, steps):
+    batch, features, units = 4, 3, 5
+    problem = make_problem(rng, batch, steps, features, units, reset_after=reset_after,
+                           state=state)
+    masks = dropout_masks(rng, batch, units).astype(dtype)
+    upstream = upstream_gradients(rng, batch, steps, units, "oh")
+    results = run_both(problem, dtype, upstream, reset_after=reset_after,
+                       recurrent_dropout_mask=masks, mask=make_mask(rng, "random", batch, steps),
+                       go_backwards=True)
+    assert_matches_reference(*results, dtype)
+    plain = ops.gru_forward(**cast(problem, dtype), reset_after=reset_after)
+    if state or steps > 1:  # the masks do change the result
+        assert not np.allclose(results[0].outputs, plain.outputs)
+
+
+@pytest.mark.parametrize("reset_after", RESET_AFTER, ids=RA_IDS)
+def test_recurrent_dropout_single_mask_is_shared_by_the_gates(rng, reset_after):
+    problem = cast(make_problem(rng, 3, 5, 2, 4, reset_after=reset_after), np.float64)
+    mask = (rng.random((3, 4)) > 0.5) * 2.0
+    one = ops.gru_forward(**problem, reset_after=reset_after, recurrent_dropout_mask=mask)
+    three = ops.gru_forward(**problem, reset_after=reset_after,
+                            recurrent_dropout_mask=np.stack([mask] * 3))
+    np.testing.assert_array_equal(one.outputs, three.outputs)
+    ones = ops.gru_forward(**problem, reset_after=reset_after,
+                           recurrent_dropout_mask=np.ones((3, 3, 4)))
+    plain = ops.gru_forward(**problem, reset_after=reset_after)
+    assert_close(ones.outputs, plain.outputs, 1e-15)
+
+
+@pytest.mark.parametrize("reset_after", RESET_AFTER, ids=RA_IDS)
+@pytest.mark.parametrize("state", [True, False], ids=["state", "nostate"])
+def test_gradients_recurrent_dropout(rng, reset_after, state):
+    params = fd_params(rng, 3, 5, 2, 3, reset_after=reset_after, state=state)
+    check_gradients(rng, params, 3, 5, 3, reset_after=reset_after,
+                    recurrent_dropout_mask=dropout_masks(rng, 3, 3), mask=FD_MASKS["mixed"],
+                    go_backwards=True)
+
+
+@pytest.mark.parametrize("reset_after", RESET_AFTER, ids=RA_IDS)
+def test_recurrent_dropout_matches_keras(request, rng, reset_after):
+    """keras.layers.GRU(recurrent_dropout=...) in training, with its three per-gate masks
+    replaced by ours (Keras draws them once per call and caches them on the cell)."""
+    keras = require("keras", request)
+    import jax.numpy as jnp
+
+    batch, steps, features, units = 4, 6, 3, 5
+    problem = make_problem(rng, batch, steps, features, units, reset_after=reset_after)
+    masks = dropout_masks(rng, batch, units, rate=0.3)
+    mask = make_mask(rng, "holes", batch, steps)
+    layer = keras.layers.GRU(units, reset_after=reset_after, recurrent_dropout=0.3,
+                             activation=jnp.tanh, return_sequences=True, return_state=True,
+                             go_backwards=True, dtype="float64")
+    layer.build(problem["x"].shape)
+    layer.set_weights([problem["kernel"], problem["recurrent_kernel"], problem["bias"]])
+    layer.cell._recurrent_dropout_mask = [jnp.asarray(m) for m in masks]
+    seq, h_n = (np.asarray(a) for a in layer(problem["x"], initial_state=[problem["initial_state"]],
+                                             mask=mask, training=True))
+    out = ops.gru_forward(**problem, reset_after=reset_after, recurrent_dropout_mask=masks,
+                          mask=mask, go_backwards=True)
+    assert_close(out.outputs, seq, 1e-12, name="outputs")
+    assert_close(out.h_n, h_n, 1e-12, name="h_n")
+
+
 # ------------------------------------------------------------------ bad input ----
 
 def _valid(rng, reset_after=True, dtype=np.float64):
@@ -643,6 +717,8 @@ def _valid(rng, reset_after=True, dtype=np.float64):
     (dict(activation="softmax"), ValueError, "activation: unsupported activation"),
     (dict(recurrent_activation="gelu"), ValueError, "recurrent_activation: unsupported"),
     (dict(reset_after="yes"), TypeError, "reset_after: expected a bool"),
+    (dict(recurrent_dropout_mask=np.ones((2, 2, 5))), ValueError, "recurrent_dropout_mask: expected shape"),
+    (dict(recurrent_dropout_mask=np.ones((2, 5), np.float32)), TypeError, "recurrent_dropout_mask: dtype"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_forward_arguments(rng, change, error, words):
     args = dict(_valid(rng), **change)

@@ -67,7 +67,8 @@ def test_real_word_index_matches_keras_top_ranks():
     index = imdb.get_word_index(real_imdb_path())
     # Keras' imdb_word_index.json has these exact ranks for the most frequent words.
     expected = {"the": 1, "and": 2, "a": 3, "of": 4, "to": 5, "is": 6, "br": 7, "in": 8,
-                "it": 9, "i": 10, "this": 11, "that": 12}
+                "it": 9, "i": 10, "this": 11, "that": 12, "was": 13, "as": 14, "for": 15,
+                "with": 16, "movie": 17, "but": 18, "film": 19}
     assert {w: index[w] for w in expected} == expected
     assert sorted(index.values()) == list(range(1, len(index) + 1))
 

@@ -44,6 +44,10 @@ def test_random_initializers_statistics_and_aliases():
     for name in ("random_uniform", "uniform"):
         w = initializers.get(name)((200, 200), dtype="float64")
         assert w.min() >= -0.05 and w.max() <= 0.05 and w.max() > 0.049
+    embedding = L.Embedding(300, 100)          # Keras' default "uniform": U(-0.05, 0.05)
+    embedding.build((None, 4))
+    assert np.abs(embedding.embeddings).max() <= 0.05
+    np.testing.assert_allclose(embedding.embeddings.var(), 0.1**2 / 12, rtol=0.03)
     np.testing.assert_array_equal(initializers.get("zeros")((2, 3)), 0)
     np.testing.assert_array_equal(initializers.get("ones")((4,)), 1)
 
@@ -118,32 +122,26 @@ def test_rnn_input_dropout_uses_one_mask_per_sequence(rng):
     np.testing.assert_allclose(layer(x), layer(x, training=False))  # inference: no dropout
 
 
-def test_lstm_recurrent_dropout_mask_reaches_the_kernel(rng):
-    assert op_supports_recurrent_dropout("lstm")
-    layer = L.LSTM(4, dropout=0.25, recurrent_dropout=0.5, return_sequences=True,
-                   dtype="float64", seed=5)
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU", "SimpleRNN"])
+def test_recurrent_dropout_mask_reaches_the_kernel_or_is_refused(cls_name, rng):
+    cls = getattr(L, cls_name)
+    if not op_supports_recurrent_dropout(cls._kind):
+        # without kernel support the layer must refuse, never silently ignore the argument
+        with pytest.raises(NotImplementedError, match="recurrent_dropout"):
+            cls(2, recurrent_dropout=0.3)
+        return
+    layer = cls(4, dropout=0.25, recurrent_dropout=0.5, return_sequences=True, dtype="float64",
+                seed=5)
     x = rng.normal(size=(3, 6, 2))
     layer.build(x.shape)
     generator = np.random.default_rng(5)                 # same draws as the seeded layer
     keep_x = (generator.random((3, 2)) >= 0.25) / 0.75
     keep_h = (generator.random((3, 4)) >= 0.5) / 0.5
-    expected = ops.lstm_forward(x * keep_x[:, None, :], layer.kernel, layer.recurrent_kernel,
-                                layer.bias, recurrent_dropout_mask=keep_h).outputs
+    op = getattr(ops, f"{cls._kind}_forward")
+    expected = op(x * keep_x[:, None, :], *layer.weights, recurrent_dropout_mask=keep_h).outputs
     np.testing.assert_allclose(layer(x, training=True), expected, atol=1e-12)
     assert not np.allclose(layer(x, training=True), expected)  # a new mask per call
-
-
-@pytest.mark.parametrize("cls_name", ["GRU", "SimpleRNN"])
-def test_recurrent_dropout_without_kernel_support_is_refused(cls_name):
-    cls = getattr(L, cls_name)
-    if op_supports_recurrent_dropout(cls._kind):
-        layer = cls(2, recurrent_dropout=0.3, return_sequences=True)
-        x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
-        assert not np.allclose(layer(x, training=True), layer(x))
-    else:
-        with pytest.raises(NotImplementedError, match="recurrent_dropout"):
-            cls(2, recurrent_dropout=0.3)
-    cls(2, recurrent_dropout=0.0)  # the default is always fine
+    assert not np.allclose(layer(x), expected)                 # inference: no dropout
 
 
 def test_dropout_layer_statistics_and_seed(rng):
@@ -366,3 +364,24 @@ def test_symbolic_call_goes_through_the_engine():
     out = L.LSTM(2, return_state=True)(embedded)
     assert all(engine.is_symbolic(t) for t in out) and len(out) == 3
     assert tuple(out[0].shape) == (None, 2)
+
+
+def test_bidirectional_stateful_keeps_both_directions_states(rng):
+    layer = L.Bidirectional(L.LSTM(2, stateful=True, return_sequences=True, dtype="float64"))
+    x = rng.normal(size=(3, 4, 2))
+    first = layer(x)
+    assert len(layer.states) == 4 and all(s.shape == (3, 2) for s in layer.states)
+    assert not np.allclose(layer(x), first)          # continues from the kept states
+    layer.reset_state()
+    assert all(np.all(s == 0) for s in layer.states)
+    np.testing.assert_allclose(layer(x), first, atol=1e-12)
+    with pytest.raises(AttributeError, match="stateful"):
+        L.Bidirectional(L.LSTM(2)).reset_state()
+
+
+def test_load_keras_weights_without_h5py_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "h5py", None)     # makes `import h5py` fail
+    with pytest.raises(ImportError, match="pip install h5py"):
+        L.load_keras_weights_h5([L.Dense(2)], str(tmp_path / "missing.weights.h5"))

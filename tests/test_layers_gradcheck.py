@@ -125,14 +125,21 @@ def test_rnn_input_dropout_gradient(cls_name, rng):
     assert dropped.any() and not dropped.all()
 
 
-def test_lstm_recurrent_dropout_gradient(rng):
-    if not L.recurrent.op_supports_recurrent_dropout("lstm"):
-        pytest.fail("fusedrnn.ops.lstm_forward lost its recurrent_dropout_mask keyword")
-    layer = L.LSTM(3, dtype=F64, dropout=0.3, recurrent_dropout=0.5, return_sequences=True,
-                   return_state=True)
+@pytest.mark.parametrize("cls_name,extra", RNN_CASES, ids=lambda v: str(v))
+def test_recurrent_dropout_gradient(cls_name, extra, rng):
+    cls = getattr(L, cls_name)
+    if not L.recurrent.op_supports_recurrent_dropout(cls._kind):
+        # without kernel support the layer must refuse, never silently ignore the argument
+        with pytest.raises(NotImplementedError, match="recurrent_dropout"):
+            cls(3, recurrent_dropout=0.5)
+        return
+    layer = cls(3, dtype=F64, dropout=0.3, recurrent_dropout=0.5, return_sequences=True,
+                return_state=True, **extra)
     x = rng.normal(size=(3, 4, 2))
     layer.build(x.shape)
-    states = [rng.normal(size=(3, 3)) for _ in range(2)]
+    for w in layer.weights:
+        w[...] = rng.normal(scale=0.5, size=w.shape)
+    states = [rng.normal(size=(3, 3)) for _ in layer._state_names]
     check_gradients(layer, x, rng, mask=_holey_mask(3, 4), initial_state=states)
 
 

@@ -252,8 +252,8 @@ def _run_chain(layers, inputs):
     return x
 
 
-def test_load_keras_weights_h5_round_trip(keras, tmp_path, rng):
-    require("h5py")
+def test_load_keras_weights_h5_round_trip(keras, tmp_path, rng, request):
+    require("h5py", request)
     model = _keras_model(keras)
     ids = rng.integers(1, 9, size=(5, 6))
     ids[0, 3:] = 0
@@ -280,3 +280,34 @@ def test_load_keras_weights_h5_round_trip(keras, tmp_path, rng):
         L.load_keras_weights_h5(wrong, str(path))
     after = [w for layer in wrong for w in layer.weights]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(ValueError, match="build"):
+        L.load_keras_weights_h5(_our_layers(), str(path))   # unbuilt layers
+
+
+def test_keras_layer_configs_deserialize(keras, rng):
+    """A Keras layer's get_config() builds the equivalent fusedrnn layer."""
+    theirs = [
+        keras.layers.LSTM(3, return_sequences=True, go_backwards=True, unit_forget_bias=False),
+        keras.layers.GRU(2, reset_after=False, activation="relu", dropout=0.25),
+        keras.layers.SimpleRNN(2, use_bias=False, return_state=True),
+        keras.layers.Bidirectional(keras.layers.GRU(2, return_sequences=True), merge_mode="sum"),
+        keras.layers.TimeDistributed(keras.layers.Dense(2, activation="softmax")),
+        keras.layers.Dense(3, activation="relu", kernel_initializer="he_uniform"),
+        keras.layers.Embedding(5, 2, mask_zero=True),
+        keras.layers.Dropout(0.2),
+        keras.layers.Masking(-1.0),
+        keras.layers.RepeatVector(3),
+    ]
+    for layer in theirs:
+        keras_config = layer.get_config()
+        ours = L.deserialize({"class_name": type(layer).__name__, "config": keras_config})
+        assert type(ours).__name__ == type(layer).__name__
+        for key, value in ours.get_config().items():
+            if key in keras_config and not isinstance(value, dict) and key != "dtype":
+                assert value == keras_config[key], (type(layer).__name__, key)
+    x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    keras_bidirectional, ours = theirs[3], L.deserialize(
+        {"class_name": "Bidirectional", "config": theirs[3].get_config()})
+    expected = keras_bidirectional(x)
+    _copy_weights(keras_bidirectional, ours, x.shape)
+    _assert_outputs(ours(x), expected, "Bidirectional from a Keras config")

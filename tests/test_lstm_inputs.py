@@ -66,6 +66,8 @@ def strided_copy(array, how):
         view = big[(slice(1, None, 2),) * array.ndim]
         view[...] = array
         return view
+    if how == "broadcast":  # zero strides: one row repeated (read-only, no copy)
+        return np.broadcast_to(array[(0,) * (array.ndim - 1)], array.shape)
     if how == "readonly":
         copy = array.copy()
         copy.setflags(write=False)
@@ -75,7 +77,7 @@ def strided_copy(array, how):
     raise AssertionError(how)
 
 
-LAYOUTS = ["fortran", "reversed", "stepped", "readonly", "list"]
+LAYOUTS = ["fortran", "reversed", "stepped", "readonly", "list", "broadcast"]
 ARGUMENTS = ["x", "kernel", "recurrent_kernel", "bias", "h0", "c0", "mask", "d_outputs",
              "d_h_n", "d_c_n"]
 
@@ -91,8 +93,10 @@ LAYOUT_CASES = [(dtype, how) for dtype in DTYPES for how in LAYOUTS
 def test_every_argument_in_every_layout(rng, dtype, how, go_backwards):
     """All arguments at once in one layout."""
     a = make_arrays(rng, dtype)
-    expected = run(a, go_backwards=go_backwards)
     laid_out = {k: strided_copy(v, how) for k, v in a.items()}
+    if how == "broadcast":  # new values: compare with C-contiguous copies of them
+        a = {k: np.ascontiguousarray(v) for k, v in laid_out.items()}
+    expected = run(a, go_backwards=go_backwards)
     snapshots = {k: np.array(v, copy=True) for k, v in laid_out.items()}
     assert_same_results(run(laid_out, go_backwards=go_backwards), expected)
     for name, value in laid_out.items():  # the caller's arrays are untouched
@@ -101,13 +105,13 @@ def test_every_argument_in_every_layout(rng, dtype, how, go_backwards):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ARGUMENTS)
-@pytest.mark.parametrize("how", ["fortran", "reversed", "stepped"])
+@pytest.mark.parametrize("how", ["fortran", "reversed", "stepped", "broadcast"])
 def test_one_argument_in_another_layout(rng, dtype, name, how):
     """One strided argument among C-contiguous ones (catches a stride applied to the
     wrong array)."""
     a = make_arrays(rng, dtype)
-    expected = run(a)
     changed = dict(a, **{name: strided_copy(a[name], how)})
+    expected = run(dict(a, **{name: np.ascontiguousarray(changed[name])}))
     assert_same_results(run(changed), expected)
 
 

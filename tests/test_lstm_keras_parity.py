@@ -89,8 +89,9 @@ DTYPES = [np.float32, np.float64]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch,features,units", [(1, 1, 1), (3, 67, 3), (67, 3, 67)])
-@pytest.mark.parametrize("with_state", [True, False], ids=["state", "nostate"])
+@pytest.mark.parametrize("batch,features,units,with_state", [
+    (1, 1, 1, True), (3, 67, 3, False), (67, 3, 67, True), (4, 5, 6, False),
+])
 def test_matches_keras_lstm(rng, keras, dtype, batch, features, units, with_state):
     p = random_problem(rng, batch, 5, features, units, dtype)
     layer = keras_layer(keras, p, dtype)
@@ -98,9 +99,14 @@ def test_matches_keras_lstm(rng, keras, dtype, batch, features, units, with_stat
                 keras_forward(layer, p, with_state=with_state), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("go_backwards", [False, True], ids=["fwd", "bwd"])
-@pytest.mark.parametrize("zero_output", [False, True], ids=["carry", "zero"])
+# each option in each dtype, in 4 cases (every scan-loop case costs a JAX compilation)
+MASK_CASES = [(np.float32, False, False), (np.float32, True, True), (np.float64, False, True),
+              (np.float64, True, False)]
+
+
+@pytest.mark.parametrize("dtype,go_backwards,zero_output", MASK_CASES,
+                         ids=["float32-fwd-carry", "float32-bwd-zero", "float64-fwd-zero",
+                              "float64-bwd-carry"])
 def test_masks_and_go_backwards_match_keras(rng, keras, dtype, go_backwards, zero_output):
     """Arbitrary masks: holes in the middle, first and last steps masked, a dead row."""
     batch, steps = 5, 7
@@ -113,6 +119,15 @@ def test_masks_and_go_backwards_match_keras(rng, keras, dtype, go_backwards, zer
                         zero_output_for_mask=zero_output, unroll=False)
     ours = fused_forward(p, mask=mask, go_backwards=go_backwards, zero_output_for_mask=zero_output)
     assert_same(ours, keras_forward(layer, p, mask=mask), dtype)
+
+
+def test_long_masked_sequence_matches_keras(rng, keras):
+    """T=300 through Keras' scan loop, float64, random mask: no drift over time."""
+    dtype = np.float64
+    p = random_problem(rng, 3, 300, 3, 3, dtype)
+    mask = rng.random((3, 300)) > 0.2
+    layer = keras_layer(keras, p, dtype, unroll=False)
+    assert_same(fused_forward(p, mask=mask), keras_forward(layer, p, mask=mask), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -200,3 +215,18 @@ def test_gradients_match_keras_jax_autodiff(rng, keras, go_backwards):
                     x=g_x, h0=g_h0, c0=g_c0)
     for name, value in expected.items():
         assert_close(getattr(grads, name), np.asarray(value), RTOL[dtype], name=f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_recurrent_dropout_mask_matches_keras_with_one_mask_for_all_gates(rng, keras, dtype):
+    """Keras 3 draws four independent (batch, units) recurrent dropout masks, one per gate
+    (LSTMCell implementation 1); ours takes one mask for all gates.  With Keras' four masks
+    set to that same mask, training-mode outputs agree."""
+    p = random_problem(rng, 4, 6, 3, 5, dtype)
+    keep = ((rng.random((4, 5)) > 0.5) / 0.5).astype(dtype)
+    layer = keras_layer(keras, p, dtype, recurrent_dropout=0.5)
+    assert layer.cell.implementation == 1  # the per-gate path, as Keras selects it
+    layer.cell.get_recurrent_dropout_mask = lambda step_input: [keep] * 4
+    theirs = [np.asarray(v)
+              for v in layer(p["x"], initial_state=[p["h0"], p["c0"]], training=True)]
+    assert_same(fused_forward(p, recurrent_dropout_mask=keep), theirs, dtype)

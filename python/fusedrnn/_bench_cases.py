@@ -246,7 +246,7 @@ def _not_measured() -> Optional[int]:
     return None
 
 
-def _numpy_case(module, problem: Problem, mode: str) -> tuple:
+def _ops_api_case(module, problem: Problem, mode: str) -> tuple:
     """run / saved_bytes for fusedrnn.ops or fusedrnn.reference (same API)."""
     forward_name, backward_name = OP_NAMES[problem.cell]
     forward = getattr(module, forward_name)
@@ -327,9 +327,9 @@ def make_case(implementation: str, cell: str, mode: str, point: Point, dtype=np.
         raise RuntimeError(f"{implementation} cannot run {cell} in this environment")
     problem = make_problem(cell, point, dtype, seed)
     if implementation == "fusedrnn":
-        run, saved = _numpy_case(ops, problem, mode)
+        run, saved = _ops_api_case(ops, problem, mode)
     elif implementation == "numpy":
-        run, saved = _numpy_case(reference, problem, mode)
+        run, saved = _ops_api_case(reference, problem, mode)
     else:
         run, saved = _torch_case(problem, mode)
     return Case(implementation, cell, mode, point, run, saved)

@@ -6,7 +6,7 @@ The kernels run on two kinds of threads, one after the other, never nested:
   - the kernels' own OpenMP team for the fused time loop (when built with OpenMP), each
     thread owning a range of units; a problem too small to gain from it runs on one.
 This module sets both to the same count: BLAS through threadpoolctl, the time loop through
-fusedrnn._runtime.  Since the two never run at the same time, n threads means at most n
+fusedrnn._kernels.  Since the two never run at the same time, n threads means at most n
 busy threads, with no oversubscription.
 
 Default: all cores this process may run on.  BLAS honours ``OPENBLAS_NUM_THREADS`` /
@@ -77,9 +77,9 @@ def _blas_pools():
 
 
 def _runtime():
-    """The kernels' own thread setting (fusedrnn._runtime), or None in builds without it."""
+    """The kernels' own thread setting (fusedrnn._kernels), or None in builds without it."""
     try:
-        from . import _runtime
+        from . import _kernels as _runtime
     except ImportError:
         return None
     return _runtime

@@ -63,7 +63,7 @@ class Initializer:
 
     def _generator(self):
         # Seeded: a fresh generator per call, so repeated calls agree (Keras 3's rule).
-        return np.random.default_rng(self.seed) if self.seed is not None else np.random.mtrand._rand
+        return np.random.default_rng(self.seed) if self.seed is not None else np.random
 
     def __call__(self, shape, dtype="float32"):
         shape = _check_shape(shape)
@@ -256,6 +256,9 @@ def get(identifier, argname: str = "initializer"):
                 f"{argname}: unknown initializer class {name!r}; expected one of {sorted(_CLASSES)}"
             )
         config = dict(identifier.get("config") or {})
+        for key in ("input_axes", "output_axes"):  # Keras 3.15 fan axes: default (None) only
+            if key in config and config[key] is None:
+                del config[key]
         try:
             return cls(**config)
         except TypeError as exc:

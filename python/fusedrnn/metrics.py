@@ -5,7 +5,8 @@ A metric accumulates over batches (``update_state``) and reports the running val
 predictions (a sequence output with padded steps) excludes the masked entries: the result
 is ``sum(values * mask) / sum(mask)`` over everything seen.
 
-``"accuracy"`` / ``"acc"`` resolve like Keras' compile(): binary accuracy when the
+A loss name (``"mae"``, ``"mse"``, ``"binary_crossentropy"``...) as a metric is the mean
+of that loss over the samples seen.  ``"accuracy"`` / ``"acc"`` resolve like Keras' compile(): binary accuracy when the
 prediction has one unit, sparse categorical accuracy when the targets have fewer axes than
 the predictions (or a last axis of 1 against several classes), categorical otherwise.
 """
@@ -178,7 +179,13 @@ def get(identifier, y_true_shape=None, y_pred_shape=None) -> Metric:
             return resolve_accuracy(y_true_shape, y_pred_shape, name=identifier)
         if key in _BY_NAME:
             return _BY_NAME[key](name=identifier)
-        raise ValueError(f"metrics: unknown metric {identifier!r}; expected 'accuracy', one of "
-                         f"{sorted(_BY_NAME)} or a Metric instance")
+        from . import losses  # a loss name as a metric: its mean over the samples seen
+        try:
+            loss = losses.get(key)
+        except ValueError:
+            raise ValueError(f"metrics: unknown metric {identifier!r}; expected 'accuracy', "
+                             f"one of {sorted(_BY_NAME)}, a loss name (e.g. 'mae') or a "
+                             "Metric instance") from None
+        return MeanMetricWrapper(loss.values, name=identifier)
     raise TypeError(f"metrics: expected a name or a Metric instance, got "
                     f"{type(identifier).__name__}")

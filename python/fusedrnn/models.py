@@ -107,7 +107,9 @@ class Model:
         self._nodes, self._layers = engine.map_graph(inputs, outputs)
         self._graph_ready = True
 
-    def _ensure_graph(self, x_arrays=None):
+    def _ensure_graph(self, x=None):
+        """Raise unless the graph exists.  x: input data that a model with a deferred
+        build (Sequential without Input) may build from; unused here."""
         if not self._graph_ready:
             raise ValueError(f"{self.name}: the model has no inputs yet")
 
@@ -742,8 +744,9 @@ class Model:
         }
 
     def save(self, path) -> None:
-        """Write the model to a zip archive: model.json (architecture, compile settings)
-        and weights/NNNNN.npy in get_weights() order.  No pickle is used."""
+        """Write the model to a zip archive: model.json (architecture, compile settings),
+        weights/NNNNN.npy in get_weights() order and optimizer/*.npy (the optimizer's
+        state, once it has taken a step).  No pickle is used."""
         self._ensure_graph()
         weights = self.get_weights()
         names = [f"weights/{k:05d}.npy" for k in range(len(weights))]
@@ -754,13 +757,56 @@ class Model:
             "config": self.get_config(),
             "compile": self._compile_config(),
             "weights": names,
+            "optimizer_state": None,
         }
+        arrays = list(zip(names, weights))
+        if self.optimizer is not None and self.optimizer.iterations > 0:
+            # The optimizer's slots (momenta, ...) so that training resumes identically.
+            iterations, state = self.optimizer.get_state(self.trainable_weights)
+            slot_files = []
+            for k, slots in enumerate(state):
+                files = [f"optimizer/{k:05d}_{j}.npy" for j in range(len(slots))]
+                arrays += list(zip(files, slots))
+                slot_files.append(files)
+            document["optimizer_state"] = {"iterations": iterations, "slots": slot_files}
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("model.json", json.dumps(document, indent=1))
-            for name, array in zip(names, weights):
+            for name, array in arrays:
                 buffer = io.BytesIO()
                 np.save(buffer, array, allow_pickle=False)
                 archive.writestr(name, buffer.getvalue())
+
+
+    def load_weights(self, path) -> None:
+        """Load weights from a Keras 3 ``.weights.h5`` file (``keras_model.save_weights``;
+        needs h5py) or from an archive written by ``save``.  The architecture must match."""
+        self._ensure_graph()
+        if str(path).endswith(".h5"):
+            from . import layers as layers_module
+            layers_module.load_keras_weights_h5(self.layers, path)
+            return
+        self.set_weights(_read_archive(path)[1])
+
+
+def _read_archive(path):
+    """(document, weights) of a model archive written by Model.save."""
+    with zipfile.ZipFile(path, "r") as archive:
+        try:
+            document = json.loads(archive.read("model.json"))
+        except KeyError:
+            raise ValueError(f"{path}: not a fusedrnn model archive (no model.json)") from None
+        if document.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path}: unknown format {document.get('format')!r}")
+        if document.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported format version {document.get('version')}")
+        def load(name):
+            return np.load(io.BytesIO(archive.read(name)), allow_pickle=False)
+        weights = [load(name) for name in document["weights"]]
+        optimizer_state = document.get("optimizer_state")
+        if optimizer_state:
+            document["_optimizer_slots"] = [[load(name) for name in files]
+                                            for files in optimizer_state["slots"]]
+    return document, weights
 
 
 class Sequential(Model):
@@ -891,18 +937,9 @@ _MODEL_CLASSES = {"Model": Model, "Sequential": Sequential}
 
 def load_model(path, compile=True):
     """Rebuild a model written by ``Model.save``: same architecture and weights (and, with
-    compile=True, the same optimizer hyperparameters, losses and metrics)."""
-    with zipfile.ZipFile(path, "r") as archive:
-        try:
-            document = json.loads(archive.read("model.json"))
-        except KeyError:
-            raise ValueError(f"{path}: not a fusedrnn model archive (no model.json)") from None
-        if document.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path}: unknown format {document.get('format')!r}")
-        if document.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported format version {document.get('version')}")
-        weights = [np.load(io.BytesIO(archive.read(name)), allow_pickle=False)
-                   for name in document["weights"]]
+    compile=True, the same optimizer - hyperparameters and state - losses and metrics, so
+    that training resumes exactly where it stopped)."""
+    document, weights = _read_archive(path)
     cls = _MODEL_CLASSES.get(document.get("class_name"))
     if cls is None:
         raise ValueError(f"{path}: unknown model class {document.get('class_name')!r}")
@@ -920,5 +957,9 @@ def load_model(path, compile=True):
             metrics=settings["metrics"],
             loss_weights=settings["loss_weights"],
         )
+        if document.get("optimizer_state"):
+            model.optimizer.set_state(model.trainable_weights,
+                                      document["optimizer_state"]["iterations"],
+                                      document["_optimizer_slots"])
     return model
 

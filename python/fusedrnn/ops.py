@@ -16,8 +16,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _validation as v
-from ._lstm import lstm_backward as _lstm_backward_kernel
-from ._lstm import lstm_forward as _lstm_forward_kernel
+from ._kernels import lstm_backward as _lstm_backward_kernel
+from ._kernels import lstm_forward as _lstm_forward_kernel
 
 __all__ = ["LSTMOutput", "LSTMGradients", "LSTMCache", "lstm_forward", "lstm_backward"]
 
@@ -145,10 +145,10 @@ __all__ += ["GRUOutput", "GRUGradients", "GRUCache", "gru_forward", "gru_backwar
             "SimpleRNNOutput", "SimpleRNNGradients", "SimpleRNNCache", "simple_rnn_forward",
             "simple_rnn_backward"]
 
-from ._gru import gru_backward as _gru_backward_kernel  # noqa: E402
-from ._gru import gru_forward as _gru_forward_kernel  # noqa: E402
-from ._rnn import simple_rnn_backward as _simple_rnn_backward_kernel  # noqa: E402
-from ._rnn import simple_rnn_forward as _simple_rnn_forward_kernel  # noqa: E402
+from ._kernels import gru_backward as _gru_backward_kernel  # noqa: E402
+from ._kernels import gru_forward as _gru_forward_kernel  # noqa: E402
+from ._kernels import simple_rnn_backward as _simple_rnn_backward_kernel  # noqa: E402
+from ._kernels import simple_rnn_forward as _simple_rnn_forward_kernel  # noqa: E402
 
 
 class GRUOutput(NamedTuple):
@@ -169,13 +169,16 @@ class _RecurrentCache:
     """What the backward pass needs, saved by the forward pass with training=True.
     Opaque; reusable (backward only reads it)."""
 
-    __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "arrays", "options", "shape")
+    __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "recurrent_dropout_mask",
+                 "arrays", "options", "shape")
 
-    def __init__(self, kernel, recurrent_kernel, has_bias, h0, arrays, options, shape):
+    def __init__(self, kernel, recurrent_kernel, has_bias, h0, recurrent_dropout_mask, arrays,
+                 options, shape):
         self.kernel = kernel
         self.recurrent_kernel = recurrent_kernel
         self.has_bias = has_bias
         self.h0 = h0
+        self.recurrent_dropout_mask = recurrent_dropout_mask  # as the kernel takes it, or None
         self.arrays = arrays
         self.options = options
         self.shape = shape  # (batch, time, features, units)
@@ -226,15 +229,33 @@ def _check_cache(cache, cls, producer: str):
         )
 
 
+def _gru_dropout_masks(value, batch: int, units: int, dtype):
+    """The recurrent dropout masks as the kernel takes them: (3, batch, units) for the gate
+    blocks z, r, h, C-contiguous; a (batch, units) mask is used for all three."""
+    if value is None:
+        return None
+    array = v.float_array(value, "recurrent_dropout_mask", dtype)
+    if array.shape == (batch, units):
+        return np.ascontiguousarray(np.broadcast_to(array, (3, batch, units)))
+    v.check_shape(array, (3, batch, units), "recurrent_dropout_mask",
+                  "(batch, units) or (3, batch, units) [z, r, h]")
+    return np.ascontiguousarray(array)
+
+
 def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
                 initial_state=None, mask=None, go_backwards=False, zero_output_for_mask=False,
-                training=False, activation="tanh", recurrent_activation="sigmoid") -> GRUOutput:
+                training=False, activation="tanh", recurrent_activation="sigmoid",
+                recurrent_dropout_mask=None) -> GRUOutput:
     """Run a GRU over a whole sequence with the fused kernel (Keras' GRU semantics).
 
     x: (batch, time, features).  kernel: (features, 3*units).  recurrent_kernel:
     (units, 3*units).  Gate order z, r, h.  bias: (2, 3*units) [input row; recurrent row]
     with reset_after=True (torch's formulation), (3*units,) with reset_after=False, or None.
     initial_state: h0 (batch, units) or a 1-element list/tuple of it, or None for zeros.
+    recurrent_dropout_mask: None, (batch, units), or (3, batch, units) with one mask per gate
+    block z, r, h as Keras 3's GRUCell draws them (implementation 1): h_{t-1}*m_g replaces
+    h_{t-1} where it meets the recurrent kernel's gate-g block; the update z*h_{t-1} uses
+    h_{t-1} itself.
     Returns GRUOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -251,15 +272,16 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
             bias = v.weight(bias, (3 * units,), "bias", "(3*units,) (reset_after=False)", x.dtype)
     (h0,) = v.initial_states(initial_state, 1, batch, units, x.dtype)
     mask_u8 = v.mask_array(mask, batch, steps)
+    rec_mask = _gru_dropout_masks(recurrent_dropout_mask, batch, units, x.dtype)
     options = (reset_after,) + _lstm_options(go_backwards, zero_output_for_mask, activation,
                                              recurrent_activation)
     outputs, h_n, arrays = _gru_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, *options, bool(training)
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, bool(training)
     )
     cache = None
     if training:
-        cache = GRUCache(kernel, recurrent_kernel, bias is not None, h0, arrays, options,
-                         (batch, steps, features, units))
+        cache = GRUCache(kernel, recurrent_kernel, bias is not None, h0, rec_mask, arrays,
+                         options, (batch, steps, features, units))
     return GRUOutput(outputs, h_n, cache)
 
 
@@ -274,7 +296,8 @@ def gru_backward(cache: GRUCache, d_outputs=None, d_h_n=None) -> GRUGradients:
                                  "(batch, time, units)", dtype)
     d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
     dx, dk, dr, db, dh0 = _gru_backward_kernel(
-        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.arrays,
+        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
+        cache.recurrent_dropout_mask, cache.arrays,
         d_outputs, d_h_n, *cache.options
     )
     return GRUGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
@@ -298,12 +321,14 @@ class SimpleRNNGradients(NamedTuple):
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="tanh",
                        initial_state=None, mask=None, go_backwards=False,
-                       zero_output_for_mask=False, training=False) -> SimpleRNNOutput:
+                       zero_output_for_mask=False, training=False,
+                       recurrent_dropout_mask=None) -> SimpleRNNOutput:
     """Run a SimpleRNN, h = activation(x W + b + h_{t-1} U), with the fused kernel.
 
     x: (batch, time, features).  kernel: (features, units).  recurrent_kernel:
     (units, units).  bias: (units,) or None.  initial_state: h0 (batch, units) or a
-    1-element list/tuple of it, or None for zeros.
+    1-element list/tuple of it, or None for zeros.  recurrent_dropout_mask: (batch, units)
+    or None; multiplies h_{t-1} where it meets the recurrent kernel (Keras 3).
     Returns SimpleRNNOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -313,15 +338,17 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
         bias = v.weight(bias, (units,), "bias", "(units,)", x.dtype)
     (h0,) = v.initial_states(initial_state, 1, batch, units, x.dtype)
     mask_u8 = v.mask_array(mask, batch, steps)
+    rec_mask = v.optional_state_like(recurrent_dropout_mask, batch, units, x.dtype,
+                                     "recurrent_dropout_mask")
     options = (bool(go_backwards), bool(zero_output_for_mask),
                v.activation_code(activation, "activation"))
     outputs, h_n, arrays = _simple_rnn_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, *options, bool(training)
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, bool(training)
     )
     cache = None
     if training:
-        cache = SimpleRNNCache(kernel, recurrent_kernel, bias is not None, h0, arrays, options,
-                               (batch, steps, features, units))
+        cache = SimpleRNNCache(kernel, recurrent_kernel, bias is not None, h0, rec_mask, arrays,
+                               options, (batch, steps, features, units))
     return SimpleRNNOutput(outputs, h_n, cache)
 
 
@@ -336,7 +363,8 @@ def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None) -> Si
                                  "(batch, time, units)", dtype)
     d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
     dx, dk, dr, db, dh0 = _simple_rnn_backward_kernel(
-        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.arrays,
+        cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
+        cache.recurrent_dropout_mask, cache.arrays,
         d_outputs, d_h_n, *cache.options
     )
     return SimpleRNNGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)

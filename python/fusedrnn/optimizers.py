@@ -68,6 +68,7 @@ class Optimizer:
         # id(variable) -> (variable, index); the variable is kept so its id stays unique.
         self._slots_index: dict = {}
         self._variables: list = []
+        self._slots: dict = {}   # slot name -> list of arrays, one per variable index
 
     # -- state -------------------------------------------------------------------------
     def _index_of(self, variable: np.ndarray) -> int:
@@ -80,8 +81,45 @@ class Optimizer:
         self._create_slots(variable)
         return index
 
-    def _create_slots(self, variable):  # pragma: no cover - overridden
-        pass
+    def _slot_names(self) -> tuple:
+        """Names of the per-weight state arrays this optimizer keeps (subclasses)."""
+        return ()
+
+    def _create_slots(self, variable):
+        for name in self._slot_names():
+            self._slots.setdefault(name, []).append(np.zeros_like(variable))
+
+    def _slot(self, name, index):
+        return self._slots[name][index]
+
+    def get_state(self, variables) -> tuple:
+        """(iterations, [state arrays of each variable, in _slot_names() order]) for the
+        given variables (zeros for a variable never updated).  Copies."""
+        state = []
+        for var in variables:
+            entry = self._slots_index.get(id(var))
+            if entry is not None and entry[0] is var:
+                state.append([self._slot(n, entry[1]).copy() for n in self._slot_names()])
+            else:
+                state.append([np.zeros_like(var) for _ in self._slot_names()])
+        return self.iterations, state
+
+    def set_state(self, variables, iterations, state) -> None:
+        """Restore what get_state returned (e.g. after load_model), for the same variables."""
+        names = self._slot_names()
+        state = list(state)
+        if len(state) != len(variables):
+            raise ValueError(f"state: expected one entry per variable ({len(variables)}), got "
+                             f"{len(state)}")
+        for k, (var, arrays) in enumerate(zip(variables, state)):
+            if len(arrays) != len(names) or any(a.shape != var.shape for a in arrays):
+                raise ValueError(f"state[{k}]: expected {len(names)} arrays ({names}) of shape "
+                                 f"{var.shape}")
+        for var, arrays in zip(variables, state):
+            index = self._index_of(var)
+            for name, array in zip(names, arrays):
+                self._slot(name, index)[...] = array
+        self.iterations = int(iterations)
 
     # -- clipping (keras/src/optimizers/base_optimizer.py) ---------------------------------
     def _clip_gradients(self, grads):
@@ -186,15 +224,14 @@ class SGD(Optimizer):
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov: expected a bool, got {type(nesterov).__name__}")
         self.nesterov = bool(nesterov)
-        self._momentums: list = []
 
-    def _create_slots(self, variable):
-        self._momentums.append(np.zeros_like(variable) if self.momentum != 0 else None)
+    def _slot_names(self):
+        return ("momentum",) if self.momentum != 0 else ()
 
     def _update(self, index, g, w):
         lr = self._lr(w.dtype)
         if self.momentum != 0:
-            m = self._momentums[index]
+            m = self._slot("momentum", index)
             momentum = w.dtype.type(self.momentum)
             m[...] = m * momentum - g * lr
             if self.nesterov:
@@ -226,29 +263,25 @@ class RMSprop(Optimizer):
         self.momentum = _number(momentum, "momentum", low=0.0, high=1.0)
         self.epsilon = _number(epsilon, "epsilon", low=0.0)
         self.centered = bool(centered)
-        self._velocities: list = []
-        self._momentums: list = []
-        self._average_gradients: list = []
 
-    def _create_slots(self, variable):
-        self._velocities.append(np.zeros_like(variable))
-        self._momentums.append(np.zeros_like(variable) if self.momentum > 0 else None)
-        self._average_gradients.append(np.zeros_like(variable) if self.centered else None)
+    def _slot_names(self):
+        return (("velocity",) + (("momentum",) if self.momentum > 0 else ())
+                + (("average_gradient",) if self.centered else ()))
 
     def _update(self, index, g, w):
         t = w.dtype.type
         lr, rho = self._lr(w.dtype), t(self.rho)
-        velocity = self._velocities[index]
+        velocity = self._slot("velocity", index)
         velocity[...] = rho * velocity + (t(1) - rho) * np.square(g)
         if self.centered:
-            average = self._average_gradients[index]
+            average = self._slot("average_gradient", index)
             average[...] = rho * average + (t(1) - rho) * g
             denominator = velocity - np.square(average) + t(self.epsilon)
         else:
             denominator = velocity + t(self.epsilon)
         increment = (lr * g) / np.sqrt(denominator)
         if self.momentum > 0:
-            m = self._momentums[index]
+            m = self._slot("momentum", index)
             m[...] = t(self.momentum) * m + increment
             w -= m
         else:
@@ -279,25 +312,20 @@ class Adam(Optimizer):
         self.beta_2 = _number(beta_2, "beta_2", low=0.0, high=1.0)
         self.epsilon = _number(epsilon, "epsilon", low=0.0)
         self.amsgrad = bool(amsgrad)
-        self._m: list = []
-        self._v: list = []
-        self._v_hat: list = []
 
-    def _create_slots(self, variable):
-        self._m.append(np.zeros_like(variable))
-        self._v.append(np.zeros_like(variable))
-        self._v_hat.append(np.zeros_like(variable) if self.amsgrad else None)
+    def _slot_names(self):
+        return ("momentum", "velocity") + (("velocity_hat",) if self.amsgrad else ())
 
     def _update(self, index, g, w):
         t = w.dtype.type
         step = t(self.iterations + 1)
         beta_1, beta_2 = t(self.beta_1), t(self.beta_2)
         alpha = self._lr(w.dtype) * np.sqrt(t(1) - beta_2 ** step) / (t(1) - beta_1 ** step)
-        m, v = self._m[index], self._v[index]
+        m, v = self._slot("momentum", index), self._slot("velocity", index)
         m += (g - m) * (t(1) - beta_1)
         v += (np.square(g) - v) * (t(1) - beta_2)
         if self.amsgrad:
-            v_hat = self._v_hat[index]
+            v_hat = self._slot("velocity_hat", index)
             np.maximum(v_hat, v, out=v_hat)
             v = v_hat
         w -= (m * alpha) / (np.sqrt(v) + t(self.epsilon))

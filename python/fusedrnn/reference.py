@@ -152,10 +152,21 @@ def _single_initial_state(initial_state, batch, units, dtype):
     return np.array(initial_state, dtype=dtype), True
 
 
+def _gru_dropout_masks(recurrent_dropout_mask, batch, units, dtype):
+    """(m_z, m_r, m_h): one (batch, units) mask per gate block; ones without dropout."""
+    if recurrent_dropout_mask is None:
+        return (np.ones((batch, units), dtype),) * 3
+    masks = np.asarray(recurrent_dropout_mask, dtype)
+    return tuple(masks) if masks.ndim == 3 else (masks,) * 3
+
+
 def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
                 initial_state=None, mask=None, go_backwards=False, zero_output_for_mask=False,
-                training=False, activation="tanh", recurrent_activation="sigmoid"):
-    """Keras' GRUCell, step by step: gates z, r, h; h = z*h_prev + (1-z)*hh."""
+                training=False, activation="tanh", recurrent_activation="sigmoid",
+                recurrent_dropout_mask=None):
+    """Keras' GRUCell, step by step: gates z, r, h; h = z*h_prev + (1-z)*hh.  With
+    recurrent dropout (Keras 3's implementation 1), gate block g sees h_prev*m_g in its
+    recurrent matmul; the update z*h_prev uses h_prev itself."""
     x = np.asarray(x)
     kernel = np.asarray(kernel)
     recurrent_kernel = np.asarray(recurrent_kernel)
@@ -171,7 +182,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
         b_in, b_rec = np.asarray(bias)
     else:
         b_in, b_rec = np.asarray(bias), None
-    u_zr, u_h = recurrent_kernel[:, : 2 * units], recurrent_kernel[:, 2 * units:]
+    u_z, u_r, u_h = np.split(recurrent_kernel, 3, axis=1)
+    m_z, m_r, m_h = _gru_dropout_masks(recurrent_dropout_mask, batch, units, x.dtype)
     valid = np.ones((batch, steps), bool) if mask is None else np.asarray(mask).astype(bool)
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
 
@@ -180,18 +192,17 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     for t, s in enumerate(order):
         xw = x[:, s] @ kernel + b_in
         x_z, x_r, x_h = np.split(xw, 3, axis=1)
+        rec_z, rec_r = (h * m_z) @ u_z, (h * m_r) @ u_r
         if reset_after:
-            rec = h @ recurrent_kernel + b_rec
-            rec_z, rec_r, rec_h = np.split(rec, 3, axis=1)
-        else:
-            rec_z, rec_r = np.split(h @ u_zr, 2, axis=1)
+            rec_z, rec_r = rec_z + b_rec[:units], rec_r + b_rec[units: 2 * units]
         z = ract(x_z + rec_z)
         r = ract(x_r + rec_r)
         if reset_after:
+            rec_h = (h * m_h) @ u_h + b_rec[2 * units:]
             hh = act(x_h + r * rec_h)
         else:
             rec_h = None
-            hh = act(x_h + (r * h) @ u_h)
+            hh = act(x_h + (r * (h * m_h)) @ u_h)
         h_new = z * h + (1 - z) * hh
         keep = valid[:, s][:, None]
         saved.append((x[:, s], keep, h, z, r, hh, rec_h))
@@ -204,6 +215,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
             has_bias=bias is not None, has_state=has_state, order=list(order), shape=x.shape,
             reset_after=reset_after, zero_output_for_mask=zero_output_for_mask,
             activation=activation, recurrent_activation=recurrent_activation,
+            dropout_masks=(m_z, m_r, m_h),
         )
     return GRUOutput(outputs, h, cache)
 
@@ -215,11 +227,13 @@ def gru_backward(cache, d_outputs=None, d_h_n=None):
     dtype = kernel.dtype
     _, act_grad = _activation(cache.activation, "activation")
     _, ract_grad = _activation(cache.recurrent_activation, "recurrent_activation")
-    u_zr, u_h = recurrent_kernel[:, : 2 * units], recurrent_kernel[:, 2 * units:]
+    u_z, u_r, u_h = np.split(recurrent_kernel, 3, axis=1)
+    m_z, m_r, m_h = cache.dropout_masks
     dh = np.zeros((batch, units), dtype) if d_h_n is None else np.array(d_h_n, dtype)
     dx = np.zeros(cache.shape, dtype)
     dk = np.zeros_like(kernel)
     dr = np.zeros_like(recurrent_kernel)
+    dr_z, dr_r, dr_h = np.split(dr, 3, axis=1)  # views: dr is filled block by block
     db_in = np.zeros(3 * units, dtype)
     db_rec = np.zeros(3 * units, dtype)
     for t in range(steps - 1, -1, -1):
@@ -229,26 +243,26 @@ def gru_backward(cache, d_outputs=None, d_h_n=None):
             d_out = np.asarray(d_outputs)[:, t]
             dh = dh + (np.where(keep, d_out, 0.0) if cache.zero_output_for_mask else d_out)
         # masked rows pass dh straight through; valid rows go through the cell
-        d_hh_pre = dh * (1 - z) * act_grad(hh)
-        d_z_pre = dh * (h_prev - hh) * ract_grad(z)
+        d_hh_pre = np.where(keep, dh * (1 - z) * act_grad(hh), 0.0)
+        d_z_pre = np.where(keep, dh * (h_prev - hh) * ract_grad(z), 0.0)
         dh_prev = dh * z
         if cache.reset_after:
             d_r_pre = d_hh_pre * rec_h * ract_grad(r)
-            d_rec = np.concatenate([d_z_pre, d_r_pre, d_hh_pre * r], axis=1)  # d(h U + b_rec)
-            d_xw = np.concatenate([d_z_pre, d_r_pre, d_hh_pre], axis=1)      # d(x W + b_in)
-            d_rec = np.where(keep, d_rec, 0.0)
-            d_xw = np.where(keep, d_xw, 0.0)
-            dr += h_prev.T @ d_rec
-            db_rec += d_rec.sum(axis=0)
-            dh_prev = dh_prev + d_rec @ recurrent_kernel.T
+            d_rec_h = d_hh_pre * r  # gradient w.r.t. (h_prev*m_h) U_h + b_rec_h
+            db_rec += np.concatenate([d_z_pre, d_r_pre, d_rec_h], axis=1).sum(axis=0)
         else:
-            d_q = d_hh_pre @ u_h.T  # q = r * h_prev
-            d_r_pre = d_q * h_prev * ract_grad(r)
-            d_xw = np.where(keep, np.concatenate([d_z_pre, d_r_pre, d_hh_pre], axis=1), 0.0)
-            d_zr = d_xw[:, : 2 * units]
-            dr[:, : 2 * units] += h_prev.T @ d_zr
-            dr[:, 2 * units:] += (r * h_prev).T @ d_xw[:, 2 * units:]
-            dh_prev = dh_prev + d_q * r + d_zr @ u_zr.T
+            q = r * (h_prev * m_h)
+            d_q = d_hh_pre @ u_h.T
+            d_r_pre = d_q * h_prev * m_h * ract_grad(r)
+            d_rec_h = d_hh_pre  # gradient w.r.t. q U_h
+            dh_prev = dh_prev + d_q * r * m_h
+        dr_z += (h_prev * m_z).T @ d_z_pre
+        dr_r += (h_prev * m_r).T @ d_r_pre
+        dr_h += ((h_prev * m_h) if cache.reset_after else q).T @ d_rec_h
+        dh_prev = dh_prev + m_z * (d_z_pre @ u_z.T) + m_r * (d_r_pre @ u_r.T)
+        if cache.reset_after:
+            dh_prev = dh_prev + m_h * (d_rec_h @ u_h.T)
+        d_xw = np.concatenate([d_z_pre, d_r_pre, d_hh_pre], axis=1)  # d(x W + b_in)
         dk += x_t.T @ d_xw
         db_in += d_xw.sum(axis=0)
         dx[:, s] = d_xw @ kernel.T
@@ -263,8 +277,9 @@ def gru_backward(cache, d_outputs=None, d_h_n=None):
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="tanh",
                        initial_state=None, mask=None, go_backwards=False,
-                       zero_output_for_mask=False, training=False):
-    """Keras' SimpleRNNCell, step by step: h = activation(x W + b + h_prev U)."""
+                       zero_output_for_mask=False, training=False, recurrent_dropout_mask=None):
+    """Keras' SimpleRNNCell, step by step: h = activation(x W + b + (h_prev*m) U), m the
+    recurrent dropout mask (ones without)."""
     x = np.asarray(x)
     kernel = np.asarray(kernel)
     recurrent_kernel = np.asarray(recurrent_kernel)
@@ -272,12 +287,14 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     batch, steps, _ = x.shape
     units = recurrent_kernel.shape[0]
     h, has_state = _single_initial_state(initial_state, batch, units, x.dtype)
+    m = (np.ones((batch, units), x.dtype) if recurrent_dropout_mask is None
+         else np.asarray(recurrent_dropout_mask, x.dtype))
     valid = np.ones((batch, steps), bool) if mask is None else np.asarray(mask).astype(bool)
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
     outputs = np.zeros((batch, steps, units), x.dtype)
     saved = []  # per processing step: (x_t, keep, h_prev, h_new)
     for t, s in enumerate(order):
-        pre = x[:, s] @ kernel + h @ recurrent_kernel
+        pre = x[:, s] @ kernel + (h * m) @ recurrent_kernel
         if bias is not None:
             pre = pre + bias
         h_new = act(pre)
@@ -290,7 +307,7 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
         cache = _ReferenceCache(
             saved=saved, kernel=kernel, recurrent_kernel=recurrent_kernel,
             has_bias=bias is not None, has_state=has_state, order=list(order), shape=x.shape,
-            zero_output_for_mask=zero_output_for_mask, activation=activation,
+            zero_output_for_mask=zero_output_for_mask, activation=activation, dropout_mask=m,
         )
     return SimpleRNNOutput(outputs, h, cache)
 
@@ -314,9 +331,9 @@ def simple_rnn_backward(cache, d_outputs=None, d_h_n=None):
             dh = dh + (np.where(keep, d_out, 0.0) if cache.zero_output_for_mask else d_out)
         d_pre = np.where(keep, dh * act_grad(h_new), 0.0)
         dk += x_t.T @ d_pre
-        dr += h_prev.T @ d_pre
+        dr += (h_prev * cache.dropout_mask).T @ d_pre
         db += d_pre.sum(axis=0)
         dx[:, s] = d_pre @ kernel.T
-        dh = np.where(keep, d_pre @ recurrent_kernel.T, dh)
+        dh = np.where(keep, cache.dropout_mask * (d_pre @ recurrent_kernel.T), dh)
     return SimpleRNNGradients(dx, dk, dr, db if cache.has_bias else None,
                               dh if cache.has_state else None)

@@ -197,6 +197,7 @@ class _FusedDirection(torch.autograd.Function):
                 *(torch.from_numpy(s) for s in states))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # BPTT in C: no double backward
     def backward(ctx, d_outputs, *d_states):
         d_out = _numpy(d_outputs)
         if d_out is not None and ctx.go_backwards:

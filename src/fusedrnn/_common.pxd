@@ -1,6 +1,7 @@
 # cython: language_level=3
 # Declarations of the C kernels (csrc/fusedrnn.h) and helpers shared by the glue modules.
 from libc.stdint cimport uint8_t
+cimport numpy as cnp
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cdef extern from "fusedrnn.h" nogil:
@@ -62,3 +63,33 @@ cdef inline frnn_seq_strides seq_strides(object array):
     s.stride_b = array.strides[0] // array.itemsize
     s.stride_t = array.strides[1] // array.itemsize
     return s
+
+
+cdef inline void *data_or_null(object array):
+    """Data pointer of a validated ndarray, or NULL for None (optional arguments)."""
+    if array is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+cdef inline frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs,
+                                Py_ssize_t units, bint go_backwards, bint zero_output_for_mask,
+                                int activation, int recurrent_activation):
+    cdef frnn_dims d
+    d.batch = batch
+    d.steps = steps
+    d.input_size = inputs
+    d.units = units
+    d.go_backwards = go_backwards
+    d.zero_output_for_mask = zero_output_for_mask
+    d.activation = <frnn_activation>activation
+    d.recurrent_activation = <frnn_activation>recurrent_activation
+    return d
+
+
+cdef inline frnn_dims make_rnn_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs,
+                                    Py_ssize_t units, bint go_backwards,
+                                    bint zero_output_for_mask, int activation):
+    """SimpleRNN has one activation; recurrent_activation is unused."""
+    return make_dims(batch, steps, inputs, units, go_backwards, zero_output_for_mask,
+                     activation, activation)

@@ -11,7 +11,7 @@ Each module trains on a generated task in a few seconds and reports what it reac
 - ``seq2seq``: encoder-decoder with different input and output lengths: the encoder LSTM's
   final states start the decoder LSTM; trained with teacher forcing, decoded greedily.
 
-Run one with ``python -m fusedrnn.examples.NAME [--full] [--seed N] [--quiet]``; from
+Run one with ``python -m fusedrnn.examples.NAME [--full] [--seed N] [--quiet] [--threads N]``; from
 Python, ``fusedrnn.examples.NAME.run(quick=True)`` returns a dict of metrics.
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusedrnn import engine, layers, models, optimizers
-from fusedrnn.examples._common import padded_tokens, parse_args, print_results, split
+from fusedrnn.examples._common import padded_tokens, run_from_command_line, split
 
 MAX_LENGTH = 15
 CLASSES = 3
@@ -63,11 +63,8 @@ def run(quick=True, seed=0, verbose=0):
 
 
 def main(argv=None):
-    args = parse_args(argv, __doc__.splitlines()[0])
-    results = run(quick=not args.full, seed=args.seed, verbose=0 if args.quiet else 1)
-    print_results("many-to-many (a label per step, padded steps masked)", results)
-    return results
-
+    """Command line: [--full] [--seed N] [--quiet] [--threads N]; returns the results."""
+    return run_from_command_line(argv, __doc__, "many-to-many (a label per step, padded steps masked)", run)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusedrnn import engine, layers, models, optimizers
-from fusedrnn.examples._common import parse_args, print_results
+from fusedrnn.examples._common import run_from_command_line
 
 STEPS = 8
 DIGITS = 10
@@ -60,11 +60,8 @@ def run(quick=True, seed=0, verbose=0):
 
 
 def main(argv=None):
-    args = parse_args(argv, __doc__.splitlines()[0])
-    results = run(quick=not args.full, seed=args.seed, verbose=0 if args.quiet else 1)
-    print_results("one-to-many (a digit sequence generated from one vector)", results)
-    return results
-
+    """Command line: [--full] [--seed N] [--quiet] [--threads N]; returns the results."""
+    return run_from_command_line(argv, __doc__, "one-to-many (a digit sequence generated from one vector)", run)
 
 if __name__ == "__main__":
     main()

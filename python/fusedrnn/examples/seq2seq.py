@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusedrnn import engine, layers, models, optimizers
-from fusedrnn.examples._common import padded_tokens, parse_args, print_results, split
+from fusedrnn.examples._common import padded_tokens, run_from_command_line, split
 
 SOURCE_LENGTH = 9
 TARGET_LENGTH = 3
@@ -98,11 +98,8 @@ def run(quick=True, seed=0, verbose=0):
 
 
 def main(argv=None):
-    args = parse_args(argv, __doc__.splitlines()[0])
-    results = run(quick=not args.full, seed=args.seed, verbose=0 if args.quiet else 1)
-    print_results("seq2seq (encoder-decoder, teacher forcing + greedy decoding)", results)
-    return results
-
+    """Command line: [--full] [--seed N] [--quiet] [--threads N]; returns the results."""
+    return run_from_command_line(argv, __doc__, "seq2seq (encoder-decoder, teacher forcing + greedy decoding)", run)
 
 if __name__ == "__main__":
     main()

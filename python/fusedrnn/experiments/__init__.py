@@ -13,6 +13,7 @@
 Usage::
 
     fusedrnn experiment NAME [--quick | --full] [--out DIR] [--data PATH] [--seed N]
+                             [--threads N]
     fusedrnn experiment all --quick --out /tmp/reports     # every experiment, DIR/NAME/
     fusedrnn experiment list
 
@@ -33,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+from .. import threads as thread_limit
+
 __all__ = ["EXPERIMENTS", "run", "main"]
 
 # name -> (module, one-line description)
@@ -40,29 +43,37 @@ EXPERIMENTS: Dict[str, tuple] = {
     "imdb-seqlen": ("imdb_seqlen", "IMDB accuracy vs truncation length, SimpleRNN/GRU/LSTM"),
     "gradient-flow": ("gradient_flow", "||dL/dh_t|| vs t at initialisation and after training"),
     "long-memory": ("long_memory", "adding problem and recall task vs sequence length"),
-    "exploding": ("exploding", "spectral radius > 1: loss and gradient norm, with/without clipping"),
+    "exploding": ("exploding", "spectral radius > 1: loss and gradient norm, +/- clipping"),
     "padding": ("padding", "dense net on padded input vs RNN with/without masking"),
 }
 
 
 def run(name: str, out_dir, *, quick: bool = False, data=None, seed: int = 0,
-        verbose: bool = True) -> Path:
-    """Run one experiment, write its report into ``out_dir``; returns report.md's path."""
+        threads: int = 1, verbose: bool = True) -> Path:
+    """Run one experiment, write its report into ``out_dir``; returns report.md's path.
+
+    threads: kernel and BLAS threads while it runs (``fusedrnn.threads``).  The default 1
+    suits the experiments' small models (at most 32 units): a second thread gains little
+    there and, on a busy machine, costs much more in per-step synchronisation."""
     if name not in EXPERIMENTS:
         raise ValueError(f"name: unknown experiment {name!r}; choose from "
                          f"{', '.join(EXPERIMENTS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads == 0:
+        raise ValueError(f"threads: expected a positive count or -1 (all cores), got "
+                         f"{threads!r}")
     module = importlib.import_module(f".{EXPERIMENTS[name][0]}", __name__)
     from ._report import Progress, Report, require_matplotlib
     require_matplotlib()
     mode = "quick" if quick else "full"
-    config = dict(module.CONFIGS[mode], seed=seed)
+    config = dict(module.CONFIGS[mode], seed=seed, threads=threads)
     progress = Progress(name, enabled=verbose)
     report = Report(out_dir, name, mode, config)
     progress.log(f"{mode} mode, writing to {report.out_dir}")
     start = time.perf_counter()
-    module.run(config, report, progress, data=data)
+    with thread_limit(threads):
+        module.run(config, report, progress, data=data)
     path = report.write(module.TITLE, module.SUMMARY, time.perf_counter() - start)
     progress.log(f"done: {path}")
     return path
@@ -85,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None,
                         help="IMDB tarball or folder for imdb-seqlen (default: $FUSEDRNN_IMDB)")
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="kernel/BLAS threads (default 1: the models are small; "
+                             "-1 = all cores)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -104,6 +118,8 @@ def main(argv: Optional[list] = None) -> int:
                      f"{', '.join(EXPERIMENTS)}, all, list")
     if args.seed < 0:
         parser.error(f"--seed: expected a non-negative int, got {args.seed}")
+    if args.threads == 0:
+        parser.error("--threads: expected a positive count or -1 (all cores), got 0")
     for name in names:
         if args.name == "all":
             out = (args.out or Path("reports")) / name
@@ -111,7 +127,7 @@ def main(argv: Optional[list] = None) -> int:
             out = args.out or Path("reports") / name
         try:
             path = run(name, out, quick=args.quick, data=args.data, seed=args.seed,
-                       verbose=not args.quiet)
+                       threads=args.threads, verbose=not args.quiet)
         except FileNotFoundError as exc:  # e.g. no IMDB file: say what to pass, no traceback
             print(f"fusedrnn experiment {name}: {exc}\nOn the command line: --data PATH.",
                   file=sys.stderr)

@@ -59,10 +59,15 @@ def _jsonable(value):
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; floats shown with 3 decimals."""
+    """A GitHub-flavoured Markdown table; floats with 3 decimals, or 3 significant digits
+    when very large or small."""
     def cell(value):
         if isinstance(value, (float, np.floating)):
-            return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+            if not math.isfinite(value):
+                return "n/a"
+            if value != 0 and not 1e-3 <= abs(value) < 1e5:
+                return f"{value:.3g}"
+            return f"{value:.3f}"
         return str(value)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -84,7 +89,8 @@ class Report:
         self.sections: List[str] = []
         self.figures: List[str] = []
         self.results: Dict[str, Any] = {}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # The folder is created on the first file written: a run that fails early (e.g.
+        # no IMDB file) leaves nothing behind.
 
     def text(self, markdown: str) -> None:
         self.sections.append(markdown.strip())
@@ -96,6 +102,7 @@ class Report:
     def figure(self, fig, name: str, caption: str) -> str:
         """Save a figure from ``new_figure`` as ``<name>.png`` and embed it in the report."""
         filename = f"{name}.png"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
         fig.savefig(self.out_dir / filename, dpi=110, bbox_inches="tight")
         self.figures.append(filename)
@@ -106,12 +113,16 @@ class Report:
         """Write report.md and results.json; returns the report's path."""
         environment = {"python": platform.python_version(), "numpy": np.__version__,
                        "machine": platform.machine(), "cpus": os.cpu_count()}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         payload = {"experiment": self.experiment, "mode": self.mode, "config": self.config,
                    "results": self.results, "figures": self.figures,
                    "elapsed_seconds": elapsed, "environment": environment}
         with open(self.out_dir / "results.json", "w") as f:
             json.dump(_jsonable(payload), f, indent=2, allow_nan=False)
         config_lines = "\n".join(f"- `{k}`: {v}" for k, v in self.config.items())
+        if self.mode == "quick":
+            config_lines += ("\n\n> Quick mode: smoke-test sizes. The numbers show that the "
+                             "pipeline runs, not what the experiment finds; see `--full`.")
         body = "\n\n".join(self.sections)
         report = (f"# {title}\n\n{summary.strip()}\n\n"
                   f"Mode: **{self.mode}**; run time {elapsed:.0f} s; "

@@ -143,6 +143,8 @@ class Layer:
             raise TypeError(f"name: expected a string or None, got {type(name).__name__}")
         self.name = name if name is not None else _unique_name(snake_case(type(self).__name__))
         self.trainable = check_bool(trainable, "trainable")
+        if isinstance(dtype, dict):  # Keras 3 configs: {"class_name": "DTypePolicy", ...}
+            dtype = (dtype.get("config") or {}).get("name", dtype)
         try:
             dt = np.dtype(dtype)
         except TypeError:

@@ -16,9 +16,10 @@ from .base import (
 
 __all__ = ["Dense", "Embedding", "Masking", "Dropout", "RepeatVector"]
 
-_NO_REGULARIZERS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
-                    "kernel_constraint", "bias_constraint", "embeddings_regularizer",
-                    "embeddings_constraint", "lora_rank", "lora_alpha", "quantization_config")
+# Keras-only Dense arguments, accepted when None (as Keras configs carry them)
+_DENSE_KERAS_ONLY = ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
+                     "kernel_constraint", "bias_constraint", "lora_rank", "lora_alpha",
+                     "quantization_config")
 
 
 def _reject_keras_extras(layer_name, kwargs, allowed):
@@ -40,8 +41,7 @@ class Dense(Layer):
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", **kwargs):
-        _reject_keras_extras("Dense", kwargs, _NO_REGULARIZERS[:5] + ("lora_rank", "lora_alpha",
-                                                                      "quantization_config"))
+        _reject_keras_extras("Dense", kwargs, _DENSE_KERAS_ONLY)
         super().__init__(**kwargs)
         self.units = check_positive_int(units, "units")
         self.activation = activations_mod.get(activation, "activation")
@@ -121,10 +121,7 @@ class Embedding(Layer):
         self.embeddings_initializer = initializers_mod.get(embeddings_initializer,
                                                            "embeddings_initializer")
         self.mask_zero = check_bool(mask_zero, "mask_zero")
-
-    @property
-    def supports_masking(self):
-        return self.mask_zero
+        self.supports_masking = self.mask_zero  # Keras: only a mask-producing Embedding
 
     def build(self, input_shape=None):
         self.embeddings = self.add_weight("embeddings", (self.input_dim, self.output_dim),

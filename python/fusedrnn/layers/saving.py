@@ -25,7 +25,7 @@ def _h5py():
         import h5py
     except ImportError:  # optional extra
         raise ImportError(
-            "load_keras_weights_h5 needs h5py: pip install h5py (or fusedrnn[keras])"
+            "load_keras_weights_h5 needs h5py: pip install h5py (or fusedrnn[h5])"
         ) from None
     return h5py
 

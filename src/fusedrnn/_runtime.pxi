@@ -1,4 +1,3 @@
-# cython: language_level=3
 """Process-wide settings of the C kernels."""
 
 cdef extern from "fusedrnn.h" nogil:

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython glue for the LSTM kernels: allocate results, release the GIL, call csrc/.
 
 Arguments arrive validated and normalised by fusedrnn.ops (dtype, shapes, last-axis
@@ -52,25 +51,6 @@ cdef extern from "fusedrnn.h" nogil:
                                double *d_h0, double *d_c0) noexcept
 
 
-cdef inline void *data_or_null(object array):
-    if array is None:
-        return NULL
-    return cnp.PyArray_DATA(<cnp.ndarray>array)
-
-
-cdef frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs, Py_ssize_t units,
-                         bint go_backwards, bint zero_output_for_mask, int activation,
-                         int recurrent_activation):
-    cdef frnn_dims d
-    d.batch = batch
-    d.steps = steps
-    d.input_size = inputs
-    d.units = units
-    d.go_backwards = go_backwards
-    d.zero_output_for_mask = zero_output_for_mask
-    d.activation = <frnn_activation>activation
-    d.recurrent_activation = <frnn_activation>recurrent_activation
-    return d
 
 
 def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, mask, h0, c0,

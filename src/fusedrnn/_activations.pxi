@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
 """The kernels' element-wise activations, exposed so tests can measure their error."""
 import numpy as np
 cimport numpy as cnp

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython glue for the GRU kernels: allocate results, release the GIL, call csrc/.
 
 Arguments arrive validated and normalised by fusedrnn.ops (dtype, shapes, last-axis
@@ -17,6 +16,7 @@ cdef extern from "fusedrnn.h" nogil:
                              const float *kernel, const float *recurrent, const float *bias,
                              const uint8_t *mask, frnn_seq_strides ms, const float *h0,
                              float *outputs, frnn_seq_strides os, float *h_n,
+                             const float *rec_mask,
                              float *x_cache, float *gates, float *hr_cache, float *h_states,
                              uint8_t *mask_cache) noexcept
     int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_after,
@@ -24,12 +24,14 @@ cdef extern from "fusedrnn.h" nogil:
                              const double *kernel, const double *recurrent, const double *bias,
                              const uint8_t *mask, frnn_seq_strides ms, const double *h0,
                              double *outputs, frnn_seq_strides os, double *h_n,
+                             const double *rec_mask,
                              double *x_cache, double *gates, double *hr_cache, double *h_states,
                              uint8_t *mask_cache) noexcept
     int frnn_gru_backward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                               const float *kernel, const float *recurrent, const float *h0,
                               const float *x_cache, const float *gates, const float *hr_cache,
                               const float *h_states, const uint8_t *mask_cache,
+                              const float *rec_mask,
                               const float *d_outputs, frnn_seq_strides dos, const float *d_h_n,
                               float *dx, frnn_seq_strides dxs, float *d_kernel,
                               float *d_recurrent, float *d_bias, float *d_h0) noexcept
@@ -37,38 +39,21 @@ cdef extern from "fusedrnn.h" nogil:
                               const double *kernel, const double *recurrent, const double *h0,
                               const double *x_cache, const double *gates,
                               const double *hr_cache, const double *h_states,
-                              const uint8_t *mask_cache, const double *d_outputs,
+                              const uint8_t *mask_cache, const double *rec_mask,
+                              const double *d_outputs,
                               frnn_seq_strides dos, const double *d_h_n,
                               double *dx, frnn_seq_strides dxs, double *d_kernel,
                               double *d_recurrent, double *d_bias, double *d_h0) noexcept
 
 
-cdef inline void *data_or_null(object array):
-    if array is None:
-        return NULL
-    return cnp.PyArray_DATA(<cnp.ndarray>array)
-
-
-cdef frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs, Py_ssize_t units,
-                         bint go_backwards, bint zero_output_for_mask, int activation,
-                         int recurrent_activation):
-    cdef frnn_dims d
-    d.batch = batch
-    d.steps = steps
-    d.input_size = inputs
-    d.units = units
-    d.go_backwards = go_backwards
-    d.zero_output_for_mask = zero_output_for_mask
-    d.activation = <frnn_activation>activation
-    d.recurrent_activation = <frnn_activation>recurrent_activation
-    return d
 
 
 def gru_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, mask, h0,
-                bint reset_after, bint go_backwards, bint zero_output_for_mask, int activation,
+                rec_mask, bint reset_after, bint go_backwards, bint zero_output_for_mask, int activation,
                 int recurrent_activation, bint training):
     """Returns (outputs, h_n, cache); cache = (x_cache, gates, hr_cache, h_states,
-    mask_cache) in processing order, or None for inference.  See csrc/fusedrnn.h."""
+    mask_cache) in processing order, or None for inference.  rec_mask: (3, B, H) C-contiguous
+    or None.  See csrc/fusedrnn.h."""
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = recurrent.shape[0]
     dtype = x.dtype
     cdef bint is_f32 = dtype == np.float32
@@ -100,6 +85,9 @@ def gru_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, 
     cdef void *pb = data_or_null(bias)
     cdef const uint8_t *pm = <const uint8_t *>data_or_null(mask)
     cdef void *ph0 = data_or_null(h0)
+    if rec_mask is not None and (rec_mask.shape != (3, B, H) or not rec_mask.flags.c_contiguous):
+        raise ValueError("rec_mask: expected a C-contiguous (3, batch, units) array")
+    cdef void *prm = data_or_null(rec_mask)
     cdef void *pout = data_or_null(outputs)
     cdef void *phn = data_or_null(h_n)
     cdef void *pxc = data_or_null(x_cache)
@@ -112,21 +100,22 @@ def gru_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, 
         if is_f32:
             status = frnn_gru_forward_f32(&blas, &d, reset_after, <float *>px, xs, <float *>pk,
                                           <float *>pr, <float *>pb, pm, ms, <float *>ph0,
-                                          <float *>pout, os, <float *>phn, <float *>pxc,
+                                          <float *>pout, os, <float *>phn, <float *>prm,
+                                          <float *>pxc,
                                           <float *>pg, <float *>phr, <float *>phs, pmc)
         else:
             status = frnn_gru_forward_f64(&blas, &d, reset_after, <double *>px, xs,
                                           <double *>pk, <double *>pr, <double *>pb, pm, ms,
                                           <double *>ph0, <double *>pout, os, <double *>phn,
-                                          <double *>pxc, <double *>pg, <double *>phr,
+                                          <double *>prm, <double *>pxc, <double *>pg, <double *>phr,
                                           <double *>phs, pmc)
     raise_for_status(status, "gru_forward")
     cache = (x_cache, gates, hr_cache, h_states, mask_cache) if training else None
     return outputs, h_n, cache
 
 
-def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, tuple cache,
-                 d_outputs, d_h_n, bint reset_after, bint go_backwards,
+def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, rec_mask,
+                 tuple cache, d_outputs, d_h_n, bint reset_after, bint go_backwards,
                  bint zero_output_for_mask, int activation, int recurrent_activation):
     """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0)."""
     x_cache, gates, hr_cache, h_states, mask_cache = cache
@@ -163,6 +152,9 @@ def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, t
     cdef void *phr = data_or_null(hr_cache)
     cdef void *phs = data_or_null(h_states)
     cdef const uint8_t *pmc = <const uint8_t *>data_or_null(mask_cache)
+    if rec_mask is not None and (rec_mask.shape != (3, B, H) or not rec_mask.flags.c_contiguous):
+        raise ValueError("rec_mask: expected a C-contiguous (3, batch, units) array")
+    cdef void *prm = data_or_null(rec_mask)
     cdef void *pdo = data_or_null(d_outputs)
     cdef void *pdhn = data_or_null(d_h_n)
     cdef void *pdx = data_or_null(dx)
@@ -175,13 +167,15 @@ def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, t
         if is_f32:
             status = frnn_gru_backward_f32(&blas, &d, reset_after, <float *>pk, <float *>pr,
                                            <float *>ph0, <float *>pxc, <float *>pg,
-                                           <float *>phr, <float *>phs, pmc, <float *>pdo, dos,
+                                           <float *>phr, <float *>phs, pmc, <float *>prm,
+                                           <float *>pdo, dos,
                                            <float *>pdhn, <float *>pdx, dxs, <float *>pdk,
                                            <float *>pdr, <float *>pdb, <float *>pdh0)
         else:
             status = frnn_gru_backward_f64(&blas, &d, reset_after, <double *>pk, <double *>pr,
                                            <double *>ph0, <double *>pxc, <double *>pg,
-                                           <double *>phr, <double *>phs, pmc, <double *>pdo,
+                                           <double *>phr, <double *>phs, pmc, <double *>prm,
+                                           <double *>pdo,
                                            dos, <double *>pdhn, <double *>pdx, dxs,
                                            <double *>pdk, <double *>pdr, <double *>pdb,
                                            <double *>pdh0)

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython glue for the SimpleRNN kernels: allocate results, release the GIL, call csrc/.
 
 Arguments arrive validated and normalised by fusedrnn.ops (dtype, shapes, last-axis
@@ -17,61 +16,48 @@ cdef extern from "fusedrnn.h" nogil:
                              const float *kernel, const float *recurrent, const float *bias,
                              const uint8_t *mask, frnn_seq_strides ms, const float *h0,
                              float *outputs, frnn_seq_strides os, float *h_n,
+                             const float *rec_mask,
                              float *x_cache, float *h_states, uint8_t *mask_cache) noexcept
     int frnn_rnn_forward_f64(const frnn_blas *blas, const frnn_dims *d,
                              const double *x, frnn_seq_strides xs,
                              const double *kernel, const double *recurrent, const double *bias,
                              const uint8_t *mask, frnn_seq_strides ms, const double *h0,
                              double *outputs, frnn_seq_strides os, double *h_n,
+                             const double *rec_mask,
                              double *x_cache, double *h_states, uint8_t *mask_cache) noexcept
     int frnn_rnn_backward_f32(const frnn_blas *blas, const frnn_dims *d,
                               const float *kernel, const float *recurrent, const float *h0,
                               const float *x_cache, const float *h_states,
-                              const uint8_t *mask_cache, const float *d_outputs,
+                              const uint8_t *mask_cache, const float *rec_mask,
+                              const float *d_outputs,
                               frnn_seq_strides dos, const float *d_h_n,
                               float *dx, frnn_seq_strides dxs, float *d_kernel,
                               float *d_recurrent, float *d_bias, float *d_h0) noexcept
     int frnn_rnn_backward_f64(const frnn_blas *blas, const frnn_dims *d,
                               const double *kernel, const double *recurrent, const double *h0,
                               const double *x_cache, const double *h_states,
-                              const uint8_t *mask_cache, const double *d_outputs,
+                              const uint8_t *mask_cache, const double *rec_mask,
+                              const double *d_outputs,
                               frnn_seq_strides dos, const double *d_h_n,
                               double *dx, frnn_seq_strides dxs, double *d_kernel,
                               double *d_recurrent, double *d_bias, double *d_h0) noexcept
 
 
-cdef inline void *data_or_null(object array):
-    if array is None:
-        return NULL
-    return cnp.PyArray_DATA(<cnp.ndarray>array)
-
-
-cdef frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs, Py_ssize_t units,
-                         bint go_backwards, bint zero_output_for_mask, int activation):
-    cdef frnn_dims d
-    d.batch = batch
-    d.steps = steps
-    d.input_size = inputs
-    d.units = units
-    d.go_backwards = go_backwards
-    d.zero_output_for_mask = zero_output_for_mask
-    d.activation = <frnn_activation>activation
-    d.recurrent_activation = <frnn_activation>activation  # unused by SimpleRNN
-    return d
 
 
 def simple_rnn_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, mask,
-                       h0, bint go_backwards, bint zero_output_for_mask, int activation,
+                       h0, rec_mask, bint go_backwards, bint zero_output_for_mask, int activation,
                        bint training):
     """Returns (outputs, h_n, cache); cache = (x_cache, h_states, mask_cache) in processing
-    order, or None for inference.  See csrc/fusedrnn.h."""
+    order, or None for inference.  rec_mask: (B, H) C-contiguous or None.  See
+    csrc/fusedrnn.h."""
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = recurrent.shape[0]
     dtype = x.dtype
     cdef bint is_f32 = dtype == np.float32
     # (empty arrays may report zero strides: nothing is read from them)
     if x.strides[2] != x.itemsize and I > 1 and x.size:
         raise ValueError("x: the feature axis must be contiguous")
-    cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
+    cdef frnn_dims d = make_rnn_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
     cdef frnn_blas blas = scipy_blas()
     cdef cnp.ndarray outputs = np.empty((B, T, H), dtype=dtype)
     cdef cnp.ndarray h_n = np.empty((B, H), dtype=dtype)
@@ -93,6 +79,9 @@ def simple_rnn_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent,
     cdef void *pb = data_or_null(bias)
     cdef const uint8_t *pm = <const uint8_t *>data_or_null(mask)
     cdef void *ph0 = data_or_null(h0)
+    if rec_mask is not None and (rec_mask.shape != (B, H) or not rec_mask.flags.c_contiguous):
+        raise ValueError("rec_mask: expected a C-contiguous (batch, units) array")
+    cdef void *prm = data_or_null(rec_mask)
     cdef void *pout = data_or_null(outputs)
     cdef void *phn = data_or_null(h_n)
     cdef void *pxc = data_or_null(x_cache)
@@ -103,11 +92,13 @@ def simple_rnn_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent,
         if is_f32:
             status = frnn_rnn_forward_f32(&blas, &d, <float *>px, xs, <float *>pk, <float *>pr,
                                           <float *>pb, pm, ms, <float *>ph0, <float *>pout, os,
-                                          <float *>phn, <float *>pxc, <float *>phs, pmc)
+                                          <float *>phn, <float *>prm, <float *>pxc,
+                                          <float *>phs, pmc)
         else:
             status = frnn_rnn_forward_f64(&blas, &d, <double *>px, xs, <double *>pk,
                                           <double *>pr, <double *>pb, pm, ms, <double *>ph0,
-                                          <double *>pout, os, <double *>phn, <double *>pxc,
+                                          <double *>pout, os, <double *>phn, <double *>prm,
+                                          <double *>pxc,
                                           <double *>phs, pmc)
     raise_for_status(status, "simple_rnn_forward")
     cache = (x_cache, h_states, mask_cache) if training else None
@@ -115,7 +106,7 @@ def simple_rnn_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent,
 
 
 def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0,
-                        tuple cache, d_outputs, d_h_n, bint go_backwards,
+                        rec_mask, tuple cache, d_outputs, d_h_n, bint go_backwards,
                         bint zero_output_for_mask, int activation):
     """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0)."""
     x_cache, h_states, mask_cache = cache
@@ -123,7 +114,7 @@ def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias
     cdef Py_ssize_t H = recurrent.shape[0]
     dtype = kernel.dtype
     cdef bint is_f32 = dtype == np.float32
-    cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
+    cdef frnn_dims d = make_rnn_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
     cdef frnn_blas blas = scipy_blas()
     cdef cnp.ndarray dx = np.empty((B, T, I), dtype=dtype)
     cdef cnp.ndarray d_kernel = np.empty((I, H), dtype=dtype)
@@ -144,6 +135,9 @@ def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias
     cdef void *pxc = data_or_null(x_cache)
     cdef void *phs = data_or_null(h_states)
     cdef const uint8_t *pmc = <const uint8_t *>data_or_null(mask_cache)
+    if rec_mask is not None and (rec_mask.shape != (B, H) or not rec_mask.flags.c_contiguous):
+        raise ValueError("rec_mask: expected a C-contiguous (batch, units) array")
+    cdef void *prm = data_or_null(rec_mask)
     cdef void *pdo = data_or_null(d_outputs)
     cdef void *pdhn = data_or_null(d_h_n)
     cdef void *pdx = data_or_null(dx)
@@ -155,13 +149,14 @@ def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias
     with nogil:
         if is_f32:
             status = frnn_rnn_backward_f32(&blas, &d, <float *>pk, <float *>pr, <float *>ph0,
-                                           <float *>pxc, <float *>phs, pmc, <float *>pdo, dos,
+                                           <float *>pxc, <float *>phs, pmc, <float *>prm,
+                                           <float *>pdo, dos,
                                            <float *>pdhn, <float *>pdx, dxs, <float *>pdk,
                                            <float *>pdr, <float *>pdb, <float *>pdh0)
         else:
             status = frnn_rnn_backward_f64(&blas, &d, <double *>pk, <double *>pr,
                                            <double *>ph0, <double *>pxc, <double *>phs, pmc,
-                                           <double *>pdo, dos, <double *>pdhn, <double *>pdx,
+                                           <double *>prm, <double *>pdo, dos, <double *>pdhn, <double *>pdx,
                                            dxs, <double *>pdk, <double *>pdr, <double *>pdb,
                                            <double *>pdh0)
     raise_for_status(status, "simple_rnn_backward")
