@@ -2,8 +2,8 @@
  * fused passes (and into each target clone).
  *
  * float32 tanh is a clamped [13/6] rational approximation (the coefficients Eigen uses);
- * measured max abs error against float64 tanh is ~2e-7 (tests/test_activations.py pins
- * it below 5e-7).  float32 sigmoid is 0.5 + 0.5*tanh(x/2), with the same absolute error.
+ * measured max abs error against float64 tanh is 4.1e-7 over every float32 in [-16, 16]
+ * (at |x| = 5.83; tests/test_activations.py pins it below 5e-7).  float32 sigmoid is 0.5 + 0.5*tanh(x/2), with the same absolute error.
  * float64 uses libm: the reference comparisons at 1e-12 need exact activations. */
 #ifndef FUSEDRNN_ACTIVATIONS_H
 #define FUSEDRNN_ACTIVATIONS_H

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fusedrnn._threads import threads
+from fusedrnn import threads
 
 
 @pytest.fixture(autouse=True)

@@ -502,3 +502,29 @@ def test_wide_layer(rng, dtype):
     mask = make_mask(rng, "random", batch, steps)
     assert_matches_reference(*run_both(problem, dtype, upstream, mask=mask, go_backwards=True),
                              dtype)
+
+
+# Edges of the fused time loop: 4-row register tiles plus leftover rows, unit blocks of
+# 64 bytes (16 float32 / 8 float64 units) plus a partial block, BLAS for the recurrent
+# product from 32 rows, and threads splitting the unit blocks from 2^16 MACs per step.
+TILE_EDGES = [(1, 17), (3, 16), (4, 15), (5, 9), (7, 8), (8, 7), (31, 33), (32, 5), (33, 1),
+              (8, 48), (6, 100)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_register_tile_and_thread_edges(rng, dtype, n_threads):
+    import fusedrnn
+
+    for batch, units in TILE_EDGES:
+        steps, features = 4, 3
+        problem = make_problem(rng, batch, steps, features, units)
+        problem["recurrent_dropout_mask"] = (rng.random((batch, units)) > 0.3) / 0.7
+        upstream = upstream_gradients(rng, batch, steps, units, "ohc")
+        mask = make_mask(rng, "random", batch, steps)
+        with fusedrnn.threads(n_threads):
+            results = run_both(problem, dtype, upstream, mask=mask, go_backwards=True)
+        try:
+            assert_matches_reference(*results, dtype)
+        except AssertionError as error:
+            raise AssertionError(f"batch={batch} units={units}: {error}") from None

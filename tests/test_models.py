@@ -168,6 +168,20 @@ def test_shuffle_false_is_deterministic_and_caller_arrays_untouched(rng):
     np.testing.assert_array_equal(y, y_before)
 
 
+def test_dropout_is_active_in_fit_only(rng):
+    x, y = _sign_task(rng, n=64)
+    model = models.Sequential([engine.Input((8, 1)),
+                               L.LSTM(6, dropout=0.3, recurrent_dropout=0.3),
+                               L.Dropout(0.5), L.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    first, _ = model.loss_and_gradients(x, y)
+    second, _ = model.loss_and_gradients(x, y)
+    assert first != second                       # training passes draw new dropout masks
+    np.testing.assert_array_equal(model.predict(x), model.predict(x))   # inference does not
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+
+
 def test_stateful_layer_keeps_state_between_predict_batches(rng):
     x = rng.standard_normal((4, 6, 2)).astype(np.float32)
     stateful = models.Sequential([engine.Input((3, 2), batch_size=4),

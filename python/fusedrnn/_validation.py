@@ -66,16 +66,34 @@ def sequence_input(x, argname: str = "x") -> np.ndarray:
         )
     if x.shape[2] < 1:
         raise ValueError(f"{argname}: the feature axis must not be empty, got shape {x.shape}")
-    if x.shape[2] > 1 and x.strides[2] != x.itemsize:
-        x = np.ascontiguousarray(x)
-    return x
+    return strided_ok(x)
+
+
+def c_array(array: np.ndarray) -> np.ndarray:
+    """The array itself if it is C-contiguous and aligned, else an aligned C-ordered copy."""
+    if array.flags.c_contiguous and array.flags.aligned:
+        return array
+    return np.array(array, order="C", copy=True)
+
+
+def strided_ok(array: np.ndarray) -> np.ndarray:
+    """The array itself when the kernels can address it by element strides (aligned, feature
+    axis contiguous, every stride a whole number of elements), else a C-ordered copy."""
+    if array.size == 0:
+        return array
+    needs_copy = (
+        not array.flags.aligned
+        or any(stride % array.itemsize for stride in array.strides)
+        or (array.shape[-1] > 1 and array.strides[-1] != array.itemsize)
+    )
+    return c_array(array) if needs_copy else array
 
 
 def weight(value, shape: tuple, argname: str, names: str, dtype) -> np.ndarray:
     """A C-contiguous weight of exactly `shape` in `dtype`."""
     array = float_array(value, argname, dtype)
     check_shape(array, shape, argname, names)
-    return np.ascontiguousarray(array)
+    return c_array(array)
 
 
 def mask_array(mask, batch: int, steps: int, argname: str = "mask"):
@@ -107,7 +125,7 @@ def initial_states(initial_state, count: int, batch: int, units: int, dtype, arg
         name = f"{argname}[{k}]"
         array = float_array(state, name, dtype)
         check_shape(array, (batch, units), name, "(batch, units)")
-        states.append(np.ascontiguousarray(array))
+        states.append(c_array(array))
     return tuple(states)
 
 
@@ -118,10 +136,8 @@ def gradient_input(value, shape: tuple, argname: str, names: str, dtype):
     array = float_array(value, argname, dtype)
     check_shape(array, shape, argname, names)
     if array.ndim == 3:
-        if shape[2] > 1 and array.strides[2] != array.itemsize:
-            array = np.ascontiguousarray(array)
-        return array
-    return np.ascontiguousarray(array)
+        return strided_ok(array)
+    return c_array(array)
 
 
 def optional_state_like(value, batch: int, units: int, dtype, argname: str):
@@ -131,4 +147,4 @@ def optional_state_like(value, batch: int, units: int, dtype, argname: str):
         return None
     array = float_array(value, argname, dtype)
     check_shape(array, (batch, units), argname, "(batch, units)")
-    return np.ascontiguousarray(array)
+    return c_array(array)

@@ -202,6 +202,12 @@ class ProgbarLogger(Callback):
         stream.write(text)
         stream.flush()
 
+    def _redraw(self, line, end=""):
+        """Overwrite the current bar line (padding over a longer previous one)."""
+        padding = max(getattr(self, "_last_length", 0) - len(line), 0)
+        self._last_length = 0 if end else len(line) + padding  # what the terminal shows
+        self._write("\r" + line + " " * padding + end)
+
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._epoch_header = f"Epoch {epoch + 1}/{self.params.get('epochs', '?')}"
@@ -219,20 +225,20 @@ class ProgbarLogger(Callback):
             return
         total = self.params.get("steps", 0)
         digits = len(str(total))
-        line = f"\r{batch + 1:>{digits}}/{total} {self._bar(batch + 1, total)}"
+        line = f"{batch + 1:>{digits}}/{total} {self._bar(batch + 1, total)}"
         if logs:
             line += " - " + _format_logs(logs)
-        self._write(line)
+        self._redraw(line)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._start
         took = f"{seconds:.0f}s" if seconds >= 1 else f"{seconds * 1000:.0f}ms"
         if self.verbose == 1:
             total = self.params.get("steps", 0)
-            line = f"\r{total}/{total} {self._bar(total, total)} {took}"
+            line = f"{total}/{total} {self._bar(total, total)} {took}"
             if logs:
                 line += " - " + _format_logs(logs)
-            self._write(line + "\n")
+            self._redraw(line, end="\n")
         elif self.verbose == 2:
             self._write(f"{self._epoch_header} - {took} - {_format_logs(logs or {})}\n")
 

@@ -143,8 +143,9 @@ def Input(shape, dtype="float32", name=None, batch_size=None) -> SymbolicTensor:
 def _placeholder(tensor: SymbolicTensor) -> np.ndarray:
     """A small concrete array standing in for `tensor` (unknown axes of length 1)."""
     shape = tuple(1 if d is None else d for d in tensor.shape)
+    # Only whether compute_mask returns a mask matters, not its values; ids of 1 are valid
+    # for any Embedding.
     if tensor.dtype.kind in "iu":
-        # Token ids: mix zeros and non-zeros so masks computed from them are realistic.
         return np.ones(shape, dtype=tensor.dtype)
     return np.zeros(shape, dtype=tensor.dtype)
 

@@ -84,7 +84,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     (units, 4*units).  bias: (4*units,) or None.  Gate order i, f, c, o.
     initial_state: (h0, c0), each (batch, units), or None for zeros.
     recurrent_dropout_mask: (batch, units) or None; multiplies h_{t-1} where it enters the
-    recurrent matmul at every step (Keras 3's recurrent dropout; scale it by 1/(1-rate)).
+    recurrent matmul at every step (Keras 3's recurrent dropout with one mask shared by
+    the four gates; scale it by 1/(1-rate)).
+    With training=True the cache keeps references to the weights, initial state and
+    dropout mask (not copies): do not modify them in place before lstm_backward.
     Returns LSTMOutput(outputs, h_n, c_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -236,10 +239,10 @@ def _gru_dropout_masks(value, batch: int, units: int, dtype):
         return None
     array = v.float_array(value, "recurrent_dropout_mask", dtype)
     if array.shape == (batch, units):
-        return np.ascontiguousarray(np.broadcast_to(array, (3, batch, units)))
+        return v.c_array(np.broadcast_to(array, (3, batch, units)))
     v.check_shape(array, (3, batch, units), "recurrent_dropout_mask",
                   "(batch, units) or (3, batch, units) [z, r, h]")
-    return np.ascontiguousarray(array)
+    return v.c_array(array)
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,

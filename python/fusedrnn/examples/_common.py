@@ -20,7 +20,7 @@ def parse_args(argv, description):
 
 def run_from_command_line(argv, doc, title, run):
     """Parse the example's options, run it (with --threads if given) and print results."""
-    from fusedrnn._threads import threads
+    from fusedrnn import threads
 
     args = parse_args(argv, doc.splitlines()[0])
     kwargs = dict(quick=not args.full, seed=args.seed, verbose=0 if args.quiet else 1)
