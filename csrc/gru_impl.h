@@ -189,11 +189,16 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (bias && reset_after) in_bias = frnn_alloc((size_t)G3, sizeof(REAL));
+    /* few rows, reset_after, no dropout: the per-step product runs on U packed once */
+    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const int use_tiles = !frnn_use_blas_steps(B, B * H * G3) && reset_after && !rec_mask;
+    REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VW), sizeof(REAL)) : NULL;
     if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)
-        || (rec_mask && !h_dropped)) {
+        || (rec_mask && !h_dropped) || (use_tiles && !packed)) {
         status = FRNN_ENOMEM;
         goto done;
     }
+    if (packed) SFX(pack_recurrent)(recurrent, H, 3, packed);
     if (in_bias) {
         for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
         b_rec_h = bias + G3 + 2 * H;
@@ -225,7 +230,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 if (rec_mask)
                     status = SFX(gru_masked_recurrent_gemm)(blas, B, H, 0, 3, h_n, rec_mask,
                                                             recurrent, 0, rec, h_dropped);
-                else
+                else if (packed) {
+                    memset(rec, 0, (size_t)(B * G3) * sizeof(REAL));
+                    SFX(recurrent_matmul_g3)(packed, H, B, h_n, rec, G3, 0, nb);
+                } else
                     status = SFX(gemm_rm)(blas, 0, 0, B, G3, H, 1, h_n, H, recurrent, G3, 0, rec, G3);
                 if (status) goto done;
                 SFX(gru_step_after_pointwise)(d, z_t, rec, b_rec_h, h_n, mask_t, out_t,
@@ -252,6 +260,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     }
 done:
     free(rec);
+    free(packed);
     free(h_dropped);
     free(in_bias);
     if (!training) {
@@ -400,10 +409,15 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     /* recurrent dropout: per-step scratch, and h_{t-1}*m_g for all steps (dU, gate by gate) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
-    if (!dz || !dx_tm || (reset_after ? !dxh : !dq) || (rec_mask && (!dh_step || !hp_dropped))) {
+    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const int use_tiles = !frnn_use_blas_steps(B, B * H * G3) && reset_after && !rec_mask;
+    REAL *packed_t = use_tiles ? frnn_alloc((size_t)(nb * G3 * VW), sizeof(REAL)) : NULL;
+    if (!dz || !dx_tm || (reset_after ? !dxh : !dq) || (rec_mask && (!dh_step || !hp_dropped))
+        || (use_tiles && !packed_t)) {
         status = FRNN_ENOMEM;
         goto done;
     }
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 3, packed_t);
 
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
@@ -419,6 +433,8 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
             if (rec_mask)
                 status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 3, dz_t, rec_mask,
                                                         recurrent, d_h0, dh_step);
+            else if (packed_t)
+                SFX(recurrent_matmul_t)(packed_t, H, G3, B, dz_t, G3, NULL, d_h0, 0, nb);
             else
                 status = SFX(gemm_rm)(blas, 0, 1, B, H, G3, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
             if (status) goto done;
@@ -507,5 +523,6 @@ done:
     free(dx_tm);
     free(dh_step);
     free(hp_dropped);
+    free(packed_t);
     return status;
 }

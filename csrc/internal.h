@@ -60,11 +60,17 @@ static inline int frnn_thread_id(void) { return 0; }
 
 /* Per-step multiply-adds of the recurrent product below which a fused time loop runs on
  * one thread: the per-step barrier (~1 us) would cost more than the split saves. */
-#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 16)
+#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 18)
 
-/* Batch rows from which the per-step recurrent product goes to BLAS' GEMM instead of the
- * packed tiles: with this many rows BLAS' blocked kernels are faster (measured at B=32). */
+/* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: with
+ * many rows and enough work BLAS' blocked kernels are faster (measured at B=32, H=256);
+ * below that a BLAS call per step costs more than it computes, and multi-threaded BLAS on
+ * tiny products collapses when the machine is busy. */
 #define FRNN_BLAS_STEP_MIN_ROWS 32
+#define FRNN_BLAS_STEP_MIN_MACS ((ptrdiff_t)1 << 21)
+static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) {
+    return batch >= FRNN_BLAS_STEP_MIN_ROWS && macs_per_step >= FRNN_BLAS_STEP_MIN_MACS;
+}
 
 /* Threads for a fused time loop over nb unit blocks with `macs` multiply-adds per step. */
 static inline int frnn_pick_threads(ptrdiff_t nb, ptrdiff_t macs) {

@@ -101,7 +101,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     }
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int nt = frnn_pick_threads(nb, B * H * G4);
-    const int blas_steps = B >= FRNN_BLAS_STEP_MIN_ROWS;
+    const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     REAL *packed = blas_steps ? frnn_alloc(1, sizeof(REAL))
                               : frnn_alloc((size_t)(nb * H * 4 * VW), sizeof(REAL));
     REAL *scratch = frnn_alloc((size_t)(nt * nb * VW), sizeof(REAL));
@@ -274,7 +274,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
 
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int nt = frnn_pick_threads(nb, B * H * G4);
-    const int blas_steps = B >= FRNN_BLAS_STEP_MIN_ROWS;
+    const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     REAL *dz = frnn_alloc((size_t)(T * B * G4), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
     /* the BLAS path needs dZ_t U^T in a scratch when it is masked by recurrent dropout */

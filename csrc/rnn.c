@@ -7,6 +7,7 @@
 #define ACTIVATE frnn_activate_inl_f32
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f32
 #include "real_impl.h"
+#include "recurrent_matmul.h"
 #include "rnn_impl.h"
 #undef REAL
 #undef SFX
@@ -20,4 +21,5 @@
 #define ACTIVATE frnn_activate_inl_f64
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f64
 #include "real_impl.h"
+#include "recurrent_matmul.h"
 #include "rnn_impl.h"

@@ -64,11 +64,16 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     REAL *z_buf = training ? h_states : frnn_alloc((size_t)(chunk * B * H), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    /* few rows: the per-step product runs on U packed once (recurrent_matmul.h), not BLAS */
+    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    REAL *packed = !frnn_use_blas_steps(B, B * H * H) ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
-    if (!z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)) {
+    if (!z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)
+        || (!frnn_use_blas_steps(B, B * H * H) && !packed)) {
         status = FRNN_ENOMEM;
         goto done;
     }
+    if (packed) SFX(pack_recurrent)(recurrent, H, 1, packed);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -91,7 +96,10 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                 for (ptrdiff_t k = 0; k < B * H; ++k) h_dropped[k] = h_n[k] * rec_mask[k];
                 h_in = h_dropped;
             }
-            status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, h_in, H, recurrent, H, 1, z_t, H);
+            if (packed)
+                SFX(recurrent_matmul_g1)(packed, H, B, h_in, z_t, H, 0, nb);
+            else
+                status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, h_in, H, recurrent, H, 1, z_t, H);
             if (status) goto done;
             SFX(rnn_step_pointwise)(d, z_t, h_n, mask ? mask_tm + t * B : NULL,
                                     outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
@@ -100,6 +108,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     }
 done:
     free(h_dropped);
+    free(packed);
     if (!training) {
         free(z_buf);
         free(x_buf);
@@ -158,17 +167,23 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     /* recurrent dropout: per-step scratch, and h_{t-1}*m for all steps (for dU) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
-    if (!dz || !dx_tm || (rec_mask && (!dh_step || !hp_dropped))) {
+    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    REAL *packed_t = !frnn_use_blas_steps(B, B * H * H) ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
+    if (!dz || !dx_tm || (rec_mask && (!dh_step || !hp_dropped))
+        || (!frnn_use_blas_steps(B, B * H * H) && !packed_t)) {
         status = FRNN_ENOMEM;
         goto done;
     }
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 1, packed_t);
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         REAL *dz_t = dz + t * B * H;
         SFX(rnn_step_backward_pointwise)(d, h_states + t * B * H,
                                          mask_cache ? mask_cache + t * B : NULL,
                                          d_outputs ? d_outputs + t * dos.stride_t : NULL,
                                          dos.stride_b, d_h0, dz_t);
-        if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
+        if (packed_t) { /* dh_{t-1} += (dz_t U^T) * m */
+            SFX(recurrent_matmul_t)(packed_t, H, H, B, dz_t, H, rec_mask, d_h0, 0, nb);
+        } else if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
             status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 0, dh_step, H);
             for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += rec_mask[k] * dh_step[k];
         } else {
@@ -210,5 +225,6 @@ done:
     free(dx_tm);
     free(dh_step);
     free(hp_dropped);
+    free(packed_t);
     return status;
 }
