@@ -190,9 +190,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (bias && reset_after) in_bias = frnn_alloc((size_t)G3, sizeof(REAL));
     /* few rows, reset_after, no dropout: the per-step product runs on U packed once */
-    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * G3) && reset_after && !rec_mask;
-    REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VW), sizeof(REAL)) : NULL;
+    REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
     if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)
         || (rec_mask && !h_dropped) || (use_tiles && !packed)) {
         status = FRNN_ENOMEM;

@@ -99,12 +99,12 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (chunk < 1) chunk = 1;
         if (chunk > T) chunk = T;
     }
-    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
     const int nt = frnn_pick_threads(nb, B * H * G4);
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     REAL *packed = blas_steps ? frnn_alloc(1, sizeof(REAL))
-                              : frnn_alloc((size_t)(nb * H * 4 * VW), sizeof(REAL));
-    REAL *scratch = frnn_alloc((size_t)(nt * nb * VW), sizeof(REAL));
+                              : frnn_alloc((size_t)(nb * H * 4 * VWF), sizeof(REAL));
+    REAL *scratch = frnn_alloc((size_t)(nt * nb * VWF), sizeof(REAL));
     REAL *h_alt = frnn_alloc((size_t)(B * H), sizeof(REAL));
     REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(2 * B * H), sizeof(REAL)) : NULL;
     uint8_t *mask_tm = NULL;
@@ -161,8 +161,8 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         {
             const int tid = frnn_thread_id();
             const ptrdiff_t jb0 = nb * tid / nt, jb1 = nb * (tid + 1) / nt;
-            const ptrdiff_t j0 = jb0 * VW, j1 = jb1 * VW < H ? jb1 * VW : H;
-            REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VW;
+            const ptrdiff_t j0 = jb0 * VWF, j1 = jb1 * VWF < H ? jb1 * VWF : H;
+            REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VWF;
             for (ptrdiff_t t = t0; t < t1; ++t) {
                 REAL *z_t = z_chunk + (t - t0) * B * G4;
                 const REAL *h_prev = h_buf[t & 1];

@@ -10,26 +10,31 @@
  * The loops are plain C over fixed-size register tiles (acc[rows][G*VW]); GCC vectorises
  * them in each FRNN_CLONES variant (AVX-512, AVX2+FMA, baseline).  GCC vector extensions
  * wider than the target's registers were tried first and compiled to stack traffic
- * (~3 GFLOP/s); these tiles measured 25-40 GFLOP/s per core. */
+ * (~3 GFLOP/s).  Note this machine's CPU has AVX2, not AVX-512. */
 
+/* Units per block (REAL is read at each use): forward tiles of 4 rows x G gates x 32 bytes
+ * fill the 16 AVX2 registers (measured 105 GFLOP/s per core at B=8, H=256, against 27 with
+ * 64-byte blocks, whose tiles spill); backward blocks are 64 bytes (4 rows x 64 bytes). */
 #ifndef VW
-#define VW ((ptrdiff_t)(64 / sizeof(REAL))) /* units per block: 64 bytes; REAL read per use */
+#define VWF ((ptrdiff_t)(32 / sizeof(REAL)))
+#define VW ((ptrdiff_t)(64 / sizeof(REAL)))
 #endif
 
+FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks_fwd)(ptrdiff_t H) { return (H + VWF - 1) / VWF; }
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks)(ptrdiff_t H) { return (H + VW - 1) / VW; }
 
 /* Forward packing of U (H, G*H) row-major:
- *   packed[((jb*H + k)*G + g)*VW + w] = U[k, g*H + jb*VW + w], zero where jb*VW + w >= H.
- * packed holds unit_blocks(H) * H * G * VW elements. */
+ *   packed[((jb*H + k)*G + g)*VWF + w] = U[k, g*H + jb*VWF + w], zero where jb*VWF + w >= H.
+ * packed holds unit_blocks(H) * H * G * VWF elements. */
 FRNN_UNUSED static void SFX(pack_recurrent)(const REAL *U, ptrdiff_t H, ptrdiff_t G, REAL *packed) {
-    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
     for (ptrdiff_t jb = 0; jb < nb; ++jb) {
-        const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
+        const ptrdiff_t j0 = jb * VWF, n = H - j0 < VWF ? H - j0 : VWF;
         for (ptrdiff_t k = 0; k < H; ++k)
             for (ptrdiff_t g = 0; g < G; ++g) {
-                REAL *dst = packed + ((jb * H + k) * G + g) * VW;
+                REAL *dst = packed + ((jb * H + k) * G + g) * VWF;
                 memcpy(dst, U + k * G * H + g * H + j0, (size_t)n * sizeof(REAL));
-                for (ptrdiff_t w = n; w < VW; ++w) dst[w] = 0;
+                for (ptrdiff_t w = n; w < VWF; ++w) dst[w] = 0;
             }
     }
 }
@@ -56,17 +61,17 @@ FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t H, ptrdif
         const REAL *FRNN_RESTRICT packed, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h, \
         REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {                   \
         for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {                                             \
-            const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;                       \
-            const REAL *pb = packed + jb * H * GN * VW;                                        \
+            const ptrdiff_t j0 = jb * VWF, n = H - j0 < VWF ? H - j0 : VWF;                       \
+            const REAL *pb = packed + jb * H * GN * VWF;                                        \
             ptrdiff_t b = 0;                                                                   \
             for (; b + 4 <= B; b += 4) { /* a 4-row tile: each weight load feeds 4 FMAs */    \
-                REAL acc[4][GN * VW] = {{0}};                                                  \
+                REAL acc[4][GN * VWF] = {{0}};                                                  \
                 const REAL *hr = h + b * H;                                                    \
                 for (ptrdiff_t k = 0; k < H; ++k) {                                            \
-                    const REAL *pk = pb + k * GN * VW;                                         \
+                    const REAL *pk = pb + k * GN * VWF;                                         \
                     const REAL h0 = hr[k], h1 = hr[H + k], h2 = hr[2 * H + k],                 \
                                h3 = hr[3 * H + k];                                             \
-                    for (int q = 0; q < GN * VW; ++q) {                                        \
+                    for (int q = 0; q < GN * VWF; ++q) {                                        \
                         const REAL w = pk[q];                                                  \
                         acc[0][q] += h0 * w;                                                   \
                         acc[1][q] += h1 * w;                                                   \
@@ -77,20 +82,20 @@ FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t H, ptrdif
                 for (int r = 0; r < 4; ++r)                                                    \
                     for (int g = 0; g < GN; ++g) {                                             \
                         REAL *zp = z + (b + r) * ldz + g * H + j0;                             \
-                        for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[r][g * VW + w];          \
+                        for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[r][g * VWF + w];          \
                     }                                                                          \
             }                                                                                  \
             for (; b < B; ++b) {                                                               \
-                REAL acc[GN * VW] = {0};                                                       \
+                REAL acc[GN * VWF] = {0};                                                       \
                 const REAL *hr = h + b * H;                                                    \
                 for (ptrdiff_t k = 0; k < H; ++k) {                                            \
-                    const REAL *pk = pb + k * GN * VW;                                         \
+                    const REAL *pk = pb + k * GN * VWF;                                         \
                     const REAL hk = hr[k];                                                     \
-                    for (int q = 0; q < GN * VW; ++q) acc[q] += hk * pk[q];                    \
+                    for (int q = 0; q < GN * VWF; ++q) acc[q] += hk * pk[q];                    \
                 }                                                                              \
                 for (int g = 0; g < GN; ++g) {                                                 \
                     REAL *zp = z + b * ldz + g * H + j0;                                       \
-                    for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[g * VW + w];                \
+                    for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[g * VWF + w];                \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
@@ -110,17 +115,22 @@ FRNN_CLONES FRNN_UNUSED static void SFX(recurrent_matmul_t)(
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         const REAL *pb = packed_t + jb * GH * VW;
         ptrdiff_t b = 0;
-        for (; b + 8 <= B; b += 8) { /* an 8-row tile */
-            REAL acc[8][VW] = {{0}};
+        for (; b + 4 <= B; b += 4) { /* a 4-row tile: 4 x 64 bytes of sums fit AVX2's registers */
+            REAL acc[4][VW] = {{0}};
             const REAL *dzr = dz + b * ldz;
             for (ptrdiff_t c = 0; c < GH; ++c) {
                 const REAL *pc = pb + c * VW;
-                REAL d[8];
-                for (int r = 0; r < 8; ++r) d[r] = dzr[r * ldz + c];
-                for (int w = 0; w < VW; ++w)
-                    for (int r = 0; r < 8; ++r) acc[r][w] += d[r] * pc[w];
+                const REAL d0 = dzr[c], d1 = dzr[ldz + c], d2 = dzr[2 * ldz + c],
+                           d3 = dzr[3 * ldz + c];
+                for (int w = 0; w < VW; ++w) {
+                    const REAL wv = pc[w];
+                    acc[0][w] += d0 * wv;
+                    acc[1][w] += d1 * wv;
+                    acc[2][w] += d2 * wv;
+                    acc[3][w] += d3 * wv;
+                }
             }
-            for (int r = 0; r < 8; ++r) {
+            for (int r = 0; r < 4; ++r) {
                 REAL *dp = dh + (b + r) * H + j0;
                 const REAL *kp = keep ? keep + (b + r) * H + j0 : NULL;
                 for (ptrdiff_t w = 0; w < n; ++w) dp[w] += kp ? acc[r][w] * kp[w] : acc[r][w];

@@ -65,8 +65,8 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     /* few rows: the per-step product runs on U packed once (recurrent_matmul.h), not BLAS */
-    const ptrdiff_t nb = SFX(unit_blocks)(H);
-    REAL *packed = !frnn_use_blas_steps(B, B * H * H) ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
+    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
+    REAL *packed = !frnn_use_blas_steps(B, B * H * H) ? frnn_alloc((size_t)(nb * H * VWF), sizeof(REAL)) : NULL;
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (!z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)
         || (!frnn_use_blas_steps(B, B * H * H) && !packed)) {

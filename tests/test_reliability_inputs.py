@@ -819,3 +819,42 @@ def test_torch_module_views_match_contiguous_and_input_is_untouched(torch_module
         assert torch.equal(gx_v, gx_c), label
         for a, b in zip(gp_v, gp_c):
             assert torch.equal(a, b), label
+
+
+def _small_model():
+    from fusedrnn import layers, models
+
+    model = models.Sequential([layers.LSTM(8, seed=0), layers.Dense(1)])
+    model.compile("adam", "mse")
+    return model
+
+
+def test_model_fit_bad_data_names_x_or_y(rng):
+    model = _small_model()
+    x = rng.standard_normal((16, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+    model.fit(x, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="samples"):
+        model.fit(x, y[:10], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="x"):
+        model.fit(x[0], y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="x"):
+        model.fit(x[:, :, :2], y, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="x"):
+        model.fit(x.astype(np.complex64), y, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="y"):
+        model.fit(x, y.astype(object), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.fit(x, y, batch_size=0, verbose=0)
+
+
+def test_model_fit_and_predict_leave_the_data_untouched(rng):
+    model = _small_model()
+    x = read_only(rng.standard_normal((16, 5, 3)).astype(np.float32))
+    y = read_only(rng.standard_normal((16, 1)).astype(np.float32))
+    x_before, y_before = x.copy(), y.copy()
+    model.fit(x, y, epochs=2, batch_size=5, verbose=0)
+    predicted = model.predict(x)
+    np.testing.assert_array_equal(model.predict(reversed_view(x)), predicted)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(y, y_before)

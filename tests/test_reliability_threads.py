@@ -36,10 +36,18 @@ def run_python(code: str, timeout: float = 120, env_update=None, args=()) -> str
 
 # ------------------------------------------------------------------------ the GIL
 def _long_problem(cell, rng):
-    """About 0.2-0.4 s of kernel time on one core: long and thin, so Python-side
-    validation is negligible and the time is spent in the compiled loop."""
-    return make_problem(cell, rng, batch=4, steps=24000 // cell.gates, features=16, units=32,
-                        dtype=np.float32, bias=True)
+    """Long and thin, so Python-side validation is negligible and the time is spent in the
+    compiled loop; lengthened until one inference call takes about 0.2 s on one thread."""
+    steps = 8000 // cell.gates
+    while True:
+        problem = make_problem(cell, rng, batch=4, steps=steps, features=16, units=32,
+                               dtype=np.float32, bias=True)
+        start = time.perf_counter()
+        forward(cell, problem)
+        elapsed = time.perf_counter() - start
+        if elapsed >= 0.12 or steps >= 400_000:
+            return problem
+        steps = min(400_000, int(steps * 0.2 / max(elapsed, 1e-3)) + 1)
 
 
 def _largest_stall(work) -> tuple[float, float]:
@@ -71,8 +79,8 @@ def test_kernels_release_the_gil(cell, phase, rng):
     """If the kernel held the GIL, the counter thread would stall for the whole call.
     With it released the counter only waits for the Python switch interval (5 ms) around
     the short Python parts.  BLAS is capped to one thread so the counter has a core."""
-    problem = _long_problem(cell, rng)
     with _threads.threads(1):
+        problem = _long_problem(cell, rng)
         if phase == "forward":
             work = lambda: forward(cell, problem)  # noqa: E731
         else:
@@ -88,11 +96,12 @@ def test_kernels_release_the_gil(cell, phase, rng):
 
 
 # ------------------------------------------------------- concurrent calls from threads
-def _job(cell, seed, dtype, options):
+def _job(cell, seed, dtype, options, shape=(5, 30, 7, 24)):
     """One forward+backward run; every result array, by name."""
     rng = np.random.default_rng(seed)
-    problem = make_problem(cell, rng, batch=5, steps=30, features=7, units=24, dtype=dtype,
-                           bias=True, state=True, mask=True, dropout=True)
+    batch, steps, features, units = shape
+    problem = make_problem(cell, rng, batch=batch, steps=steps, features=features, units=units,
+                           dtype=dtype, bias=True, state=True, mask=True, dropout=True)
     out = forward(cell, problem, training=True, **options)
     return results(out, cell.backward(out.cache, **upstream_gradients(cell, out, rng)))
 
@@ -110,6 +119,18 @@ def test_concurrent_calls_match_serial_calls():
         futures = [(i, pool.submit(_job, *jobs[i])) for _ in range(3) for i in range(len(jobs))]
         for i, future in futures:
             assert_same_results(future.result(timeout=120), serial[i], f"job {i}")
+
+
+def test_concurrent_calls_on_the_parallel_path_match_serial_calls():
+    """Problems big enough for the fused loop's own OpenMP team (batch 32 x 64 units):
+    several Python threads each start a team at once; results are still bitwise serial."""
+    jobs = [(cell, 7 + k, np.float32, {}, (32, 4, 16, 64)) for k, cell in enumerate(CELLS)]
+    with _threads.threads(2):
+        serial = [_job(*job) for job in jobs]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            futures = [pool.submit(_job, *job) for job in jobs]
+            for i, future in enumerate(futures):
+                assert_same_results(future.result(timeout=300), serial[i], f"job {i}")
 
 
 @cells
@@ -131,7 +152,8 @@ def test_one_cache_used_by_many_threads_at_once(cell, rng):
 FORK_SCRIPT = """
     import multiprocessing as mp, sys
     import numpy as np
-    from fusedrnn import ops
+    import fusedrnn
+    from fusedrnn import _threads, ops
 
     GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
     B, T, I, H = 32, 8, 64, 64   # big enough for OpenBLAS threads and the OpenMP loop
@@ -149,15 +171,19 @@ FORK_SCRIPT = """
     parent = [run(name) for name in names]
 
     def child(queue):
-        queue.put([run(name) for name in names])
+        fusedrnn.set_num_threads(2)  # the fused loops stay on one thread in a forked child
+        queue.put(([run(name) for name in names], _threads._loop_threads()))
 
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=child, args=(queue,))
     proc.start()
-    got = queue.get(timeout=60)
+    got, child_loop_threads = queue.get(timeout=60)
     proc.join(timeout=60)
     assert proc.exitcode == 0, proc.exitcode
+    assert child_loop_threads == 1, child_loop_threads
+    assert _threads._loop_threads() == _threads.available_cores() or not \
+        fusedrnn._kernels.has_openmp()   # the parent is unaffected
     for child_results, parent_results in zip(got, parent):
         for a, b in zip(child_results, parent_results):
             np.testing.assert_array_equal(a, b)
@@ -167,8 +193,10 @@ FORK_SCRIPT = """
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork start method needs POSIX")
 def test_forked_child_runs_kernels_after_the_parent_did():
-    """OpenBLAS worker threads started in the parent do not exist in a forked child: the
-    child must still run every kernel (not hang: timeouts) and get the parent's results."""
+    """OpenBLAS and OpenMP worker threads started in the parent do not exist in a forked
+    child: the child must still run every kernel (not hang: timeouts) and get the parent's
+    results.  (GNU OpenMP hangs in that case: fusedrnn._threads drops the child's fused
+    loops to one thread at fork.)"""
     names = sorted({cell.name for cell in CELLS})
     out = run_python(FORK_SCRIPT, timeout=150, args=names)
     assert out.split() == ["fork", "ok", *names]

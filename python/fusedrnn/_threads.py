@@ -17,6 +17,10 @@ Counts follow scikit-learn's ``n_threads`` convention: a positive int is that ma
 ``-1`` means all cores, ``-2`` all but one, and so on (never fewer than one); ``None``
 means the default (all cores).
 
+Fork: in a child created with fork() (multiprocessing's default on Linux) the fused loops
+run on one thread, because the GNU OpenMP runtime cannot start threads there; BLAS keeps
+its count.  Use the "spawn" or "forkserver" start method for parallel loops in workers.
+
 The cap is process-wide, like BLAS' own setting: the BLAS part applies to every BLAS
 library loaded in the process (NumPy's and SciPy's), so NumPy matrix products made while it is in force
 are capped too.  :func:`threads` restores the previous counts on exit; in a program whose
@@ -28,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import sys
 import threading
 from typing import Iterator, Optional
 
@@ -37,6 +42,7 @@ __all__ = ["available_cores", "get_num_threads", "set_num_threads", "threads"]
 
 _lock = threading.RLock()
 _controller: Optional[ThreadpoolController] = None
+_forked_child = False  # see _after_fork_in_child
 
 
 def available_cores() -> int:
@@ -106,7 +112,23 @@ def get_num_threads() -> int:
 def _set_loop_threads(count: int) -> None:
     runtime = _runtime()
     if runtime is not None:
-        runtime.set_kernel_threads(count)
+        runtime.set_kernel_threads(1 if _forked_child else count)
+
+
+def _after_fork_in_child() -> None:
+    """GNU OpenMP (libgomp) cannot start a thread team in a child forked after the parent
+    ran one: the child waits forever for pool threads that were not copied by fork.  So a
+    forked child runs the fused time loops on one thread from then on (BLAS keeps its
+    threads: OpenBLAS handles fork itself).  Registered with os.register_at_fork."""
+    global _forked_child
+    _forked_child = True
+    kernels = sys.modules.get(f"{__package__}._kernels")
+    if kernels is not None:  # not imported: the parent never ran a parallel loop
+        kernels.set_kernel_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_num_threads(n: Optional[int]) -> None:
