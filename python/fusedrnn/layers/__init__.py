@@ -12,9 +12,10 @@ from .core import Dense, Dropout, Embedding, Masking, RepeatVector
 from .recurrent import GRU, LSTM, SimpleRNN
 from .saving import load_keras_weights_h5
 from .wrappers import Bidirectional, TimeDistributed
+from ..engine import Input  # Keras has Input among its layers; engine does not import layers
 
 __all__ = [
     "Layer", "register", "serialize", "deserialize", "get_registered",
     "SimpleRNN", "GRU", "LSTM", "Bidirectional", "TimeDistributed",
-    "Dense", "Embedding", "Masking", "Dropout", "RepeatVector", "load_keras_weights_h5",
+    "Dense", "Embedding", "Masking", "Dropout", "RepeatVector", "Input", "load_keras_weights_h5",
 ]
