@@ -12,7 +12,7 @@
  * FRNN_NATIVE builds (a CMake option) compile once for the build machine instead. */
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) \
     && !defined(FRNN_NATIVE) && !defined(FRNN_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
-#define FRNN_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#define FRNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FRNN_CLONES
 #endif
