@@ -23,6 +23,25 @@ def activation_code(name, argname: str) -> int:
     return ACTIVATIONS[name]
 
 
+INT32_MAX = 2**31 - 1  # BLAS' Fortran integers: the kernels' dimensions must fit
+
+
+def flag(value, argname: str) -> bool:
+    """A boolean option; strings such as "no" are refused rather than read as True."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{argname}: expected True or False, got {value!r}")
+
+
+def check_blas_dims(array: np.ndarray, argname: str) -> None:
+    """Refuse (before any copy) dimensions that 32-bit BLAS indices cannot address."""
+    if any(n > INT32_MAX for n in array.shape):
+        raise ValueError(
+            f"{argname}: dimension {max(array.shape)} of shape {array.shape} exceeds the "
+            f"kernels' limit of {INT32_MAX} (32-bit BLAS indices)"
+        )
+
+
 def as_array(value, argname: str) -> np.ndarray:
     """np.asarray with a clear error for things that are not numeric arrays."""
     if isinstance(value, np.ndarray):
@@ -66,6 +85,7 @@ def sequence_input(x, argname: str = "x") -> np.ndarray:
         )
     if x.shape[2] < 1:
         raise ValueError(f"{argname}: the feature axis must not be empty, got shape {x.shape}")
+    check_blas_dims(x[:1, :1], argname)
     return strided_ok(x)
 
 
@@ -93,6 +113,7 @@ def weight(value, shape: tuple, argname: str, names: str, dtype) -> np.ndarray:
     """A C-contiguous weight of exactly `shape` in `dtype`."""
     array = float_array(value, argname, dtype)
     check_shape(array, shape, argname, names)
+    check_blas_dims(array, argname)
     return c_array(array)
 
 

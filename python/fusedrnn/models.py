@@ -605,7 +605,7 @@ class Model:
         arrays = self._standardize_inputs(x)
         n = arrays[0].shape[0]
         chunks = [[] for _ in self.outputs]
-        for start in range(0, n, batch_size):
+        for start in range(0, max(n, 1), batch_size):  # an empty x still runs once: (0, ...) out
             outputs, _, _ = self._run([a[start:start + batch_size] for a in arrays],
                                       training=False)
             for store, out in zip(chunks, outputs):

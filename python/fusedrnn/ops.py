@@ -67,8 +67,8 @@ class LSTMCache:
 
 def _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_activation):
     return (
-        bool(go_backwards),
-        bool(zero_output_for_mask),
+        v.flag(go_backwards, "go_backwards"),
+        v.flag(zero_output_for_mask, "zero_output_for_mask"),
         v.activation_code(activation, "activation"),
         v.activation_code(recurrent_activation, "recurrent_activation"),
     )
@@ -110,7 +110,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
                                      "recurrent_dropout_mask")
     options = _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_activation)
     outputs, h_n, c_n, arrays = _lstm_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, c0, rec_mask, *options, bool(training)
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, c0, rec_mask, *options, v.flag(training, "training")
     )
     cache = None
     if training:
@@ -265,7 +265,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     batch, steps, features = x.shape
     if not isinstance(reset_after, (bool, np.bool_)):
         raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
-    reset_after = bool(reset_after)
+    reset_after = v.flag(reset_after, "reset_after")
     kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 3)
     if bias is not None:
         if reset_after:
@@ -279,7 +279,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     options = (reset_after,) + _lstm_options(go_backwards, zero_output_for_mask, activation,
                                              recurrent_activation)
     outputs, h_n, arrays = _gru_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, bool(training)
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, v.flag(training, "training")
     )
     cache = None
     if training:
@@ -343,10 +343,10 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     mask_u8 = v.mask_array(mask, batch, steps)
     rec_mask = v.optional_state_like(recurrent_dropout_mask, batch, units, x.dtype,
                                      "recurrent_dropout_mask")
-    options = (bool(go_backwards), bool(zero_output_for_mask),
+    options = (v.flag(go_backwards, "go_backwards"), v.flag(zero_output_for_mask, "zero_output_for_mask"),
                v.activation_code(activation, "activation"))
     outputs, h_n, arrays = _simple_rnn_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, bool(training)
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, v.flag(training, "training")
     )
     cache = None
     if training:
