@@ -59,8 +59,12 @@ static inline int frnn_thread_id(void) { return 0; }
 #endif
 
 /* Per-step multiply-adds of the recurrent product below which a fused time loop runs on
- * one thread: the per-step barrier (~1 us) would cost more than the split saves. */
-#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 18)
+ * one thread.  Measured on this 2-vCPU machine (LSTM, T=100, nearly idle): splitting the
+ * units across 2 threads with a barrier per step was slower at every size of the benchmark
+ * grid, e.g. B=8, H=256: 12.0 ms on one thread, 16.1 ms on two; B=8, H=512: 41.5 vs 113 ms.
+ * So the split is kept for much larger steps only; BLAS still uses every core for the big
+ * GEMMs outside the time loop. */
+#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 24)
 
 /* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: with
  * many rows and enough work BLAS' blocked kernels are faster (measured at B=32, H=256);

@@ -41,3 +41,25 @@ def test_paths_match_reference(rng, cell, batch, units, threads):
     for name in ("x", "kernel", "recurrent_kernel", "bias"):
         np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
                                    rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def test_lstm_units_split_across_two_threads(rng):
+    """Steps of >= 2**24 multiply-adds with fewer than 32 rows run the packed tiles with the
+    units split across two threads (one barrier per step)."""
+    batch, steps, features, units = 16, 3, 2, 512  # 16 * 512 * 2048 = 2**24 per step
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, 4 * units)) * 0.1
+    recurrent = rng.standard_normal((units, 4 * units)) * 0.05
+    d_out = rng.standard_normal((batch, steps, units))
+    results = {}
+    for threads in (1, 2):
+        with fusedrnn.threads(threads):
+            out = ops.lstm_forward(x, kernel, recurrent, training=True)
+            results[threads] = (out.outputs, ops.lstm_backward(out.cache, d_out))
+    want = reference.lstm_forward(x, kernel, recurrent, training=True)
+    want_grads = reference.lstm_backward(want.cache, d_out)
+    for threads, (outputs, grads) in results.items():
+        np.testing.assert_allclose(outputs, want.outputs, rtol=1e-11, atol=1e-11)
+        for name in ("x", "kernel", "recurrent_kernel"):
+            np.testing.assert_allclose(getattr(grads, name), getattr(want_grads, name),
+                                       rtol=1e-10, atol=1e-10, err_msg=f"{name}, {threads} threads")

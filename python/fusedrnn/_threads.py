@@ -9,7 +9,10 @@ This module sets both to the same count: BLAS through threadpoolctl, the time lo
 fusedrnn._kernels.  Since the two never run at the same time, n threads means at most n
 busy threads, with no oversubscription.
 
-Default: all cores this process may run on.  BLAS honours ``OPENBLAS_NUM_THREADS`` /
+Default (before any call): BLAS uses all cores; the fused time loop runs on one thread,
+because on the 2-vCPU machines measured a per-step barrier between two threads cost more
+than the split saved at every benchmarked size (csrc/internal.h has the numbers).
+set_num_threads(n) / threads(n) set both to n.  BLAS honours ``OPENBLAS_NUM_THREADS`` /
 ``OMP_NUM_THREADS`` if set; nothing is changed until you call :func:`set_num_threads` or
 enter :func:`threads`.
 
