@@ -100,7 +100,6 @@ FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t H, ptrdif
             }                                                                                  \
         }                                                                                      \
     }
-FRNN_DEFINE_RECMM(1)
 FRNN_DEFINE_RECMM(3)
 FRNN_DEFINE_RECMM(4)
 #undef FRNN_DEFINE_RECMM
