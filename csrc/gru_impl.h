@@ -216,6 +216,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         REAL *x_chunk = training ? x_buf + t0 * B * I : x_buf;
         REAL *z_chunk = training ? z_buf + t0 * B * G3 : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
+        SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel,
                                        reset_after ? in_bias : bias, z_chunk);
         if (status) goto done;

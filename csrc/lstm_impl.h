@@ -134,11 +134,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         REAL *x_chunk = training ? x_buf + t0 * B * I : x_buf;
         REAL *z_chunk = training ? z_buf + t0 * B * G4 : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
-        if (mask) /* padding under the mask may hold NaN/Inf: keep it out of dW = X^T dZ */
-            for (ptrdiff_t t = t0; t < t1; ++t)
-                for (ptrdiff_t b = 0; b < B; ++b)
-                    if (!mask_tm[t * B + b])
-                        memset(x_chunk + ((t - t0) * B + b) * I, 0, (size_t)I * sizeof(REAL));
+        SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, G4, x_chunk, kernel, bias, z_chunk);
         if (status) goto done;
         if (blas_steps) { /* many rows: BLAS' GEMM beats the tiles; it owns the threads */

@@ -40,6 +40,19 @@ static void SFX(gather_steps)(const frnn_dims *d, const REAL *x, frnn_seq_stride
     }
 }
 
+/* Zero the gathered input rows of masked steps (mask_tm (T,B) in processing order, or
+ * NULL): padding under a mask may hold NaN/Inf, which would otherwise reach dW = X^T dZ
+ * (0 * NaN = NaN) even though the step is skipped. */
+FRNN_UNUSED static void SFX(zero_masked_rows)(const frnn_dims *d, const uint8_t *mask_tm,
+                                              ptrdiff_t t0, ptrdiff_t t1, REAL *x_chunk) {
+    if (!mask_tm) return;
+    const ptrdiff_t B = d->batch, I = d->input_size;
+    for (ptrdiff_t t = t0; t < t1; ++t)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            if (!mask_tm[t * B + b])
+                memset(x_chunk + ((t - t0) * B + b) * I, 0, (size_t)I * sizeof(REAL));
+}
+
 /* Z[rows, cols] = X[rows, I] W[I, cols] + bias (bias broadcast over rows; NULL = 0). */
 static int SFX(input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrdiff_t in, ptrdiff_t cols,
                                  const REAL *xrows, const REAL *w, const REAL *bias, REAL *z) {

@@ -95,6 +95,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         REAL *x_chunk = training ? x_buf + t0 * B * I : x_buf;
         REAL *z_chunk = training ? z_buf + t0 * B * H : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
+        SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, bias, z_chunk);
         if (status) goto done;
         for (ptrdiff_t t = t0; t < t1; ++t) {

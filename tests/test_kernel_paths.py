@@ -63,3 +63,21 @@ def test_lstm_units_split_across_two_threads(rng):
         for name in ("x", "kernel", "recurrent_kernel"):
             np.testing.assert_allclose(getattr(grads, name), getattr(want_grads, name),
                                        rtol=1e-10, atol=1e-10, err_msg=f"{name}, {threads} threads")
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_nan_padding_under_the_mask_stays_out_of_every_gradient(rng, cell):
+    """Padding under a mask may hold NaN (never read by the cell); it must not reach
+    dW = X^T dZ through 0 * NaN."""
+    gates, fwd, bwd, _, _, extra = CELLS[cell]
+    x = rng.standard_normal((2, 3, 4))
+    x[0, 2] = np.nan
+    mask = np.array([[True, True, False], [True, True, True]])
+    kernel = rng.standard_normal((4, gates * 5))
+    recurrent = rng.standard_normal((5, gates * 5))
+    out = fwd(x, kernel, recurrent, mask=mask, training=True, **extra)
+    grads = bwd(out.cache, np.ones((2, 3, 5)))
+    assert np.isfinite(out.outputs).all() and np.isfinite(out.h_n).all()
+    for name in ("kernel", "recurrent_kernel"):
+        assert np.isfinite(getattr(grads, name)).all(), name
+    assert np.isfinite(grads.x[1]).all() and np.isfinite(grads.x[0, :2]).all()
