@@ -57,7 +57,7 @@ cdef inline int raise_for_status(int status, str what) except -1:
     raise ValueError(f"{what}: invalid dimensions (kernel status {status})")
 
 
-cdef inline frnn_seq_strides seq_strides(object array):
+cdef inline frnn_seq_strides seq_strides(object array) except *:
     """Batch and time strides, in elements, of a (B, T, F) or (B, T) array."""
     cdef frnn_seq_strides s
     s.stride_b = array.strides[0] // array.itemsize
@@ -65,7 +65,7 @@ cdef inline frnn_seq_strides seq_strides(object array):
     return s
 
 
-cdef inline void *data_or_null(object array):
+cdef inline void *data_or_null(object array) noexcept:
     """Data pointer of a validated ndarray, or NULL for None (optional arguments)."""
     if array is None:
         return NULL
@@ -74,7 +74,7 @@ cdef inline void *data_or_null(object array):
 
 cdef inline frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs,
                                 Py_ssize_t units, bint go_backwards, bint zero_output_for_mask,
-                                int activation, int recurrent_activation):
+                                int activation, int recurrent_activation) noexcept nogil:
     cdef frnn_dims d
     d.batch = batch
     d.steps = steps
@@ -89,7 +89,7 @@ cdef inline frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t i
 
 cdef inline frnn_dims make_rnn_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t inputs,
                                     Py_ssize_t units, bint go_backwards,
-                                    bint zero_output_for_mask, int activation):
+                                    bint zero_output_for_mask, int activation) noexcept nogil:
     """SimpleRNN has one activation; recurrent_activation is unused."""
     return make_dims(batch, steps, inputs, units, go_backwards, zero_output_for_mask,
                      activation, activation)
