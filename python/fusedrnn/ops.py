@@ -74,6 +74,17 @@ def _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_acti
     )
 
 
+def _upstream_gradients(cache, d_outputs, d_h_n):
+    """Validated d_outputs (batch, time, units) and d_h_n (batch, units) for a cache's
+    forward pass, in its dtype; None stays None (zero)."""
+    batch, steps, _, units = cache.shape
+    dtype = cache.kernel.dtype
+    d_outputs = v.gradient_input(d_outputs, (batch, steps, units), "d_outputs",
+                                 "(batch, time, units)", dtype)
+    d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
+    return d_outputs, d_h_n
+
+
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None,
                  go_backwards=False, zero_output_for_mask=False, training=False,
                  activation="tanh", recurrent_activation="sigmoid",
@@ -128,12 +139,9 @@ def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None) -> L
             "cache: expected the cache returned by lstm_forward(..., training=True), got "
             f"{type(cache).__name__}"
         )
-    batch, steps, features, units = cache.shape
-    dtype = cache.kernel.dtype
-    d_outputs = v.gradient_input(d_outputs, (batch, steps, units), "d_outputs",
-                                 "(batch, time, units)", dtype)
-    d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
-    d_c_n = v.gradient_input(d_c_n, (batch, units), "d_c_n", "(batch, units)", dtype)
+    d_outputs, d_h_n = _upstream_gradients(cache, d_outputs, d_h_n)
+    batch, _, _, units = cache.shape
+    d_c_n = v.gradient_input(d_c_n, (batch, units), "d_c_n", "(batch, units)", cache.kernel.dtype)
     dx, dk, dr, db, dh0, dc0 = _lstm_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.c0,
         cache.recurrent_dropout_mask, cache.arrays, d_outputs, d_h_n, d_c_n, *cache.options
@@ -293,11 +301,7 @@ def gru_backward(cache: GRUCache, d_outputs=None, d_h_n=None) -> GRUGradients:
     gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None means
     zero.  The cache is not consumed: it may be used again."""
     _check_cache(cache, GRUCache, "gru_forward")
-    batch, steps, _, units = cache.shape
-    dtype = cache.kernel.dtype
-    d_outputs = v.gradient_input(d_outputs, (batch, steps, units), "d_outputs",
-                                 "(batch, time, units)", dtype)
-    d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
+    d_outputs, d_h_n = _upstream_gradients(cache, d_outputs, d_h_n)
     dx, dk, dr, db, dh0 = _gru_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
@@ -360,11 +364,7 @@ def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None) -> Si
     loss's gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None
     means zero.  The cache is not consumed: it may be used again."""
     _check_cache(cache, SimpleRNNCache, "simple_rnn_forward")
-    batch, steps, _, units = cache.shape
-    dtype = cache.kernel.dtype
-    d_outputs = v.gradient_input(d_outputs, (batch, steps, units), "d_outputs",
-                                 "(batch, time, units)", dtype)
-    d_h_n = v.gradient_input(d_h_n, (batch, units), "d_h_n", "(batch, units)", dtype)
+    d_outputs, d_h_n = _upstream_gradients(cache, d_outputs, d_h_n)
     dx, dk, dr, db, dh0 = _simple_rnn_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
