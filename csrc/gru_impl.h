@@ -54,46 +54,55 @@ static int SFX(gru_masked_recurrent_grad)(const frnn_blas *blas, ptrdiff_t B, pt
 /* Steps of input projection computed at once during inference (bounded scratch). */
 #define FRNN_GRU_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
 
-/* Pointwise pass of one reset_after=1 step over the batch.
+/* Pointwise pass of one reset_after=1 step over the batch, for units [j0, j1).
  *   z      (B,3H): x W + b_in (+ b_rec for z, r); activated in place into z, r, hh.
  *   rec    (B,3H): hp U for this step (without bias), read only.
  *   b_rec_h (H,) or NULL: recurrent bias of the h block.
- *   h      (B,H): state, updated in place.   mask_t (B,) or NULL.
+ *   h_prev, h_next (B,H): state before and after this step; may be the same array (the
+ *     serial path updates in place; the split path double-buffers, since another thread
+ *     still reads h_prev for its own units' product).   mask_t (B,) or NULL.
  *   out:   row b at out + b*out_stride_b, or NULL.
  *   hr_save, h_save (B,H) or NULL: Rh and the state after this step, for backward. */
 FRNN_CLONES static void SFX(gru_step_after_pointwise)(
     const frnn_dims *d, REAL *FRNN_RESTRICT z, const REAL *FRNN_RESTRICT rec,
-    const REAL *FRNN_RESTRICT b_rec_h, REAL *FRNN_RESTRICT h, const uint8_t *mask_t,
-    REAL *out, ptrdiff_t out_stride_b, REAL *hr_save, REAL *h_save) {
-    const ptrdiff_t B = d->batch, H = d->units;
+    const REAL *FRNN_RESTRICT b_rec_h, const REAL *h_prev, REAL *h_next, const uint8_t *mask_t,
+    REAL *out, ptrdiff_t out_stride_b, REAL *hr_save, REAL *h_save, ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const size_t bytes = (size_t)n * sizeof(REAL);
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT hb = h + b * H;
-        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b : NULL;
-        REAL *FRNN_RESTRICT hrb = hr_save ? hr_save + b * H : NULL;
+        const REAL *hp = h_prev + b * H + j0;
+        REAL *hn = h_next + b * H + j0;
+        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b + j0 : NULL;
+        REAL *FRNN_RESTRICT hrb = hr_save ? hr_save + b * H + j0 : NULL;
         if (mask_t && !mask_t[b]) { /* masked: carry the state */
+            if (hn != hp) memcpy(hn, hp, bytes);
             if (ob) {
-                if (d->zero_output_for_mask) memset(ob, 0, (size_t)H * sizeof(REAL));
-                else memcpy(ob, hb, (size_t)H * sizeof(REAL));
+                if (d->zero_output_for_mask) memset(ob, 0, bytes);
+                else memcpy(ob, hn, bytes);
             }
             /* backward multiplies cached rows of masked steps by zero: keep them finite */
-            if (hrb) memset(hrb, 0, (size_t)H * sizeof(REAL));
+            if (hrb) memset(hrb, 0, bytes);
         } else {
-            REAL *FRNN_RESTRICT zb = z + b * 3 * H;
-            const REAL *FRNN_RESTRICT rb = rec + b * 3 * H;
-            for (ptrdiff_t j = 0; j < 2 * H; ++j) zb[j] += rb[j];
-            ACTIVATE(d->recurrent_activation, zb, 2 * H); /* z, r */
-            const REAL *FRNN_RESTRICT gz = zb, *FRNN_RESTRICT gr = zb + H;
-            REAL *FRNN_RESTRICT gh = zb + 2 * H;
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                REAL rh = rb[2 * H + j] + (b_rec_h ? b_rec_h[j] : (REAL)0);
-                if (hrb) hrb[j] = rh;
-                gh[j] += gr[j] * rh;
+            REAL *FRNN_RESTRICT gz = z + b * 3 * H + j0, *FRNN_RESTRICT gr = gz + H;
+            REAL *FRNN_RESTRICT gh = gz + 2 * H;
+            const REAL *FRNN_RESTRICT rz = rec + b * 3 * H + j0, *FRNN_RESTRICT rr = rz + H;
+            const REAL *FRNN_RESTRICT rh = rz + 2 * H;
+            for (ptrdiff_t j = 0; j < n; ++j) {
+                gz[j] += rz[j];
+                gr[j] += rr[j];
             }
-            ACTIVATE(d->activation, gh, H); /* hh */
-            for (ptrdiff_t j = 0; j < H; ++j) hb[j] = gz[j] * hb[j] + ((REAL)1 - gz[j]) * gh[j];
-            if (ob) memcpy(ob, hb, (size_t)H * sizeof(REAL));
+            ACTIVATE(d->recurrent_activation, gz, n);
+            ACTIVATE(d->recurrent_activation, gr, n);
+            for (ptrdiff_t j = 0; j < n; ++j) {
+                REAL rhj = rh[j] + (b_rec_h ? b_rec_h[j0 + j] : (REAL)0);
+                if (hrb) hrb[j] = rhj;
+                gh[j] += gr[j] * rhj;
+            }
+            ACTIVATE(d->activation, gh, n); /* hh */
+            for (ptrdiff_t j = 0; j < n; ++j) hn[j] = gz[j] * hp[j] + ((REAL)1 - gz[j]) * gh[j];
+            if (ob) memcpy(ob, hn, bytes);
         }
-        if (h_save) memcpy(h_save + b * H, hb, (size_t)H * sizeof(REAL));
+        if (h_save) memcpy(h_save + b * H + j0, hn, bytes);
     }
 }
 
@@ -192,9 +201,12 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     /* few rows, reset_after, no dropout: the per-step product runs on U packed once */
     const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * G3) && reset_after && !rec_mask;
+    const int nt = use_tiles ? frnn_pick_threads(nb, B * H * G3) : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
+    /* the split loop double-buffers h: h_{t-1} stays readable while h_t is written */
+    REAL *h_alt = nt > 1 ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)
-        || (rec_mask && !h_dropped) || (use_tiles && !packed)) {
+        || (rec_mask && !h_dropped) || (use_tiles && !packed) || (nt > 1 && !h_alt)) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -220,6 +232,29 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel,
                                        reset_after ? in_bias : bias, z_chunk);
         if (status) goto done;
+        if (nt > 1) { /* each thread owns a range of unit blocks; one barrier per step */
+            REAL *h_buf[2] = {h_n, h_alt};
+#pragma omp parallel num_threads(nt)
+            {
+                const int tid = frnn_thread_id(), team = frnn_team_size();
+                const ptrdiff_t jb0 = nb * tid / team, jb1 = nb * (tid + 1) / team;
+                const ptrdiff_t j0 = jb0 * VWF, j1 = jb1 * VWF < H ? jb1 * VWF : H;
+                for (ptrdiff_t t = t0; t < t1; ++t) {
+                    for (ptrdiff_t b = 0; b < B; ++b)
+                        for (int g = 0; g < 3; ++g)
+                            memset(rec + b * G3 + g * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
+                    SFX(recurrent_matmul_g3)(packed, H, B, h_buf[t & 1], rec, G3, jb0, jb1);
+                    SFX(gru_step_after_pointwise)(
+                        d, z_chunk + (t - t0) * B * G3, rec, b_rec_h, h_buf[t & 1],
+                        h_buf[(t + 1) & 1], mask ? mask_tm + t * B : NULL,
+                        outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
+                        training ? hr_cache + t * B * H : NULL,
+                        training ? h_states + t * B * H : NULL, j0, j1);
+#pragma omp barrier
+                }
+            }
+            continue;
+        }
         for (ptrdiff_t t = t0; t < t1; ++t) {
             REAL *z_t = z_chunk + (t - t0) * B * G3;
             const uint8_t *mask_t = mask ? mask_tm + t * B : NULL;
@@ -237,9 +272,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 } else
                     status = SFX(gemm_rm)(blas, 0, 0, B, G3, H, 1, h_n, H, recurrent, G3, 0, rec, G3);
                 if (status) goto done;
-                SFX(gru_step_after_pointwise)(d, z_t, rec, b_rec_h, h_n, mask_t, out_t,
+                SFX(gru_step_after_pointwise)(d, z_t, rec, b_rec_h, h_n, h_n, mask_t, out_t,
                                               os.stride_b, training ? hr_cache + t * B * H : NULL,
-                                              h_save);
+                                              h_save, 0, H);
             } else {
                 /* z, r first; the h block needs r*hp, hence a second (B x H x H) GEMM */
                 REAL *q = training ? hr_cache + t * B * H : rec;
@@ -259,9 +294,11 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             }
         }
     }
+    if (nt > 1 && (T & 1)) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T is there */
 done:
     free(rec);
     free(packed);
+    free(h_alt);
     free(h_dropped);
     free(in_bias);
     if (!training) {
@@ -284,39 +321,40 @@ FRNN_CLONES static void SFX(gru_step_after_backward_pointwise)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT hr_t,
     const REAL *FRNN_RESTRICT h_prev, const uint8_t *mask_t, const REAL *dout,
     ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dr,
-    REAL *FRNN_RESTRICT dxh) {
-    const ptrdiff_t B = d->batch, H = d->units;
+    REAL *FRNN_RESTRICT dxh, ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT dhb = dh + b * H;
-        REAL *FRNN_RESTRICT drb = dr + b * 3 * H;
-        REAL *FRNN_RESTRICT dxhb = dxh + b * H;
+        REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
+        REAL *FRNN_RESTRICT drz = dr + b * 3 * H + j0, *FRNN_RESTRICT drr = drz + H;
+        REAL *FRNN_RESTRICT drh = drz + 2 * H;
+        REAL *FRNN_RESTRICT dxhb = dxh + b * H + j0;
         const int masked = mask_t && !mask_t[b];
         if (dout && !(masked && d->zero_output_for_mask)) {
-            const REAL *db = dout + b * dout_stride_b;
-            for (ptrdiff_t j = 0; j < H; ++j) dhb[j] += db[j];
+            const REAL *db = dout + b * dout_stride_b + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) dhb[j] += db[j];
         }
         if (masked) {
-            memset(drb, 0, (size_t)(3 * H) * sizeof(REAL));
-            memset(dxhb, 0, (size_t)H * sizeof(REAL));
+            for (int g = 0; g < 3; ++g) memset(drz + g * H, 0, (size_t)n * sizeof(REAL));
+            memset(dxhb, 0, (size_t)n * sizeof(REAL));
             continue;
         }
-        const REAL *FRNN_RESTRICT gz = gates_t + b * 3 * H;
+        const REAL *FRNN_RESTRICT gz = gates_t + b * 3 * H + j0;
         const REAL *FRNN_RESTRICT gr = gz + H, *FRNN_RESTRICT gh = gz + 2 * H;
-        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H : NULL;
-        const REAL *FRNN_RESTRICT rhb = hr_t + b * H;
-        for (ptrdiff_t j = 0; j < H; ++j) {
+        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H + j0 : NULL;
+        const REAL *FRNN_RESTRICT rhb = hr_t + b * H + j0;
+        for (ptrdiff_t j = 0; j < n; ++j) {
             REAL hp = hpb ? hpb[j] : (REAL)0;
             dxhb[j] = dhb[j] * ((REAL)1 - gz[j]); /* d hh */
-            drb[j] = dhb[j] * (hp - gh[j]);       /* d z */
+            drz[j] = dhb[j] * (hp - gh[j]);       /* d z */
             dhb[j] *= gz[j];                      /* direct path h = z*hp + ... */
         }
-        ACTIVATION_GRAD(d->activation, gh, dxhb, H);
-        ACTIVATION_GRAD(d->recurrent_activation, gz, drb, H);
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            drb[H + j] = dxhb[j] * rhb[j];     /* d r */
-            drb[2 * H + j] = dxhb[j] * gr[j];  /* d Rh */
+        ACTIVATION_GRAD(d->activation, gh, dxhb, n);
+        ACTIVATION_GRAD(d->recurrent_activation, gz, drz, n);
+        for (ptrdiff_t j = 0; j < n; ++j) {
+            drr[j] = dxhb[j] * rhb[j]; /* d r */
+            drh[j] = dxhb[j] * gr[j];  /* d Rh */
         }
-        ACTIVATION_GRAD(d->recurrent_activation, gr, drb + H, H);
+        ACTIVATION_GRAD(d->recurrent_activation, gr, drr, n);
     }
 }
 
@@ -420,7 +458,27 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     }
     if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 3, packed_t);
 
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
+    const int nt = use_tiles ? frnn_pick_threads(nb, B * H * G3) : 1;
+    if (nt > 1) { /* units split: pointwise for owned units, barrier, dR_t U^T for them */
+#pragma omp parallel num_threads(nt)
+        {
+            const int tid = frnn_thread_id(), team = frnn_team_size();
+            const ptrdiff_t jb0 = nb * tid / team, jb1 = nb * (tid + 1) / team;
+            const ptrdiff_t j0 = jb0 * VW, j1 = jb1 * VW < H ? jb1 * VW : H;
+            for (ptrdiff_t t = T - 1; t >= 0; --t) {
+                REAL *dz_t = dz + t * B * G3;
+                SFX(gru_step_after_backward_pointwise)(
+                    d, gates + t * B * G3, hr_cache + t * B * H,
+                    t > 0 ? h_states + (t - 1) * B * H : h0, mask_cache ? mask_cache + t * B : NULL,
+                    d_outputs ? d_outputs + t * dos.stride_t : NULL, dos.stride_b, d_h0, dz_t,
+                    dxh + t * B * H, j0, j1);
+#pragma omp barrier
+                /* every dR_t column is final; the next step writes dR_{t-1} elsewhere */
+                SFX(recurrent_matmul_t)(packed_t, H, G3, B, dz_t, G3, NULL, d_h0, jb0, jb1);
+            }
+        }
+    }
+    for (ptrdiff_t t = nt > 1 ? -1 : T - 1; t >= 0; --t) {
         const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
         const REAL *gates_t = gates + t * B * G3;
         const uint8_t *mask_t = mask_cache ? mask_cache + t * B : NULL;
@@ -429,7 +487,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         if (reset_after) {
             SFX(gru_step_after_backward_pointwise)(d, gates_t, hr_cache + t * B * H, h_prev,
                                                    mask_t, dout_t, dos.stride_b, d_h0, dz_t,
-                                                   dxh + t * B * H);
+                                                   dxh + t * B * H, 0, H);
             /* dh_{t-1} += dR_t U^T: one GEMM for the three gates (one each with dropout) */
             if (rec_mask)
                 status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 3, dz_t, rec_mask,

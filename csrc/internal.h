@@ -17,6 +17,21 @@
 #define FRNN_CLONES
 #endif
 
+/* Hand-written AVX2+FMA micro-kernels (recurrent_matmul.h) for x86-64 GCC/clang builds,
+ * chosen at run time by CPUID; other CPUs and compilers run the generic C tiles. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRNN_NO_SIMD)
+#define FRNN_AVX2_KERNELS 1
+#define FRNN_AVX2_TARGET __attribute__((target("avx2,fma")))
+static inline int frnn_use_avx2(void) {
+    int forced = frnn_override_simd();
+    if (forced == 0) return 0;
+    return frnn_cpu_has_avx2_fma();
+}
+#else
+#define FRNN_AVX2_KERNELS 0
+static inline int frnn_use_avx2(void) { return 0; }
+#endif
+
 #if defined(__GNUC__)
 #define FRNN_INLINE static inline __attribute__((always_inline))
 #else
@@ -54,25 +69,33 @@ static inline int frnn_check_dims(const frnn_dims *d, ptrdiff_t gates) {
 #ifdef _OPENMP
 #include <omp.h>
 static inline int frnn_thread_id(void) { return omp_get_thread_num(); }
+static inline int frnn_team_size(void) { return omp_get_num_threads(); }
 #else
 static inline int frnn_thread_id(void) { return 0; }
+static inline int frnn_team_size(void) { return 1; }
 #endif
 
-/* Per-step multiply-adds of the recurrent product below which a fused time loop runs on
- * one thread.  Measured on this 2-vCPU machine (LSTM, T=100, nearly idle): splitting the
- * units across 2 threads with a barrier per step was slower at every size of the benchmark
- * grid, e.g. B=8, H=256: 12.0 ms on one thread, 16.1 ms on two; B=8, H=512: 41.5 vs 113 ms.
- * So the split is kept for much larger steps only; BLAS still uses every core for the big
- * GEMMs outside the time loop. */
-#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 24)
+/* Multiply-adds below which a GEMM outside the time loop stays on one thread (~5 us). */
+#define FRNN_GEMM_SPLIT_MIN_MACS ((ptrdiff_t)1 << 18)
 
-/* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: with
- * many rows and enough work BLAS' blocked kernels are faster (measured at B=32, H=256);
- * below that a BLAS call per step costs more than it computes, and multi-threaded BLAS on
- * tiny products collapses when the machine is busy. */
+/* Per-step multiply-adds of the recurrent product below which a fused time loop runs on
+ * one thread.  Measured on this 2-vCPU machine (LSTM float32, T=100, one run each, forced
+ * split vs one thread, BLAS serial): 2^14 (B=1, H=64) 0.40 vs 0.47 ms and 2^17 (B=8, H=64)
+ * 1.45 vs 1.80 ms lose; 2^18 (B=1, H=256) 3.26 vs 2.77 ms and B=8, H=512 46.7 vs 38.8 ms
+ * gain.  (An earlier measurement that found the split slower everywhere had OpenBLAS'
+ * spinning workers competing for the second core: see fusedrnn/_threads.py.) */
+#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 18)
+
+/* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: on
+ * CPUs without AVX2, many rows with enough work (measured at B=32, H=256 with the generic
+ * tiles).  The AVX2 tiles beat the per-step GEMM at every grid size measured (LSTM B=32,
+ * H=256 one thread: 46.7 ms tiles vs 55.4 ms GEMM; B=128, H=512: 643 vs 700 ms). */
 #define FRNN_BLAS_STEP_MIN_ROWS 32
 #define FRNN_BLAS_STEP_MIN_MACS ((ptrdiff_t)1 << 21)
 static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) {
+    int forced = frnn_override_blas_steps();
+    if (forced >= 0) return forced;
+    if (frnn_use_avx2()) return 0; /* the AVX2 tiles beat per-step GEMMs at every size measured */
     return batch >= FRNN_BLAS_STEP_MIN_ROWS && macs_per_step >= FRNN_BLAS_STEP_MIN_MACS;
 }
 
@@ -80,7 +103,9 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
 static inline int frnn_pick_threads(ptrdiff_t nb, ptrdiff_t macs) {
     int nt = frnn_get_num_threads();
     if (nt > nb) nt = (int)nb;
-    if (macs < FRNN_PARALLEL_MIN_MACS || nt < 1) nt = 1;
+    long long min_macs = frnn_override_split_min_macs();
+    if (min_macs < 0) min_macs = FRNN_PARALLEL_MIN_MACS;
+    if (macs < min_macs || nt < 1) nt = 1;
     return nt;
 }
 

@@ -2,6 +2,7 @@
 #include "activations.h"
 
 #define REAL float
+#define FRNN_F32 1
 #define SFX(name) name##_f32
 #define GEMM blas->sgemm
 #define ACTIVATE frnn_activate_inl_f32
@@ -10,12 +11,14 @@
 #include "recurrent_matmul.h"
 #include "rnn_impl.h"
 #undef REAL
+#undef FRNN_F32
 #undef SFX
 #undef GEMM
 #undef ACTIVATE
 #undef ACTIVATION_GRAD
 
 #define REAL double
+#define FRNN_F32 0
 #define SFX(name) name##_f64
 #define GEMM blas->dgemm
 #define ACTIVATE frnn_activate_inl_f64

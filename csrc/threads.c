@@ -5,10 +5,9 @@
 #include <omp.h>
 #endif
 
-/* 0 = one per core.  The default is 1: on the 2-vCPU machines measured, splitting the time
- * loop over two threads with a barrier per step was slower at every size tried (see
- * FRNN_PARALLEL_MIN_MACS); fusedrnn.set_num_threads(n) opts in. */
-static _Atomic int frnn_requested_threads = 1;
+/* 0 = one per core (the default): the team splits the large GEMMs and, from
+ * FRNN_PARALLEL_MIN_MACS per step, the time loop's units. */
+static _Atomic int frnn_requested_threads = 0;
 
 void frnn_set_num_threads(int n) { frnn_requested_threads = n > 0 ? n : 0; }
 
@@ -24,6 +23,33 @@ int frnn_get_num_threads(void) {
 int frnn_has_openmp(void) {
 #ifdef _OPENMP
     return 1;
+#else
+    return 0;
+#endif
+}
+
+static _Atomic int frnn_simd_choice = -1, frnn_blas_steps_choice = -1;
+static _Atomic long long frnn_split_min_choice = -1;
+
+void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs) {
+    frnn_simd_choice = simd < 0 ? -1 : simd != 0;
+    frnn_blas_steps_choice = blas_steps < 0 ? -1 : blas_steps != 0;
+    frnn_split_min_choice = split_min_macs < 0 ? -1 : split_min_macs;
+}
+int frnn_override_simd(void) { return frnn_simd_choice; }
+int frnn_override_blas_steps(void) { return frnn_blas_steps_choice; }
+long long frnn_override_split_min_macs(void) { return frnn_split_min_choice; }
+
+int frnn_cpu_has_avx2_fma(void) {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRNN_NO_SIMD)
+    static _Atomic int cached = -1;
+    int has = cached;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        cached = has;
+    }
+    return has;
 #else
     return 0;
 #endif

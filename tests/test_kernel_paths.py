@@ -1,14 +1,17 @@
 """Every per-step product path of every cell agrees with the reference: the packed tiles
-(few rows or little work), BLAS' GEMM (many rows and enough work: B >= 32 and
-B*H*G*H >= 2**21), each on one and on two kernel threads."""
+(AVX2+FMA micro-kernels where the CPU has them, and the generic C tiles, forced), the BLAS
+GEMM per step (forced: on AVX2 CPUs the tiles are always chosen), each with the time loop
+on one thread and with its units split over two threads (forced from the smallest size)."""
+import contextlib
+
 import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import ops, reference
+from fusedrnn import _kernels, ops, reference
 
-# (batch, units): tiles with a 4-row tile plus remainder rows, tiles at 32 rows with little
-# work, and the BLAS path (32 * 128 * 512 = 2**21 multiply-adds per step for LSTM).
+# (batch, units): remainder rows for every tile height (1..6 rows) and a partial last unit
+# block; 32 rows with little work; 32 x 128 units.
 SHAPES = [(7, 37), (32, 20), (32, 128)]
 CELLS = {
     "lstm": (4, ops.lstm_forward, ops.lstm_backward, reference.lstm_forward, reference.lstm_backward, {}),
@@ -17,12 +20,33 @@ CELLS = {
     "simple_rnn": (1, ops.simple_rnn_forward, ops.simple_rnn_backward, reference.simple_rnn_forward,
                    reference.simple_rnn_backward, {}),
 }
+# name -> set_path_overrides arguments
+PATHS = {
+    "tiles": dict(simd=-1, blas_steps=0),
+    "generic_tiles": dict(simd=0, blas_steps=0),
+    "blas_steps": dict(simd=-1, blas_steps=1),
+}
 
 
+@contextlib.contextmanager
+def kernel_paths(split_min_macs=-1, **choice):
+    previous = _kernels.set_path_overrides(split_min_macs=split_min_macs, **choice)
+    try:
+        yield
+    finally:
+        _kernels.set_path_overrides(*previous)
+
+
+def test_this_machine_reports_its_simd_path():
+    assert isinstance(_kernels.cpu_has_avx2_fma(), bool)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("batch,units", SHAPES)
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_paths_match_reference(rng, cell, batch, units, threads):
+def test_paths_match_reference(rng, cell, batch, units, threads, path, dtype):
     gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
     steps, features = 5, 3
     x = rng.standard_normal((batch, steps, features))
@@ -32,20 +56,24 @@ def test_paths_match_reference(rng, cell, batch, units, threads):
     mask = rng.random((batch, steps)) > 0.25
     d_out = rng.standard_normal((batch, steps, units))
     kwargs = dict(extra, mask=mask, training=True)
-    with fusedrnn.threads(threads):
-        got = fwd(x, kernel, recurrent, bias, **kwargs)
-        got_grads = bwd(got.cache, d_out)
-    want = ref_fwd(x, kernel, recurrent, bias, **kwargs)
-    want_grads = ref_bwd(want.cache, d_out)
-    np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-11, atol=1e-11)
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, d_out)]
+    with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, **PATHS[path]):
+        got = fwd(*arrays[:4], **kwargs)
+        got_grads = bwd(got.cache, arrays[4])
+    # the reference in float64 on the same (rounded) inputs
+    want = ref_fwd(*(a.astype(np.float64) for a in arrays[:4]), **kwargs)
+    want_grads = ref_bwd(want.cache, arrays[4].astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    assert got.outputs.dtype == dtype
+    np.testing.assert_allclose(got.outputs, want.outputs, rtol=tol, atol=tol)
     for name in ("x", "kernel", "recurrent_kernel", "bias"):
         np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
-                                   rtol=1e-10, atol=1e-10, err_msg=name)
+                                   rtol=tol, atol=tol * 10, err_msg=name)
 
 
 def test_lstm_units_split_across_two_threads(rng):
-    """Steps of >= 2**24 multiply-adds with fewer than 32 rows run the packed tiles with the
-    units split across two threads (one barrier per step)."""
+    """A large step (2**24 multiply-adds) splits the units across two threads by default
+    (one barrier per step)."""
     batch, steps, features, units = 16, 3, 2, 512  # 16 * 512 * 2048 = 2**24 per step
     x = rng.standard_normal((batch, steps, features))
     kernel = rng.standard_normal((features, 4 * units)) * 0.1

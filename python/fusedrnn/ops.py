@@ -15,9 +15,13 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import _kernels
 from . import _validation as v
-from ._kernels import lstm_backward as _lstm_backward_kernel
-from ._kernels import lstm_forward as _lstm_forward_kernel
+from ._threads import _pin_kernel_blas
+
+_pin_kernel_blas()  # the kernels split their GEMMs over their own threads: see _threads.py
+_lstm_forward_kernel = _kernels.lstm_forward
+_lstm_backward_kernel = _kernels.lstm_backward
 
 __all__ = ["LSTMOutput", "LSTMGradients", "LSTMCache", "lstm_forward", "lstm_backward"]
 
@@ -156,10 +160,10 @@ __all__ += ["GRUOutput", "GRUGradients", "GRUCache", "gru_forward", "gru_backwar
             "SimpleRNNOutput", "SimpleRNNGradients", "SimpleRNNCache", "simple_rnn_forward",
             "simple_rnn_backward"]
 
-from ._kernels import gru_backward as _gru_backward_kernel  # noqa: E402
-from ._kernels import gru_forward as _gru_forward_kernel  # noqa: E402
-from ._kernels import simple_rnn_backward as _simple_rnn_backward_kernel  # noqa: E402
-from ._kernels import simple_rnn_forward as _simple_rnn_forward_kernel  # noqa: E402
+_gru_forward_kernel = _kernels.gru_forward
+_gru_backward_kernel = _kernels.gru_backward
+_simple_rnn_forward_kernel = _kernels.simple_rnn_forward
+_simple_rnn_backward_kernel = _kernels.simple_rnn_backward
 
 
 class GRUOutput(NamedTuple):

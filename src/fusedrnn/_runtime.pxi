@@ -4,6 +4,11 @@ cdef extern from "fusedrnn.h" nogil:
     void frnn_set_num_threads(int n) noexcept
     int frnn_get_num_threads() noexcept
     int frnn_has_openmp() noexcept
+    void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs) noexcept
+    int frnn_override_simd() noexcept
+    int frnn_override_blas_steps() noexcept
+    long long frnn_override_split_min_macs() noexcept
+    int frnn_cpu_has_avx2_fma() noexcept
 
 
 def set_kernel_threads(int n):
@@ -21,3 +26,20 @@ def get_kernel_threads():
 def has_openmp():
     """Whether the kernels were built with OpenMP."""
     return bool(frnn_has_openmp())
+
+
+def cpu_has_avx2_fma():
+    """Whether the kernels run their AVX2+FMA micro-kernels on this CPU."""
+    return bool(frnn_cpu_has_avx2_fma())
+
+
+def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=-1):
+    """Force the kernels' automatic path choices, for tests and benchmarks; -1 = automatic.
+
+    simd: 0 runs the generic C tiles even where AVX2 is available.  blas_steps: 1 computes
+    every step's recurrent product with a BLAS GEMM, 0 with the packed tiles.
+    split_min_macs: per-step multiply-adds from which a time loop splits its units over the
+    threads (0 = always).  Returns the previous settings as a tuple, for restoring."""
+    previous = (frnn_override_simd(), frnn_override_blas_steps(), frnn_override_split_min_macs())
+    frnn_set_path_overrides(simd, blas_steps, split_min_macs)
+    return previous
