@@ -75,17 +75,17 @@ static inline int frnn_thread_id(void) { return 0; }
 static inline int frnn_team_size(void) { return 1; }
 #endif
 
-/* Multiply-adds below which a GEMM outside the time loop stays on one thread (~5 us). */
-#define FRNN_GEMM_SPLIT_MIN_MACS ((ptrdiff_t)1 << 18)
 
 /* Per-step multiply-adds of the recurrent product below which a fused time loop runs on
- * one thread.  Measured on this 2-vCPU machine (LSTM float32, T=100, one run each, forced
- * split vs one thread, BLAS serial): 2^14 (B=1, H=64) 0.40 vs 0.47 ms and 2^17 (B=8, H=64)
- * 1.45 vs 1.80 ms lose; 2^18 (B=1, H=256) 3.26 vs 2.77 ms and B=8, H=512 46.7 vs 38.8 ms
- * gain.  (An earlier measurement that found the split slower everywhere had OpenBLAS'
- * spinning workers competing for the second core: see fusedrnn/_threads.py.) */
+ * one thread (the split is opt-in: the default thread count is 1, see threads.c).
+ * Measured on this 2-vCPU machine with the AVX2 tiles (LSTM float32, T=100), forced split vs
+ * one thread with BLAS serial and nothing else running: 2^17 (B=8, H=64) 1.80 vs 1.45 ms
+ * loses; 2^18 (B=1, H=256) 2.77 vs 3.26 ms and B=8, H=512 38.8 vs 46.7 ms gain.  But with
+ * another thread pool spinning on the machine (OpenBLAS' idle workers after a
+ * multi-threaded call, or torch's OpenMP pool in the same process) a per-step barrier
+ * waits for a descheduled thread: whole scheduler slices per step (SimpleRNN B=8 forward
+ * 8.0 ms instead of 0.9 ms in the benchmark), hence one thread by default. */
 #define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 18)
-
 /* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: on
  * CPUs without AVX2, many rows with enough work (measured at B=32, H=256 with the generic
  * tiles).  The AVX2 tiles beat the per-step GEMM at every grid size measured (LSTM B=32,

@@ -5,9 +5,10 @@
 #include <omp.h>
 #endif
 
-/* 0 = one per core (the default): the team splits the large GEMMs and, from
- * FRNN_PARALLEL_MIN_MACS per step, the time loop's units. */
-static _Atomic int frnn_requested_threads = 0;
+/* 0 = one per core.  The default is 1: on the 2-vCPU machines measured, splitting the time
+ * loop over two threads with a barrier per step was slower at every size tried (see
+ * FRNN_PARALLEL_MIN_MACS); fusedrnn.set_num_threads(n) opts in. */
+static _Atomic int frnn_requested_threads = 1;
 
 void frnn_set_num_threads(int n) { frnn_requested_threads = n > 0 ? n : 0; }
 
