@@ -84,9 +84,11 @@ int frnn_get_num_threads(void);
 /* Overrides of the kernels' automatic path choices, for tests and benchmarks (-1 = auto):
  *   simd: 0 runs the generic C tiles even on an AVX2 CPU (1 = AVX2 where the CPU has it);
  *   blas_steps: 1 computes each step's recurrent product with a BLAS GEMM, 0 with the tiles;
- *   split_min_macs: per-step multiply-adds from which a time loop splits its units over
- *   the threads.  Process-wide, like the thread count. */
-void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs);
+ *   split_min_macs: per-step multiply-adds from which a time loop is split over the threads;
+ *   split_by: 1 splits time loops by batch rows, 0 by units.
+ *   Process-wide, like the thread count. */
+void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by);
+int frnn_override_split_by(void);
 int frnn_override_simd(void);
 int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);

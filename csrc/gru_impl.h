@@ -201,7 +201,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     /* few rows, reset_after, no dropout: the per-step product runs on U packed once */
     const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * G3) && reset_after && !rec_mask;
-    const int nt = use_tiles ? frnn_pick_threads(nb, B * H * G3) : 1;
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G3);
+    const int nt = use_tiles ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
     /* the split loop double-buffers h: h_{t-1} stays readable while h_t is written */
     REAL *h_alt = nt > 1 ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
@@ -236,21 +237,29 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             REAL *h_buf[2] = {h_n, h_alt};
 #pragma omp parallel num_threads(nt)
             {
-                const int tid = frnn_thread_id(), team = frnn_team_size();
-                const ptrdiff_t jb0 = nb * tid / team, jb1 = nb * (tid + 1) / team;
-                const ptrdiff_t j0 = jb0 * VWF, j1 = jb1 * VWF < H ? jb1 * VWF : H;
+                const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
+                                                       frnn_team_size());
+                const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VWF;
+                const ptrdiff_t j1 = p.jb1 * VWF < H ? p.jb1 * VWF : H;
+                frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+                rows.batch = p.b1 - p.b0;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
-                    for (ptrdiff_t b = 0; b < B; ++b)
+                    for (ptrdiff_t b = p.b0; b < p.b1; ++b)
                         for (int g = 0; g < 3; ++g)
                             memset(rec + b * G3 + g * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
-                    SFX(recurrent_matmul_g3)(packed, H, B, h_buf[t & 1], rec, G3, jb0, jb1);
+                    SFX(recurrent_matmul_g3)(packed, H, rows.batch, h_buf[t & 1] + b0 * H,
+                                             rec + b0 * G3, G3, p.jb0, p.jb1);
                     SFX(gru_step_after_pointwise)(
-                        d, z_chunk + (t - t0) * B * G3, rec, b_rec_h, h_buf[t & 1],
-                        h_buf[(t + 1) & 1], mask ? mask_tm + t * B : NULL,
-                        outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
-                        training ? hr_cache + t * B * H : NULL,
-                        training ? h_states + t * B * H : NULL, j0, j1);
+                        &rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
+                        h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,
+                        mask ? mask_tm + t * B + b0 : NULL,
+                        outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL,
+                        os.stride_b, training ? hr_cache + (t * B + b0) * H : NULL,
+                        training ? h_states + (t * B + b0) * H : NULL, j0, j1);
+                    /* split by units: h_t needs every thread's units before the next step */
+                    if (!split.by_rows) {
 #pragma omp barrier
+                    }
                 }
             }
             continue;
@@ -458,62 +467,70 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     }
     if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 3, packed_t);
 
-    const int nt = use_tiles ? frnn_pick_threads(nb, B * H * G3) : 1;
-    if (nt > 1) { /* units split: pointwise for owned units, barrier, dR_t U^T for them */
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G3);
+    const int nt = use_tiles ? split.threads : 1;
+    if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
 #pragma omp parallel num_threads(nt)
         {
-            const int tid = frnn_thread_id(), team = frnn_team_size();
-            const ptrdiff_t jb0 = nb * tid / team, jb1 = nb * (tid + 1) / team;
-            const ptrdiff_t j0 = jb0 * VW, j1 = jb1 * VW < H ? jb1 * VW : H;
+            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
+                                                   frnn_team_size());
+            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
+            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+            rows.batch = p.b1 - p.b0;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
-                REAL *dz_t = dz + t * B * G3;
+                REAL *dz_t = dz + (t * B + b0) * G3;
+                const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
                 SFX(gru_step_after_backward_pointwise)(
-                    d, gates + t * B * G3, hr_cache + t * B * H,
-                    t > 0 ? h_states + (t - 1) * B * H : h0, mask_cache ? mask_cache + t * B : NULL,
-                    d_outputs ? d_outputs + t * dos.stride_t : NULL, dos.stride_b, d_h0, dz_t,
-                    dxh + t * B * H, j0, j1);
+                    &rows, gates + (t * B + b0) * G3, hr_cache + (t * B + b0) * H,
+                    h_prev ? h_prev + b0 * H : NULL, mask_cache ? mask_cache + t * B + b0 : NULL,
+                    d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
+                    dos.stride_b, d_h0 + b0 * H, dz_t, dxh + (t * B + b0) * H, j0, j1);
+                /* split by units: dh_{t-1} needs every column of dR_t */
+                if (!split.by_rows) {
 #pragma omp barrier
-                /* every dR_t column is final; the next step writes dR_{t-1} elsewhere */
-                SFX(recurrent_matmul_t)(packed_t, H, G3, B, dz_t, G3, NULL, d_h0, jb0, jb1);
+                }
+                SFX(recurrent_matmul_t)(packed_t, H, G3, rows.batch, dz_t, G3, NULL,
+                                        d_h0 + b0 * H, p.jb0, p.jb1);
             }
         }
-    }
-    for (ptrdiff_t t = nt > 1 ? -1 : T - 1; t >= 0; --t) {
-        const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
-        const REAL *gates_t = gates + t * B * G3;
-        const uint8_t *mask_t = mask_cache ? mask_cache + t * B : NULL;
-        const REAL *dout_t = d_outputs ? d_outputs + t * dos.stride_t : NULL;
-        REAL *dz_t = dz + t * B * G3;
-        if (reset_after) {
-            SFX(gru_step_after_backward_pointwise)(d, gates_t, hr_cache + t * B * H, h_prev,
-                                                   mask_t, dout_t, dos.stride_b, d_h0, dz_t,
-                                                   dxh + t * B * H, 0, H);
-            /* dh_{t-1} += dR_t U^T: one GEMM for the three gates (one each with dropout) */
-            if (rec_mask)
-                status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 3, dz_t, rec_mask,
-                                                        recurrent, d_h0, dh_step);
-            else if (packed_t)
-                SFX(recurrent_matmul_t)(packed_t, H, G3, B, dz_t, G3, NULL, d_h0, 0, nb);
-            else
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, G3, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
-            if (status) goto done;
-        } else {
-            SFX(gru_step_before_backward_zh)(d, gates_t, h_prev, mask_t, dout_t, dos.stride_b,
-                                             d_h0, dz_t);
-            /* dq = dz_h Uh^T, then r's gradient needs it */
-            status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t + 2 * H, G3, recurrent + 2 * H,
-                                  G3, 0, dq, H);
-            if (status) goto done;
-            SFX(gru_step_before_backward_r)(d, gates_t, h_prev,
-                                            rec_mask ? rec_mask + 2 * B * H : NULL, mask_t, dq,
-                                            d_h0, dz_t);
-            if (rec_mask)
-                status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 2, dz_t, rec_mask,
-                                                        recurrent, d_h0, dh_step);
-            else
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, 2 * H, 1, dz_t, G3, recurrent, G3, 1,
-                                      d_h0, H);
-            if (status) goto done;
+    } else { /* one thread */
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
+            const REAL *gates_t = gates + t * B * G3;
+            const uint8_t *mask_t = mask_cache ? mask_cache + t * B : NULL;
+            const REAL *dout_t = d_outputs ? d_outputs + t * dos.stride_t : NULL;
+            REAL *dz_t = dz + t * B * G3;
+            if (reset_after) {
+                SFX(gru_step_after_backward_pointwise)(d, gates_t, hr_cache + t * B * H, h_prev,
+                                                       mask_t, dout_t, dos.stride_b, d_h0, dz_t,
+                                                       dxh + t * B * H, 0, H);
+                /* dh_{t-1} += dR_t U^T: one GEMM for the three gates (one each with dropout) */
+                if (rec_mask)
+                    status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 3, dz_t, rec_mask,
+                                                            recurrent, d_h0, dh_step);
+                else if (packed_t)
+                    SFX(recurrent_matmul_t)(packed_t, H, G3, B, dz_t, G3, NULL, d_h0, 0, nb);
+                else
+                    status = SFX(gemm_rm)(blas, 0, 1, B, H, G3, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
+                if (status) goto done;
+            } else {
+                SFX(gru_step_before_backward_zh)(d, gates_t, h_prev, mask_t, dout_t, dos.stride_b,
+                                                 d_h0, dz_t);
+                /* dq = dz_h Uh^T, then r's gradient needs it */
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t + 2 * H, G3, recurrent + 2 * H,
+                                      G3, 0, dq, H);
+                if (status) goto done;
+                SFX(gru_step_before_backward_r)(d, gates_t, h_prev,
+                                                rec_mask ? rec_mask + 2 * B * H : NULL, mask_t, dq,
+                                                d_h0, dz_t);
+                if (rec_mask)
+                    status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 2, dz_t, rec_mask,
+                                                            recurrent, d_h0, dh_step);
+                else
+                    status = SFX(gemm_rm)(blas, 0, 1, B, H, 2 * H, 1, dz_t, G3, recurrent, G3, 1,
+                                          d_h0, H);
+                if (status) goto done;
+            }
         }
     }
 

@@ -76,16 +76,14 @@ static inline int frnn_team_size(void) { return 1; }
 #endif
 
 
-/* Per-step multiply-adds of the recurrent product below which a fused time loop runs on
- * one thread (the split is opt-in: the default thread count is 1, see threads.c).
- * Measured on this 2-vCPU machine with the AVX2 tiles (LSTM float32, T=100), forced split vs
- * one thread with BLAS serial and nothing else running: 2^17 (B=8, H=64) 1.80 vs 1.45 ms
- * loses; 2^18 (B=1, H=256) 2.77 vs 3.26 ms and B=8, H=512 38.8 vs 46.7 ms gain.  But with
- * another thread pool spinning on the machine (OpenBLAS' idle workers after a
- * multi-threaded call, or torch's OpenMP pool in the same process) a per-step barrier
- * waits for a descheduled thread: whole scheduler slices per step (SimpleRNN B=8 forward
- * 8.0 ms instead of 0.9 ms in the benchmark), hence one thread by default. */
-#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 18)
+/* Per-step multiply-adds from which a time loop with too few rows to split by rows splits
+ * its units (a barrier per step).  Measured on this 2-vCPU machine with the AVX2 tiles
+ * (LSTM float32, T=100, nothing else running): 2^17 (B=8, H=64) 1.80 vs 1.45 ms on one
+ * thread loses; 2^18 (B=1, H=256) 2.77 vs 3.26 ms and B=8, H=512 38.8 vs 46.7 ms gain.
+ * But any other spinning thread pool (torch's OpenMP pool in the same process, another
+ * program) makes the barrier wait for a descheduled thread, a scheduler slice per step;
+ * so by default only very large steps split by units (in practice: batch 1-3, H >= 2048). */
+#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 24)
 /* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: on
  * CPUs without AVX2, many rows with enough work (measured at B=32, H=256 with the generic
  * tiles).  The AVX2 tiles beat the per-step GEMM at every grid size measured (LSTM B=32,
@@ -99,14 +97,55 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
     return batch >= FRNN_BLAS_STEP_MIN_ROWS && macs_per_step >= FRNN_BLAS_STEP_MIN_MACS;
 }
 
-/* Threads for a fused time loop over nb unit blocks with `macs` multiply-adds per step. */
-static inline int frnn_pick_threads(ptrdiff_t nb, ptrdiff_t macs) {
-    int nt = frnn_get_num_threads();
-    if (nt > nb) nt = (int)nb;
-    long long min_macs = frnn_override_split_min_macs();
-    if (min_macs < 0) min_macs = FRNN_PARALLEL_MIN_MACS;
-    if (macs < min_macs || nt < 1) nt = 1;
-    return nt;
+/* Multiply-adds below which a GEMM outside the time loop stays on one thread (~5 us). */
+#define FRNN_GEMM_SPLIT_MIN_MACS ((ptrdiff_t)1 << 18)
+
+/* Batch rows per thread below which a time loop is not split by rows, and per-step
+ * multiply-adds below which it is not split by rows (a parallel region costs a few us). */
+#define FRNN_ROW_SPLIT_MIN_ROWS 2
+#define FRNN_ROW_SPLIT_MIN_MACS ((ptrdiff_t)1 << 16)
+
+/* How a fused time loop shares its work between threads.
+ *   by_rows: each thread runs the whole loop for its own batch rows.  Rows never interact,
+ *     so the threads never wait for each other: robust when other thread pools compete
+ *     for the cores.  Needs FRNN_ROW_SPLIT_MIN_ROWS rows per thread.
+ *   else: each thread owns a range of unit blocks for every row and the threads meet at a
+ *     barrier per step (h_t needs every unit of h_{t-1}); only for few rows and big steps. */
+typedef struct {
+    int threads;
+    int by_rows;
+} frnn_split;
+
+static inline frnn_split frnn_pick_split(ptrdiff_t batch, ptrdiff_t nb, ptrdiff_t macs) {
+    frnn_split s = {frnn_get_num_threads(), 1};
+    const int forced_by = frnn_override_split_by();
+    const long long forced_min = frnn_override_split_min_macs();
+    s.by_rows = forced_by >= 0 ? forced_by : batch >= 2 * FRNN_ROW_SPLIT_MIN_ROWS;
+    const ptrdiff_t most = s.by_rows ? batch / (forced_by == 1 ? 1 : FRNN_ROW_SPLIT_MIN_ROWS) : nb;
+    if (s.threads > most) s.threads = (int)most;
+    const long long min_macs = forced_min >= 0 ? forced_min
+                               : s.by_rows ? FRNN_ROW_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS;
+    if (macs < min_macs || s.threads < 1) s.threads = 1;
+    return s;
+}
+
+/* The share of thread tid (of team) under split s: rows [b0, b1) and unit blocks
+ * [jb0, jb1) of nb. */
+typedef struct {
+    ptrdiff_t b0, b1, jb0, jb1;
+} frnn_share;
+
+static inline frnn_share frnn_thread_share(frnn_split s, ptrdiff_t batch, ptrdiff_t nb, int tid,
+                                           int team) {
+    frnn_share p = {0, batch, 0, nb};
+    if (s.by_rows) {
+        p.b0 = batch * tid / team;
+        p.b1 = batch * (tid + 1) / team;
+    } else {
+        p.jb0 = nb * tid / team;
+        p.jb1 = nb * (tid + 1) / team;
+    }
+    return p;
 }
 
 #endif

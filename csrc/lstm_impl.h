@@ -100,7 +100,8 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (chunk > T) chunk = T;
     }
     const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
-    const int nt = frnn_pick_threads(nb, B * H * G4);
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G4);
+    const int nt = split.threads;
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     REAL *packed = blas_steps ? frnn_alloc(1, sizeof(REAL))
                               : frnn_alloc((size_t)(nb * H * 4 * VWF), sizeof(REAL));
@@ -156,21 +157,29 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
             const int tid = frnn_thread_id();
-            const ptrdiff_t jb0 = nb * tid / nt, jb1 = nb * (tid + 1) / nt;
-            const ptrdiff_t j0 = jb0 * VWF, j1 = jb1 * VWF < H ? jb1 * VWF : H;
+            const frnn_share p = frnn_thread_share(split, B, nb, tid, frnn_team_size());
+            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VWF, j1 = p.jb1 * VWF < H ? p.jb1 * VWF : H;
+            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+            rows.batch = p.b1 - p.b0;
             REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VWF;
             for (ptrdiff_t t = t0; t < t1; ++t) {
-                REAL *z_t = z_chunk + (t - t0) * B * G4;
-                const REAL *h_prev = h_buf[t & 1];
-                SFX(recurrent_matmul_g4)(packed, H, B, rec_mask ? hd_buf[t & 1] : h_prev, z_t,
-                                         G4, jb0, jb1);
-                SFX(lstm_step_pointwise)(d, z_t, h_prev, h_buf[(t + 1) & 1], c_n,
-                                         mask ? mask_tm + t * B : NULL,
-                                         outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
-                                         training ? c_states + t * B * H : NULL,
-                                         training ? h_states + t * B * H : NULL, rec_mask,
-                                         rec_mask ? hd_buf[(t + 1) & 1] : NULL, my_scratch, j0, j1);
+                REAL *z_t = z_chunk + ((t - t0) * B + b0) * G4;
+                const REAL *h_prev = h_buf[t & 1] + b0 * H;
+                SFX(recurrent_matmul_g4)(packed, H, rows.batch,
+                                         rec_mask ? hd_buf[t & 1] + b0 * H : h_prev, z_t, G4,
+                                         p.jb0, p.jb1);
+                SFX(lstm_step_pointwise)(
+                    &rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H, c_n + b0 * H,
+                    mask ? mask_tm + t * B + b0 : NULL,
+                    outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL, os.stride_b,
+                    training ? c_states + (t * B + b0) * H : NULL,
+                    training ? h_states + (t * B + b0) * H : NULL,
+                    rec_mask ? rec_mask + b0 * H : NULL,
+                    rec_mask ? hd_buf[(t + 1) & 1] + b0 * H : NULL, my_scratch, j0, j1);
+                /* split by units: h_t needs every thread's units before the next step */
+                if (!split.by_rows) {
 #pragma omp barrier
+                }
             }
         }
     }
@@ -269,7 +278,8 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     if (T == 0 || B == 0) return FRNN_OK;
 
     const ptrdiff_t nb = SFX(unit_blocks)(H);
-    const int nt = frnn_pick_threads(nb, B * H * G4);
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G4);
+    const int nt = split.threads;
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     REAL *dz = frnn_alloc((size_t)(T * B * G4), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
@@ -308,20 +318,28 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int tid = frnn_thread_id();
-        const ptrdiff_t jb0 = nb * tid / nt, jb1 = nb * (tid + 1) / nt;
-        const ptrdiff_t j0 = jb0 * VW, j1 = jb1 * VW < H ? jb1 * VW : H;
+        const frnn_share p = frnn_thread_share(split, B, nb, tid, frnn_team_size());
+        const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
+        frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+        rows.batch = p.b1 - p.b0;
         REAL *tc = scratch + (ptrdiff_t)(2 * tid) * nb * VW, *dtc = tc + nb * VW;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
-            const REAL *c_prev = t > 0 ? c_states + (t - 1) * B * H : c0;
-            REAL *dz_t = dz + t * B * G4;
-            SFX(lstm_step_backward_pointwise)(d, gates + t * B * G4, c_states + t * B * H, c_prev,
-                                              mask_cache ? mask_cache + t * B : NULL,
-                                              d_outputs ? d_outputs + t * dos.stride_t : NULL,
-                                              dos.stride_b, d_h0, d_c0, dz_t, tc, dtc, j0, j1);
+            const REAL *c_prev = t > 0 ? c_states + ((t - 1) * B + b0) * H : c0 ? c0 + b0 * H : NULL;
+            REAL *dz_t = dz + (t * B + b0) * G4;
+            SFX(lstm_step_backward_pointwise)(
+                &rows, gates + (t * B + b0) * G4, c_states + (t * B + b0) * H, c_prev,
+                mask_cache ? mask_cache + t * B + b0 : NULL,
+                d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
+                dos.stride_b, d_h0 + b0 * H, d_c0 + b0 * H, dz_t, tc, dtc, j0, j1);
+            /* split by units: dh_{t-1} needs every column of dZ_t */
+            if (!split.by_rows) {
 #pragma omp barrier
-            /* dh_{t-1} += (dZ_t U^T) * rec_mask, for the owned units; every dZ_t column is
-             * final after the barrier, and the next step writes dZ_{t-1} elsewhere. */
-            SFX(recurrent_matmul_t)(packed_t, H, G4, B, dz_t, G4, rec_mask, d_h0, jb0, jb1);
+            }
+            /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
+             * writes dZ_{t-1} elsewhere. */
+            SFX(recurrent_matmul_t)(packed_t, H, G4, rows.batch, dz_t, G4,
+                                    rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, p.jb0,
+                                    p.jb1);
         }
     }
 

@@ -5,7 +5,7 @@
  * op(A) is m x k: A is m x k (lda >= k) or, transposed, k x m (lda >= m); likewise B.
  * Row-major C is column-major C^T, so we ask BLAS for C^T = op(B)^T op(A)^T.
  * m (rows) may exceed INT_MAX: the product is split into row blocks. */
-static int SFX(gemm_rm)(const frnn_blas *blas, int trans_a, int trans_b,
+static int SFX(gemm_rm_serial)(const frnn_blas *blas, int trans_a, int trans_b,
                         ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, REAL alpha,
                         const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb,
                         REAL beta, REAL *c, ptrdiff_t ldc) {
@@ -26,6 +26,51 @@ static int SFX(gemm_rm)(const frnn_blas *blas, int trans_a, int trans_b,
              c + row * ldc, &ldc_i);
     }
     return FRNN_OK;
+}
+
+/* gemm_rm_serial's product split over the kernels' threads: each thread computes a band
+ * of C's rows (or, when C is wider than tall, of its columns) with a serial BLAS call.
+ * Why not BLAS' own threads: the Python layer runs BLAS single-threaded during kernel
+ * calls (fusedrnn/_threads.py), because OpenBLAS' idle workers keep spinning for a while
+ * after a call and stole a core from the fused time loops (measured up to 8x slower).
+ * Call it outside parallel regions; small products run serially. */
+static int SFX(gemm_rm)(const frnn_blas *blas, int trans_a, int trans_b,
+                        ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, REAL alpha,
+                        const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb,
+                        REAL beta, REAL *c, ptrdiff_t ldc) {
+    int nt = frnn_get_num_threads();
+    if (nt < 2 || (double)m * (double)n * (double)k < (double)FRNN_GEMM_SPLIT_MIN_MACS)
+        return SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    const int by_rows = m >= n;
+    const ptrdiff_t len = by_rows ? m : n;
+    if (nt > len) nt = (int)len;
+    int status = FRNN_OK;
+#pragma omp parallel num_threads(nt)
+    {
+        /* nt fixed bands whatever team the runtime grants (it may grant fewer threads when
+         * several Python threads run kernels at once): results never depend on timing. */
+        for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
+            /* bands start on multiples of 16 elements so column bands stay cache-line aligned */
+            const ptrdiff_t lo = (len * band / nt) & ~(ptrdiff_t)15;
+            const ptrdiff_t hi = band + 1 == nt ? len : (len * (band + 1) / nt) & ~(ptrdiff_t)15;
+            int st = FRNN_OK;
+            if (hi > lo) {
+                if (by_rows)
+                    st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, hi - lo, n, k, alpha,
+                                             trans_a ? a + lo : a + lo * lda, lda, b, ldb, beta,
+                                             c + lo * ldc, ldc);
+                else
+                    st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, hi - lo, k, alpha, a,
+                                             lda, trans_b ? b + lo * ldb : b + lo, ldb, beta,
+                                             c + lo, ldc);
+            }
+            if (st) {
+#pragma omp atomic write
+                status = st;
+            }
+        }
+    }
+    return status;
 }
 
 /* Copy the input of processing steps [t0, t1) into a time-major (t1-t0, B, I) buffer. */

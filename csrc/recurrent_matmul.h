@@ -177,7 +177,6 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
 #define FV_BCAST _mm256_broadcast_ss
 #define FV_FMA _mm256_fmadd_ps
 #define FV_ADD _mm256_add_ps
-#define FV_MUL _mm256_mul_ps
 #define FV_ZERO _mm256_setzero_ps
 #else
 #define FV __m256d
@@ -186,7 +185,6 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
 #define FV_BCAST _mm256_broadcast_sd
 #define FV_FMA _mm256_fmadd_pd
 #define FV_ADD _mm256_add_pd
-#define FV_MUL _mm256_mul_pd
 #define FV_ZERO _mm256_setzero_pd
 #endif
 #define FV_LANES ((ptrdiff_t)(32 / sizeof(REAL))) /* == VWF: one vector per gate per block */
@@ -389,7 +387,6 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #undef FV_BCAST
 #undef FV_FMA
 #undef FV_ADD
-#undef FV_MUL
 #undef FV_ZERO
 #undef FV_LANES
 #undef FRNN_UNROLL

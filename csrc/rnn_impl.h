@@ -69,6 +69,9 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
      * 4-row x 64-byte tiles measured 41 GFLOP/s against 11 for the one-gate forward tiles. */
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
+    /* split by batch rows only: a unit split would need h double-buffered */
+    frnn_split split = frnn_pick_split(B, nb, B * H * H);
+    if (!use_tiles || !split.by_rows) split.threads = 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
     REAL *u_t = use_tiles ? frnn_alloc((size_t)(H * H), sizeof(REAL)) : NULL;
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
@@ -98,6 +101,33 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, bias, z_chunk);
         if (status) goto done;
+        if (split.threads > 1) {
+#pragma omp parallel num_threads(split.threads)
+            {
+                const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
+                                                       frnn_team_size());
+                const ptrdiff_t b0 = p.b0;
+                frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+                rows.batch = p.b1 - p.b0;
+                REAL *h_rows = h_n + b0 * H; /* read whole, then updated, by this thread only */
+                for (ptrdiff_t t = t0; t < t1; ++t) {
+                    REAL *z_t = z_chunk + ((t - t0) * B + b0) * H;
+                    const REAL *h_in = h_rows;
+                    if (rec_mask) {
+                        REAL *hd = h_dropped + b0 * H;
+                        const REAL *m = rec_mask + b0 * H;
+                        for (ptrdiff_t k = 0; k < rows.batch * H; ++k) hd[k] = h_rows[k] * m[k];
+                        h_in = hd;
+                    }
+                    SFX(recurrent_matmul_t)(packed, H, H, rows.batch, h_in, H, NULL, z_t, 0, nb);
+                    SFX(rnn_step_pointwise)(
+                        &rows, z_t, h_rows, mask ? mask_tm + t * B + b0 : NULL,
+                        outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL,
+                        os.stride_b, training);
+                }
+            }
+            continue;
+        }
         for (ptrdiff_t t = t0; t < t1; ++t) {
             REAL *z_t = z_chunk + (t - t0) * B * H;
             const REAL *h_in = h_n;
@@ -185,21 +215,43 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         goto done;
     }
     if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 1, packed_t);
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        REAL *dz_t = dz + t * B * H;
-        SFX(rnn_step_backward_pointwise)(d, h_states + t * B * H,
-                                         mask_cache ? mask_cache + t * B : NULL,
-                                         d_outputs ? d_outputs + t * dos.stride_t : NULL,
-                                         dos.stride_b, d_h0, dz_t);
-        if (packed_t) { /* dh_{t-1} += (dz_t U^T) * m */
-            SFX(recurrent_matmul_t)(packed_t, H, H, B, dz_t, H, rec_mask, d_h0, 0, nb);
-        } else if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
-            status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 0, dh_step, H);
-            for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += rec_mask[k] * dh_step[k];
-        } else {
-            status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 1, d_h0, H);
+    frnn_split split = frnn_pick_split(B, nb, B * H * H);
+    if (!packed_t || !split.by_rows) split.threads = 1;
+    if (split.threads > 1) { /* each thread runs the whole loop for its own batch rows */
+#pragma omp parallel num_threads(split.threads)
+        {
+            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
+                                                   frnn_team_size());
+            const ptrdiff_t b0 = p.b0;
+            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+            rows.batch = p.b1 - p.b0;
+            for (ptrdiff_t t = T - 1; t >= 0; --t) {
+                REAL *dz_t = dz + (t * B + b0) * H;
+                SFX(rnn_step_backward_pointwise)(
+                    &rows, h_states + (t * B + b0) * H, mask_cache ? mask_cache + t * B + b0 : NULL,
+                    d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
+                    dos.stride_b, d_h0 + b0 * H, dz_t);
+                SFX(recurrent_matmul_t)(packed_t, H, H, rows.batch, dz_t, H,
+                                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, 0, nb);
+            }
         }
-        if (status) goto done;
+    } else { /* one thread */
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            REAL *dz_t = dz + t * B * H;
+            SFX(rnn_step_backward_pointwise)(d, h_states + t * B * H,
+                                             mask_cache ? mask_cache + t * B : NULL,
+                                             d_outputs ? d_outputs + t * dos.stride_t : NULL,
+                                             dos.stride_b, d_h0, dz_t);
+            if (packed_t) { /* dh_{t-1} += (dz_t U^T) * m */
+                SFX(recurrent_matmul_t)(packed_t, H, H, B, dz_t, H, rec_mask, d_h0, 0, nb);
+            } else if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 0, dh_step, H);
+                for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += rec_mask[k] * dh_step[k];
+            } else {
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 1, d_h0, H);
+            }
+            if (status) goto done;
+        }
     }
     const ptrdiff_t TB = T * B;
     status = SFX(gemm_rm)(blas, 1, 0, I, H, TB, 1, x_cache, I, dz, H, 0, d_kernel, H);

@@ -5,10 +5,8 @@
 #include <omp.h>
 #endif
 
-/* 0 = one per core.  The default is 1: on the 2-vCPU machines measured, splitting the time
- * loop over two threads with a barrier per step was slower at every size tried (see
- * FRNN_PARALLEL_MIN_MACS); fusedrnn.set_num_threads(n) opts in. */
-static _Atomic int frnn_requested_threads = 1;
+/* 0 = one per core (the default); see frnn_pick_split for when a time loop uses them. */
+static _Atomic int frnn_requested_threads = 0;
 
 void frnn_set_num_threads(int n) { frnn_requested_threads = n > 0 ? n : 0; }
 
@@ -29,15 +27,17 @@ int frnn_has_openmp(void) {
 #endif
 }
 
-static _Atomic int frnn_simd_choice = -1, frnn_blas_steps_choice = -1;
+static _Atomic int frnn_simd_choice = -1, frnn_blas_steps_choice = -1, frnn_split_by_choice = -1;
 static _Atomic long long frnn_split_min_choice = -1;
 
-void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs) {
+void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by) {
+    frnn_split_by_choice = split_by < 0 ? -1 : split_by != 0;
     frnn_simd_choice = simd < 0 ? -1 : simd != 0;
     frnn_blas_steps_choice = blas_steps < 0 ? -1 : blas_steps != 0;
     frnn_split_min_choice = split_min_macs < 0 ? -1 : split_min_macs;
 }
 int frnn_override_simd(void) { return frnn_simd_choice; }
+int frnn_override_split_by(void) { return frnn_split_by_choice; }
 int frnn_override_blas_steps(void) { return frnn_blas_steps_choice; }
 long long frnn_override_split_min_macs(void) { return frnn_split_min_choice; }
 

@@ -1,7 +1,8 @@
 """Every per-step product path of every cell agrees with the reference: the packed tiles
 (AVX2+FMA micro-kernels where the CPU has them, and the generic C tiles, forced), the BLAS
 GEMM per step (forced: on AVX2 CPUs the tiles are always chosen), each with the time loop
-on one thread and with its units split over two threads (forced from the smallest size)."""
+on one thread, split over two threads by batch rows, and split by units (the splits forced
+from the smallest size)."""
 import contextlib
 
 import numpy as np
@@ -28,9 +29,15 @@ PATHS = {
 }
 
 
+# name -> (threads, split_by): one thread; two threads each running the loop for its own
+# batch rows; two threads owning units of every row, meeting at a barrier per step
+THREADING = {"one_thread": (1, -1), "split_rows": (2, 1), "split_units": (2, 0)}
+
+
 @contextlib.contextmanager
-def kernel_paths(split_min_macs=-1, **choice):
-    previous = _kernels.set_path_overrides(split_min_macs=split_min_macs, **choice)
+def kernel_paths(split_min_macs=-1, split_by=-1, **choice):
+    previous = _kernels.set_path_overrides(split_min_macs=split_min_macs, split_by=split_by,
+                                           **choice)
     try:
         yield
     finally:
@@ -43,10 +50,10 @@ def test_this_machine_reports_its_simd_path():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threading", sorted(THREADING))
 @pytest.mark.parametrize("batch,units", SHAPES)
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_paths_match_reference(rng, cell, batch, units, threads, path, dtype):
+def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype):
     gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
     steps, features = 5, 3
     x = rng.standard_normal((batch, steps, features))
@@ -57,7 +64,9 @@ def test_paths_match_reference(rng, cell, batch, units, threads, path, dtype):
     d_out = rng.standard_normal((batch, steps, units))
     kwargs = dict(extra, mask=mask, training=True)
     arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, d_out)]
-    with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, **PATHS[path]):
+    threads, split_by = THREADING[threading]
+    with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
+                                                 **PATHS[path]):
         got = fwd(*arrays[:4], **kwargs)
         got_grads = bwd(got.cache, arrays[4])
     # the reference in float64 on the same (rounded) inputs

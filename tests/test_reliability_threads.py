@@ -168,8 +168,13 @@ FORK_SCRIPT = """
         return out.outputs, g.kernel
 
     names = sys.argv[1:]
-    parent = [run(name) for name in names]
+    parallel = [run(name) for name in names]  # starts the OpenMP and OpenBLAS pools here
     parent_loop_threads = _threads._loop_threads()
+    assert parent_loop_threads == 2, parent_loop_threads
+    # what the child computes: fused loops on one thread (the split changes the last bits)
+    fusedrnn._kernels.set_kernel_threads(1)
+    parent = [run(name) for name in names]
+    fusedrnn._kernels.set_kernel_threads(parent_loop_threads)
 
     def child(queue):
         fusedrnn.set_num_threads(2)  # the fused loops stay on one thread in a forked child

@@ -1,20 +1,20 @@
 """How many threads the fused kernels use.
 
-The kernels run on two kinds of threads, one after the other, never nested:
-  - BLAS (scipy's, OpenBLAS in the wheels) for the big GEMMs: the input projection of
-    many steps at once and the weight gradients after the time loop;
-  - the kernels' own OpenMP team for the fused time loop (when built with OpenMP), each
-    thread owning a range of units; a problem too small to gain from it runs on one.
-This module sets both to the same count: BLAS through threadpoolctl, the time loop through
-fusedrnn._kernels.  Since the two never run at the same time, n threads means at most n
-busy threads, with no oversubscription.
+The kernels own their threads: one OpenMP team (when built with OpenMP) runs
+  - the big GEMMs (the input projection of many steps at once, the weight gradients after
+    the time loop), each split into bands of rows or columns with one serial BLAS call per
+    thread (scipy's OpenBLAS in the wheels);
+  - the fused time loop: with enough batch rows each thread runs the whole loop for its own
+    rows (rows never interact, so the threads never wait for each other); with few rows
+    and very large steps each owns a range of units and they meet at a barrier per step;
+    small steps run on one thread (csrc/internal.h: frnn_pick_split).
+So SciPy's BLAS, the one the kernels call, is pinned to one thread when fusedrnn.ops is
+imported (see _pin_kernel_blas: OpenBLAS' spinning idle workers stole a core from the time
+loop).  n kernel threads therefore means at most n busy threads, with no oversubscription.
 
-Default (before any call): BLAS uses all cores; the fused time loop runs on one thread,
-because on the 2-vCPU machines measured a per-step barrier between two threads cost more
-than the split saved at every benchmarked size (csrc/internal.h has the numbers).
-set_num_threads(n) / threads(n) set both to n.  BLAS honours ``OPENBLAS_NUM_THREADS`` /
-``OMP_NUM_THREADS`` if set; nothing is changed until you call :func:`set_num_threads` or
-enter :func:`threads`.
+Default: all cores the process may run on.  set_num_threads(n) / threads(n) set the kernel
+team to n and every other BLAS in the process (NumPy's) to n too; SciPy's stays pinned.
+Other BLAS libraries honour ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` if set.
 
 Counts follow scikit-learn's ``n_threads`` convention: a positive int is that many threads,
 ``-1`` means all cores, ``-2`` all but one, and so on (never fewer than one); ``None``
@@ -25,8 +25,10 @@ run on one thread, because the GNU OpenMP runtime cannot start threads there; BL
 its count.  Use the "spawn" or "forkserver" start method for parallel loops in workers.
 
 The cap is process-wide, like BLAS' own setting: the BLAS part applies to every BLAS
-library loaded in the process (NumPy's and SciPy's), so NumPy matrix products made while it is in force
-are capped too.  :func:`threads` restores the previous counts on exit; in a program whose
+library loaded in the process, so NumPy matrix products made while it is in force are
+capped too (SciPy's BLAS runs on one thread whenever fusedrnn.ops is loaded; a
+threadpoolctl limit applied to it directly unpins it and slows the kernels down).
+:func:`threads` restores the previous counts on exit; in a program whose
 threads enter ``threads()`` concurrently, the innermost exit wins, so prefer one
 :func:`set_num_threads` at start-up there.
 """
@@ -83,6 +85,44 @@ def _blas_pools():
 
             _controller = ThreadpoolController()
         return _controller.select(user_api="blas")
+
+
+def _kernel_blas_libraries() -> list:
+    """threadpoolctl controllers of the BLAS libraries the kernels call (cached): every BLAS
+    in the process except a copy private to NumPy's wheel (numpy.libs), which the kernels
+    never call (they use SciPy's)."""
+    global _kernel_blas_cache
+    with _lock:
+        if _kernel_blas_cache is None:
+            import numpy
+
+            numpy_dir = os.path.dirname(os.path.abspath(numpy.__file__))
+            private = (numpy_dir + os.sep, numpy_dir + ".libs" + os.sep)
+            _kernel_blas_cache = [
+                lib for lib in _blas_pools().lib_controllers
+                if not os.path.abspath(lib.filepath).startswith(private)
+            ]
+        return _kernel_blas_cache
+
+
+_kernel_blas_cache = None
+
+
+def _pin_kernel_blas() -> None:
+    """Run the BLAS the kernels call on one thread, for good.
+
+    The kernels split their GEMMs over their own threads and call BLAS serially from each.
+    A multi-threaded BLAS call would leave OpenBLAS workers spinning for a while afterwards
+    (~0.1 s), and on a 2-core machine those spinning workers stole a core from the fused
+    time loop (measured: LSTM B=1, H=128 forward 8.0 ms instead of 0.9 ms).  Pinning it per
+    call instead did not work: OpenBLAS 0.3.30 ignored a count set from a thread other than
+    the main one (results showed a multi-threaded GEMM), so the pin is set once, at import,
+    and kept by set_num_threads/threads.  With NumPy's wheels this is SciPy's OpenBLAS
+    only; NumPy's own BLAS keeps its threads."""
+    with _lock:
+        for lib in _kernel_blas_libraries():
+            if lib.num_threads != 1:
+                lib.set_num_threads(1)
 
 
 def _runtime():
@@ -142,6 +182,7 @@ def set_num_threads(n: Optional[int]) -> None:
     count = _resolve(n)
     with _lock:
         _blas_pools().limit(limits=count)
+        _pin_kernel_blas()
         _set_loop_threads(count)
 
 
@@ -157,10 +198,12 @@ def threads(n: Optional[int]) -> Iterator[int]:
     with _lock:
         previous_loop = _loop_threads()
         limiter = _blas_pools().limit(limits=count)
+        _pin_kernel_blas()
         _set_loop_threads(count)
     try:
         yield count
     finally:
         with _lock:
             limiter.restore_original_limits()
+            _pin_kernel_blas()
             _set_loop_threads(previous_loop)

@@ -256,6 +256,7 @@ class thread_limits:
         self.use_torch = use_torch
         self._limiter = None
         self._torch_threads = None
+        self._kernel_threads = None
 
     def __enter__(self):
         import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS the kernels call)
@@ -267,10 +268,21 @@ class thread_limits:
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
         self._limiter = threadpool_limits(limits=self.threads)
+        # fusedrnn's kernels split their GEMMs and loops over their own `threads` threads,
+        # calling SciPy's BLAS serially from each (threadpool_limits just unpinned it)
+        from . import _threads
+
+        self._kernel_threads = _threads._loop_threads()
+        _threads._pin_kernel_blas()
+        _threads._set_loop_threads(self.threads)
         return self
 
     def __exit__(self, *exc):
+        from . import _threads
+
         self._limiter.restore_original_limits()
+        _threads._pin_kernel_blas()
+        _threads._set_loop_threads(self._kernel_threads)
         if self._torch_threads is not None:
             import torch
 

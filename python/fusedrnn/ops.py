@@ -17,6 +17,9 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as v
+from ._threads import _pin_kernel_blas
+
+_pin_kernel_blas()  # the kernels split their GEMMs over their own threads: see _threads.py
 _lstm_forward_kernel = _kernels.lstm_forward
 _lstm_backward_kernel = _kernels.lstm_backward
 
