@@ -435,16 +435,8 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     int status = frnn_check_dims(d, 3);
     if (status) return status;
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G3 = 3 * H;
-    const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
-
-    if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
-    else memset(d_h0, 0, state_bytes);
-    memset(d_kernel, 0, (size_t)(I * G3) * sizeof(REAL));
-    memset(d_recurrent, 0, (size_t)(H * G3) * sizeof(REAL));
-    if (d_bias) memset(d_bias, 0, (size_t)((reset_after ? 2 : 1) * G3) * sizeof(REAL));
-    for (ptrdiff_t s = 0; s < T; ++s)
-        for (ptrdiff_t b = 0; b < B; ++b)
-            memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
+    SFX(backward_prologue)(d, G3, (reset_after ? 2 : 1) * G3, d_h_n, d_h0, d_kernel, d_recurrent,
+                           d_bias, dx, dxs);
     if (T == 0 || B == 0) return FRNN_OK;
 
     /* dz: gradient w.r.t. the recurrent projection R (reset_after=1) or w.r.t. all gate
@@ -586,12 +578,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dxh, H, kernel + 2 * H, G3, 1, dx_tm, I);
         if (status) goto done;
     }
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        ptrdiff_t s = frnn_input_step(d, t);
-        for (ptrdiff_t b = 0; b < B; ++b)
-            memcpy(dx + b * dxs.stride_b + s * dxs.stride_t, dx_tm + (t * B + b) * I,
-                   (size_t)I * sizeof(REAL));
-    }
+    SFX(scatter_dx)(d, dx_tm, dx, dxs);
 done:
     free(dz);
     free(dxh);

@@ -263,18 +263,9 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     int status = frnn_check_dims(d, 4);
     if (status) return status;
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G4 = 4 * H;
-    const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
-
-    if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
-    else memset(d_h0, 0, state_bytes);
-    if (d_c_n) memcpy(d_c0, d_c_n, state_bytes);
-    else memset(d_c0, 0, state_bytes);
-    memset(d_kernel, 0, (size_t)(I * G4) * sizeof(REAL));
-    memset(d_recurrent, 0, (size_t)(H * G4) * sizeof(REAL));
-    if (d_bias) memset(d_bias, 0, (size_t)G4 * sizeof(REAL));
-    for (ptrdiff_t s = 0; s < T; ++s)
-        for (ptrdiff_t b = 0; b < B; ++b)
-            memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
+    SFX(backward_prologue)(d, G4, G4, d_h_n, d_h0, d_kernel, d_recurrent, d_bias, dx, dxs);
+    if (d_c_n) memcpy(d_c0, d_c_n, (size_t)(B * H) * sizeof(REAL));
+    else memset(d_c0, 0, (size_t)(B * H) * sizeof(REAL));
     if (T == 0 || B == 0) return FRNN_OK;
 
     const ptrdiff_t nb = SFX(unit_blocks)(H);
@@ -371,12 +362,7 @@ weights:
     if (d_bias) SFX(column_sums)(dz, T * B, G4, d_bias);
     status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, G4, kernel, G4, 0, dx_tm, I);
     if (status) goto done;
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        ptrdiff_t s = frnn_input_step(d, t);
-        for (ptrdiff_t b = 0; b < B; ++b)
-            memcpy(dx + b * dxs.stride_b + s * dxs.stride_t, dx_tm + (t * B + b) * I,
-                   (size_t)I * sizeof(REAL));
-    }
+    SFX(scatter_dx)(d, dx_tm, dx, dxs);
 done:
     free(dz);
     free(dx_tm);

@@ -85,6 +85,37 @@ static void SFX(gather_steps)(const frnn_dims *d, const REAL *x, frnn_seq_stride
     }
 }
 
+/* Start of every backward pass: dh0 = d_h_n (or 0), the weight gradients zeroed (kernel
+ * (I, cols), recurrent (H, cols), bias (bias_len,) or NULL) and dx zeroed, so that an empty
+ * problem (T = 0 or B = 0) returns consistent gradients. */
+static void SFX(backward_prologue)(const frnn_dims *d, ptrdiff_t cols, ptrdiff_t bias_len,
+                                   const REAL *d_h_n, REAL *d_h0, REAL *d_kernel,
+                                   REAL *d_recurrent, REAL *d_bias, REAL *dx,
+                                   frnn_seq_strides dxs) {
+    const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
+    const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
+    if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
+    else memset(d_h0, 0, state_bytes);
+    memset(d_kernel, 0, (size_t)(I * cols) * sizeof(REAL));
+    memset(d_recurrent, 0, (size_t)(H * cols) * sizeof(REAL));
+    if (d_bias) memset(d_bias, 0, (size_t)bias_len * sizeof(REAL));
+    for (ptrdiff_t s = 0; s < T; ++s)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
+}
+
+/* dx (caller's layout) from the time-major (T, B, I) dx_tm in processing order. */
+static void SFX(scatter_dx)(const frnn_dims *d, const REAL *dx_tm, REAL *dx,
+                            frnn_seq_strides dxs) {
+    const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size;
+    for (ptrdiff_t t = 0; t < T; ++t) {
+        ptrdiff_t s = frnn_input_step(d, t);
+        for (ptrdiff_t b = 0; b < B; ++b)
+            memcpy(dx + b * dxs.stride_b + s * dxs.stride_t, dx_tm + (t * B + b) * I,
+                   (size_t)I * sizeof(REAL));
+    }
+}
+
 /* Zero the gathered input rows of masked steps (mask_tm (T,B) in processing order, or
  * NULL): padding under a mask may hold NaN/Inf, which would otherwise reach dW = X^T dZ
  * (0 * NaN = NaN) even though the step is skipped. */

@@ -190,16 +190,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     int status = frnn_check_dims(d, 1);
     if (status) return status;
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
-    const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
-
-    if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
-    else memset(d_h0, 0, state_bytes);
-    memset(d_kernel, 0, (size_t)(I * H) * sizeof(REAL));
-    memset(d_recurrent, 0, (size_t)(H * H) * sizeof(REAL));
-    if (d_bias) memset(d_bias, 0, (size_t)H * sizeof(REAL));
-    for (ptrdiff_t s = 0; s < T; ++s)
-        for (ptrdiff_t b = 0; b < B; ++b)
-            memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
+    SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias, dx, dxs);
     if (T == 0 || B == 0) return FRNN_OK;
 
     REAL *dz = frnn_alloc((size_t)(T * B * H), sizeof(REAL));
@@ -276,12 +267,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     if (d_bias) SFX(column_sums)(dz, TB, H, d_bias);
     status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, H, kernel, H, 0, dx_tm, I);
     if (status) goto done;
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        ptrdiff_t s = frnn_input_step(d, t);
-        for (ptrdiff_t b = 0; b < B; ++b)
-            memcpy(dx + b * dxs.stride_b + s * dxs.stride_t, dx_tm + (t * B + b) * I,
-                   (size_t)I * sizeof(REAL));
-    }
+    SFX(scatter_dx)(d, dx_tm, dx, dxs);
 done:
     free(dz);
     free(dx_tm);

@@ -11,7 +11,9 @@ import pytest
 
 from fusedrnn import ops
 from fusedrnn import reference as ref
-from helpers import assert_close, numerical_gradient, require
+from helpers import (assert_close, cast_problem, numerical_gradient, require,
+                     run_kernel_and_reference)
+from helpers import upstream_gradients as shared_upstream_gradients
 
 GRAD_FIELDS = ("x", "kernel", "recurrent_kernel", "bias", "h0")
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -70,26 +72,17 @@ def make_problem(rng, batch, steps, features, units, *, reset_after=True, bias=T
     )
 
 
-def cast(problem: dict, dtype) -> dict:
-    return {k: None if v is None else np.asarray(v, dtype) for k, v in problem.items()}
+cast = cast_problem
 
 
 def upstream_gradients(rng, batch, steps, units, which: str):
-    """(d_outputs, d_h_n); `which` picks the given ones ("o", "h"), others None."""
-    d_outputs = rng.standard_normal((batch, steps, units)) if "o" in which else None
-    d_h_n = rng.standard_normal((batch, units)) if "h" in which else None
-    return d_outputs, d_h_n
+    return shared_upstream_gradients(rng, batch, steps, units, which)
 
 
 def run_both(problem, dtype, upstream, **options):
     """Kernel in dtype, reference in float64 on the dtype-rounded inputs."""
-    kernel_in = cast(problem, dtype)
-    reference_in = cast(kernel_in, np.float64)
-    k_out = ops.gru_forward(**kernel_in, training=True, **options)
-    r_out = ref.gru_forward(**reference_in, training=True, **options)
-    k_up = [None if g is None else g.astype(dtype) for g in upstream]
-    r_up = [None if g is None else g.astype(np.float64) for g in k_up]
-    return k_out, ops.gru_backward(k_out.cache, *k_up), r_out, ref.gru_backward(r_out.cache, *r_up)
+    return run_kernel_and_reference(ops.gru_forward, ops.gru_backward, ref.gru_forward,
+                                    ref.gru_backward, problem, dtype, upstream, **options)
 
 
 def assert_matches_reference(k_out, k_grads, r_out, r_grads, dtype):

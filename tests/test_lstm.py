@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from fusedrnn import ops
 from fusedrnn import reference as ref
-from helpers import assert_close
+from helpers import assert_close, cast_problem, run_kernel_and_reference
+from helpers import upstream_gradients as shared_upstream_gradients
 
 GRAD_FIELDS = ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0")
 
@@ -66,39 +67,17 @@ def make_problem(rng, batch, steps, features, units, *, bias=True, state=True, s
     return problem
 
 
-def cast(problem: dict, dtype) -> dict:
-    """The same problem in dtype (initial_state cast element-wise)."""
-    out = {}
-    for key, value in problem.items():
-        if value is None:
-            out[key] = None
-        elif key == "initial_state":
-            out[key] = tuple(np.asarray(s, dtype) for s in value)
-        else:
-            out[key] = np.asarray(value, dtype)
-    return out
+cast = cast_problem
 
 
 def upstream_gradients(rng, batch, steps, units, which: str):
-    """d_outputs, d_h_n, d_c_n; `which` picks which of them are given (others None)."""
-    d_outputs = rng.standard_normal((batch, steps, units)) if "o" in which else None
-    d_h_n = rng.standard_normal((batch, units)) if "h" in which else None
-    d_c_n = rng.standard_normal((batch, units)) if "c" in which else None
-    return d_outputs, d_h_n, d_c_n
+    return shared_upstream_gradients(rng, batch, steps, units, which, cell_state=True)
 
 
 def run_both(problem, dtype, upstream, **options):
-    """Kernel in dtype, reference in float64 on the dtype-rounded inputs.
-    Returns (kernel forward, kernel grads, reference forward, reference grads)."""
-    kernel_in = cast(problem, dtype)
-    reference_in = cast(kernel_in, np.float64)
-    k_out = ops.lstm_forward(**kernel_in, training=True, **options)
-    r_out = ref.lstm_forward(**reference_in, training=True, **options)
-    k_up = [None if g is None else g.astype(dtype) for g in upstream]
-    r_up = [None if g is None else g.astype(dtype).astype(np.float64) for g in k_up]
-    k_grads = ops.lstm_backward(k_out.cache, *k_up)
-    r_grads = ref.lstm_backward(r_out.cache, *r_up)
-    return k_out, k_grads, r_out, r_grads
+    """Kernel in dtype, reference in float64 on the dtype-rounded inputs."""
+    return run_kernel_and_reference(ops.lstm_forward, ops.lstm_backward, ref.lstm_forward,
+                                    ref.lstm_backward, problem, dtype, upstream, **options)
 
 
 def assert_matches_reference(k_out, k_grads, r_out, r_grads, dtype):
