@@ -77,13 +77,13 @@ static inline int frnn_team_size(void) { return 1; }
 
 
 /* Per-step multiply-adds from which a time loop with too few rows to split by rows splits
- * its units (a barrier per step).  Measured on this 2-vCPU machine with the AVX2 tiles
- * (LSTM float32, T=100, nothing else running): 2^17 (B=8, H=64) 1.80 vs 1.45 ms on one
- * thread loses; 2^18 (B=1, H=256) 2.77 vs 3.26 ms and B=8, H=512 38.8 vs 46.7 ms gain.
- * But any other spinning thread pool (torch's OpenMP pool in the same process, another
- * program) makes the barrier wait for a descheduled thread, a scheduler slice per step;
- * so by default only very large steps split by units (in practice: batch 1-3, H >= 2048). */
-#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 24)
+ * its units (a barrier per step).  Measured on this 2-vCPU machine (float32, T=100, one
+ * run, inside `fusedrnn bench` with torch in the same process), one thread vs unit split:
+ * LSTM B=1 H=256 forward 2.40 vs 1.60 ms, H=512 12.7 vs 8.9 ms, H=512 train 31.4 vs
+ * 20.1 ms; GRU B=2 H=512 forward 12.0 vs 9.4 ms.  Below 2^18 the split loses (2^17, B=8
+ * H=64: 1.45 vs 1.80 ms).  A barrier per step is fragile when other programs keep the
+ * cores busy: the threads wait for a descheduled one; set_num_threads(1) avoids it. */
+#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 18)
 /* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: on
  * CPUs without AVX2, many rows with enough work (measured at B=32, H=256 with the generic
  * tiles).  The AVX2 tiles beat the per-step GEMM at every grid size measured (LSTM B=32,

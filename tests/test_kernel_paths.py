@@ -80,10 +80,11 @@ def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype):
                                    rtol=tol, atol=tol * 10, err_msg=name)
 
 
-def test_lstm_units_split_across_two_threads(rng):
-    """A large step (2**24 multiply-adds) splits the units across two threads by default
-    (one barrier per step)."""
-    batch, steps, features, units = 16, 3, 2, 512  # 16 * 512 * 2048 = 2**24 per step
+@pytest.mark.parametrize("batch", [2, 16])
+def test_lstm_default_split_across_two_threads(rng, batch):
+    """Large steps split across two threads by default: 2 rows (2**21 multiply-adds per
+    step) by units, one barrier per step; 16 rows by rows."""
+    steps, features, units = 3, 2, 512
     x = rng.standard_normal((batch, steps, features))
     kernel = rng.standard_normal((features, 4 * units)) * 0.1
     recurrent = rng.standard_normal((units, 4 * units)) * 0.05

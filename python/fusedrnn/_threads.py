@@ -5,8 +5,8 @@ The kernels own their threads: one OpenMP team (when built with OpenMP) runs
     the time loop), each split into bands of rows or columns with one serial BLAS call per
     thread (scipy's OpenBLAS in the wheels);
   - the fused time loop: with enough batch rows each thread runs the whole loop for its own
-    rows (rows never interact, so the threads never wait for each other); with few rows
-    and very large steps each owns a range of units and they meet at a barrier per step;
+    rows (rows never interact, so the threads never wait for each other); with fewer than
+    4 rows and large steps each owns a range of units and they meet at a barrier per step;
     small steps run on one thread (csrc/internal.h: frnn_pick_split).
 So SciPy's BLAS, the one the kernels call, is pinned to one thread when fusedrnn.ops is
 imported (see _pin_kernel_blas: OpenBLAS' spinning idle workers stole a core from the time
