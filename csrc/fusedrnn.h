@@ -94,6 +94,13 @@ int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);
 /* 1 when this CPU runs the AVX2+FMA kernels (the build has them and CPUID reports both). */
 int frnn_cpu_has_avx2_fma(void);
+
+/* The floating-point peak as the kernels' SIMD path reaches it: `threads` threads each run
+ * `iterations` rounds of independent multiply-adds on registers (float64 if use_f64).
+ * *seconds: wall time of the slowest thread; *flops: FLOPs done by the whole team.
+ * Returns FRNN_EINVAL for threads or iterations < 1 or NULL outputs. */
+int frnn_measure_peak(int threads, long long iterations, int use_f64, double *seconds,
+                      double *flops);
 int frnn_has_openmp(void);
 
 /* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */

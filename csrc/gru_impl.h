@@ -211,7 +211,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (packed) SFX(pack_recurrent)(recurrent, H, 3, packed);
+    if (packed) SFX(pack_recurrent)(recurrent, H, 3, VWF, packed, nt);
     if (in_bias) {
         for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
         b_rec_h = bias + G3 + 2 * H;
@@ -457,10 +457,9 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 3, packed_t);
-
     const frnn_split split = frnn_pick_split(B, nb, B * H * G3);
     const int nt = use_tiles ? split.threads : 1;
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 3, packed_t, nt);
     if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
 #pragma omp parallel num_threads(nt)
         {

@@ -77,13 +77,15 @@ static inline int frnn_team_size(void) { return 1; }
 
 
 /* Per-step multiply-adds from which a time loop with too few rows to split by rows splits
- * its units (a barrier per step).  Measured on this 2-vCPU machine (float32, T=100, one
- * run, inside `fusedrnn bench` with torch in the same process), one thread vs unit split:
- * LSTM B=1 H=256 forward 2.40 vs 1.60 ms, H=512 12.7 vs 8.9 ms, H=512 train 31.4 vs
- * 20.1 ms; GRU B=2 H=512 forward 12.0 vs 9.4 ms.  Below 2^18 the split loses (2^17, B=8
- * H=64: 1.45 vs 1.80 ms).  A barrier per step is fragile when other programs keep the
- * cores busy: the threads wait for a descheduled one; set_num_threads(1) avoids it. */
-#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 18)
+ * its units (a barrier per step).  Measured on this 2-vCPU machine (float32, T=100, fastest
+ * of 100-300 calls, one thread vs unit split): LSTM B=1 H=128 (2^16) forward 0.50 vs 0.33
+ * ms, train 1.19 vs 0.82 ms; H=96 (2^15.2) forward 0.30 vs 0.22 ms; GRU B=1 H=128
+ * (2^15.6) forward 0.42 vs 0.31 ms.  Below 2^15 it loses: GRU B=1 H=96 (2^14.8) forward
+ * 0.29 vs 0.38 ms, LSTM B=1 H=64 (2^14) train 0.55 vs 0.71 ms.  Larger steps win more
+ * (LSTM B=1 H=512 forward 12.7 vs 8.9 ms).  A barrier per step is fragile when other
+ * programs keep the cores busy: the threads wait for a descheduled one;
+ * set_num_threads(1) avoids it. */
+#define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 15)
 /* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: on
  * CPUs without AVX2, many rows with enough work (measured at B=32, H=256 with the generic
  * tiles).  The AVX2 tiles beat the per-step GEMM at every grid size measured (LSTM B=32,

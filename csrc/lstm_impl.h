@@ -117,7 +117,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (!blas_steps) SFX(pack_recurrent)(recurrent, H, 4, packed);
+    if (!blas_steps) SFX(pack_recurrent)(recurrent, H, 4, VWF, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -304,7 +304,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         }
         goto weights;
     }
-    SFX(pack_recurrent_t)(recurrent, H, 4, packed_t);
+    SFX(pack_recurrent_t)(recurrent, H, 4, packed_t, nt);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {

@@ -73,18 +73,14 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     frnn_split split = frnn_pick_split(B, nb, B * H * H);
     if (!use_tiles || !split.by_rows) split.threads = 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
-    REAL *u_t = use_tiles ? frnn_alloc((size_t)(H * H), sizeof(REAL)) : NULL;
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (!z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)
-        || (use_tiles && (!packed || !u_t))) {
+        || (use_tiles && !packed)) {
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (packed) {
-        for (ptrdiff_t k = 0; k < H; ++k)
-            for (ptrdiff_t j = 0; j < H; ++j) u_t[j * H + k] = recurrent[k * H + j];
-        SFX(pack_recurrent_t)(u_t, H, 1, packed);
-    }
+    /* U's columns in blocks of VW units: the layout of the transposed product's packing */
+    if (packed) SFX(pack_recurrent)(recurrent, H, 1, VW, packed, split.threads);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -148,7 +144,6 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
 done:
     free(h_dropped);
     free(packed);
-    free(u_t);
     if (!training) {
         free(z_buf);
         free(x_buf);
@@ -205,9 +200,9 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 1, packed_t);
     frnn_split split = frnn_pick_split(B, nb, B * H * H);
     if (!packed_t || !split.by_rows) split.threads = 1;
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 1, packed_t, split.threads);
     if (split.threads > 1) { /* each thread runs the whole loop for its own batch rows */
 #pragma omp parallel num_threads(split.threads)
         {

@@ -64,12 +64,14 @@ def test_quick_run_markdown_table_has_one_row_per_measurement(quick_run):
     for row in rows:
         assert float(row[header.index("fusedrnn ms")]) > 0
         assert float(row[header.index("fusedrnn GFLOP/s")]) > 0
+        assert float(row[header.index("% peak")].rstrip("%")) > 0
 
 
 def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
     data = quick_run["json"]
     assert data["config"]["threads"] == 1
     assert data["environment"]["cpu"]
+    assert _finite_positive(data["environment"]["peak_gflops"])
     assert all(pool["num_threads"] == 1 for pool in data["environment"]["threadpools"]
                if pool["user_api"] == "blas")
     results = data["results"]
@@ -85,6 +87,8 @@ def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
             assert timing["repeats"] >= 1
             assert timing["min_ms"] <= timing["median_ms"]
         assert _finite_positive(r["fusedrnn_gflops"])
+        assert r["fusedrnn_percent_of_peak"] == pytest.approx(
+            100 * r["fusedrnn_gflops"] / data["environment"]["peak_gflops"])
         assert _finite_positive(r["ratio_numpy_over_fusedrnn"])
         if has_torch:
             assert _finite_positive(r["ratio_torch_over_fusedrnn"])
@@ -247,15 +251,18 @@ def test_report_computes_ratios_gflops_and_footnotes():
            "logical_cpus_available": 2, "torch_installed": True, "torch": "2.13",
            "torch_threads": 2,
            "threadpools": [{"internal_api": "openblas", "version": "0.3", "loaded_by": "scipy",
-                            "num_threads": 2}]}
+                            "num_threads": 2}],
+           "peak_gflops": 4 * forward.gflops}
     config = {"dtype": "float32", "min_repeats": 3, "warmup": 1, "budget": 0.3,
-              "elapsed_seconds": 1.0, "load_before": 0.5, "load_after": None}
+              "elapsed_seconds": 1.0, "load_before": 0.5, "load_after": None, "threads": 2}
     report = bench.format_markdown(env, config, [forward, train], None, ["a note"])
     rows = [line for line in report.splitlines() if line.startswith("| lstm")]
-    assert rows[0].split("|")[7:13] == [" 2.00 ", " 10.0 ", " 4.00 ",
-                                        f" {bench._gflops(forward.gflops)} ", " 2.00x ", " 5.00x "]
+    assert rows[0].split("|")[7:14] == [" 2.00 ", " 10.0 ", " 4.00 ",
+                                        f" {bench._gflops(forward.gflops)} ", " 25% ",
+                                        " 2.00x ", " 5.00x "]
     assert rows[1].split("|")[7:9] == [" 500 ", " - "]
-    assert rows[1].split("|")[11:15] == [" 0.50x ", " - ", " 2.0 ", " n/a "]
+    assert rows[1].split("|")[12:16] == [" 0.50x ", " - ", " 2.0 ", " n/a "]
+    assert f"peak {bench._gflops(env['peak_gflops'])} GFLOP/s (float32, 2 threads)" in report
     assert "left out at the largest points" in report   # the '-' footnote
     assert "openblas 0.3 (from scipy): 2 threads" in report
     assert "Note: a note" in report
@@ -266,3 +273,21 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "speedup.png"
     bench.plot_speedups(_synthetic_results(), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peak_loop_counts_its_flops_and_rejects_bad_arguments():
+    from fusedrnn import _kernels
+
+    # lanes per chain: a 256-bit vector on the AVX2 path, 8 on the generic one
+    lanes = {False: 8, True: 4 if _kernels.cpu_has_avx2_fma() else 8}
+    for float64 in (False, True):
+        seconds, flops = _kernels.measure_peak(2, 1000, float64)
+        assert seconds > 0
+        threads = flops // (1000 * 12 * lanes[float64] * 2)   # 12 chains, 2 FLOPs per FMA
+        assert flops == threads * 1000 * 12 * lanes[float64] * 2
+        assert threads in ((1, 2) if _kernels.has_openmp() else (1,))
+    assert bench.measure_peak_gflops(1, seconds=0.002, repeats=2) > 0
+    with pytest.raises(ValueError, match="threads"):
+        _kernels.measure_peak(0, 10)
+    with pytest.raises(ValueError, match="iterations"):
+        _kernels.measure_peak(1, 0)

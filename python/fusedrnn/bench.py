@@ -290,6 +290,28 @@ class thread_limits:
         return False
 
 
+def measure_peak_gflops(threads: int, dtype=np.float32, seconds: float = 0.05,
+                        repeats: int = 5) -> float:
+    """The machine's peak GFLOP/s as the kernels can reach it, measured: `threads` threads
+    run independent multiply-adds on registers with the kernels' SIMD path (AVX2+FMA where
+    the CPU has it).  About `seconds` per run; the best of `repeats` runs (a peak is what
+    the CPU can do, so interruptions by other processes should not lower it)."""
+    from . import _kernels
+
+    float64 = np.dtype(dtype) == np.float64
+    iterations = 1 << 16
+    elapsed, _ = _kernels.measure_peak(threads, iterations, float64)
+    while elapsed < seconds / 8 and iterations < 1 << 40:  # calibrate the run length
+        iterations *= 8
+        elapsed, _ = _kernels.measure_peak(threads, iterations, float64)
+    iterations = max(1, int(iterations * seconds / max(elapsed, 1e-9)))
+    best = 0.0
+    for _ in range(repeats):
+        elapsed, done = _kernels.measure_peak(threads, iterations, float64)
+        best = max(best, done / max(elapsed, 1e-12) / 1e9)
+    return best
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -379,12 +401,17 @@ def _kib(value: Optional[float]) -> str:
 
 TABLE_COLUMNS = (
     "cell", "mode", "B", "T", "I", "H", "fusedrnn ms", "numpy ms", "torch ms",
-    "fusedrnn GFLOP/s", "torch/fusedrnn", "numpy/fusedrnn",
+    "fusedrnn GFLOP/s", "% peak", "torch/fusedrnn", "numpy/fusedrnn",
     "saved KiB/step fusedrnn", "saved KiB/step torch",
 )
 
 
-def table_rows(results: Sequence[Result]) -> List[List[str]]:
+def _percent_of(value: Optional[float], peak: Optional[float]) -> str:
+    return NOT_AVAILABLE if value is None or not peak else f"{100 * value / peak:.0f}%"
+
+
+def table_rows(results: Sequence[Result], peak_gflops: Optional[float] = None) -> List[List[str]]:
+    """One row per result; `% peak` is fusedrnn's GFLOP/s over peak_gflops (measured)."""
     rows = []
     for r in results:
         p = r.point
@@ -393,6 +420,7 @@ def table_rows(results: Sequence[Result]) -> List[List[str]]:
             r.cell, r.mode, str(p.batch), str(p.steps), str(p.features), str(p.units),
             _cell_time(r, "fusedrnn"), _cell_time(r, "numpy"), _cell_time(r, "torch"),
             _gflops(r.gflops),
+            _percent_of(r.gflops, peak_gflops),
             _ratio(r.ratio("torch"), r.marks.get("torch", NOT_AVAILABLE)),
             _ratio(r.ratio("numpy"), r.marks.get("numpy", NOT_AVAILABLE)),
             _kib(r.saved_bytes_per_step("fusedrnn")) if train else "",
@@ -458,10 +486,17 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
         f"- run time {config['elapsed_seconds']:.0f} s; 1-minute load average "
         f"{_load(config.get('load_before'))} before, {_load(config.get('load_after'))} after "
         "(above the thread count means other processes competed for the CPUs)",
-        "",
     ]
+    peak = env.get("peak_gflops")
+    if peak:
+        lines.append(
+            f"- peak {_gflops(peak)} GFLOP/s ({config['dtype']}, {config.get('threads', '?')} "
+            "threads), measured: independent multiply-adds on registers with the kernels' "
+            "SIMD path, best of 5 runs; `% peak` is fusedrnn's GFLOP/s over it"
+        )
+    lines.append("")
     if results:
-        lines += _markdown_table(TABLE_COLUMNS, table_rows(results), first_numeric=2)
+        lines += _markdown_table(TABLE_COLUMNS, table_rows(results, peak), first_numeric=2)
         lines += [
             "",
             "- Ratios are the other implementation's median time over fusedrnn's: > 1 means "
@@ -526,6 +561,8 @@ def to_json(env: dict, config: dict, results: Sequence[Result],
                 "times": {impl: timing(r.timings.get(impl)) for impl in IMPLEMENTATIONS},
                 "missing": dict(r.marks),
                 "fusedrnn_gflops": r.gflops,
+                "fusedrnn_percent_of_peak": None if not r.gflops or not env.get("peak_gflops")
+                else 100 * r.gflops / env["peak_gflops"],
                 "ratio_torch_over_fusedrnn": r.ratio("torch"),
                 "ratio_numpy_over_fusedrnn": r.ratio("numpy"),
                 "saved_bytes_per_step": {impl: r.saved_bytes_per_step(impl)
@@ -728,6 +765,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     with thread_limits(args.threads, use_torch):
         env = environment(use_torch)
+        env["peak_gflops"] = measure_peak_gflops(args.threads, dtype)
         progress(f"threads: {_thread_summary(env)}")
         results = run_grid(args.cells, args.modes, points, args.impls, settings, dtype,
                            skip_numpy_at_large_points=not args.numpy_everywhere,

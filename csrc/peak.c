@@ -1,0 +1,118 @@
+/* The machine's floating-point peak as the kernels can reach it: every thread of a team
+ * runs a loop of independent multiply-adds on registers (no memory traffic), with the same
+ * SIMD path the recurrent tiles use (AVX2+FMA where the CPU has it, else whatever the
+ * compiler makes of the generic loop).  Benchmarks report GFLOP/s against this measured
+ * number instead of a datasheet figure (clock, SIMD width and FMA units vary by CPU and VM). */
+#include "internal.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <time.h>
+
+/* Independent accumulators per thread: FMA latency (4-5 cycles) times two FMA units needs
+ * at least 10 in flight; 12 leaves room and still fits 16 registers. */
+#define FRNN_PEAK_CHAINS 12
+
+/* Every thread's result lands here, so no loop is dead code. */
+static double frnn_peak_sink;
+
+static double frnn_now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#if FRNN_AVX2_KERNELS
+#include <immintrin.h>
+/* FLOPs done: iterations * FRNN_PEAK_CHAINS * lanes * 2.  The result is written to *sink so
+ * the compiler keeps the loop. */
+FRNN_AVX2_TARGET static void frnn_fma_loop_avx2_f32(long long iterations, float *sink) {
+    __m256 acc[FRNN_PEAK_CHAINS];
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (int c = 0; c < FRNN_PEAK_CHAINS; ++c) acc[c] = _mm256_set1_ps((float)c);
+    for (long long i = 0; i < iterations; ++i) {
+        _Pragma("GCC unroll 16") for (int c = 0; c < FRNN_PEAK_CHAINS; ++c)
+            acc[c] = _mm256_fmadd_ps(acc[c], a, b);
+    }
+    __m256 s = acc[0];
+    for (int c = 1; c < FRNN_PEAK_CHAINS; ++c) s = _mm256_add_ps(s, acc[c]);
+    _mm256_storeu_ps(sink, s);
+}
+
+FRNN_AVX2_TARGET static void frnn_fma_loop_avx2_f64(long long iterations, double *sink) {
+    __m256d acc[FRNN_PEAK_CHAINS];
+    const __m256d a = _mm256_set1_pd(0.999999), b = _mm256_set1_pd(1e-7);
+    for (int c = 0; c < FRNN_PEAK_CHAINS; ++c) acc[c] = _mm256_set1_pd((double)c);
+    for (long long i = 0; i < iterations; ++i) {
+        _Pragma("GCC unroll 16") for (int c = 0; c < FRNN_PEAK_CHAINS; ++c)
+            acc[c] = _mm256_fmadd_pd(acc[c], a, b);
+    }
+    __m256d s = acc[0];
+    for (int c = 1; c < FRNN_PEAK_CHAINS; ++c) s = _mm256_add_pd(s, acc[c]);
+    _mm256_storeu_pd(sink, s);
+}
+#endif
+
+/* Generic fallback: 8 lanes per chain (the compiler vectorises what it can). */
+#define FRNN_GENERIC_LANES 8
+#define FRNN_DEFINE_GENERIC_LOOP(REAL, SUFFIX)                                               \
+    static void frnn_fma_loop_generic_##SUFFIX(long long iterations, REAL *sink) {           \
+        REAL acc[FRNN_PEAK_CHAINS][FRNN_GENERIC_LANES];                                      \
+        for (int c = 0; c < FRNN_PEAK_CHAINS; ++c)                                           \
+            for (int w = 0; w < FRNN_GENERIC_LANES; ++w) acc[c][w] = (REAL)(c + w);          \
+        for (long long i = 0; i < iterations; ++i)                                           \
+            for (int c = 0; c < FRNN_PEAK_CHAINS; ++c)                                       \
+                for (int w = 0; w < FRNN_GENERIC_LANES; ++w)                                 \
+                    acc[c][w] = acc[c][w] * (REAL)0.999999 + (REAL)1e-7;                     \
+        for (int w = 0; w < FRNN_GENERIC_LANES; ++w) {                                       \
+            REAL s = 0;                                                                      \
+            for (int c = 0; c < FRNN_PEAK_CHAINS; ++c) s += acc[c][w];                       \
+            sink[w] = s;                                                                     \
+        }                                                                                    \
+    }
+FRNN_DEFINE_GENERIC_LOOP(float, f32)
+FRNN_DEFINE_GENERIC_LOOP(double, f64)
+#undef FRNN_DEFINE_GENERIC_LOOP
+
+int frnn_measure_peak(int threads, long long iterations, int use_f64, double *seconds,
+                      double *flops) {
+    if (threads < 1 || iterations < 1 || !seconds || !flops) return FRNN_EINVAL;
+#ifndef _OPENMP
+    threads = 1;
+#endif
+    const int avx2 = frnn_use_avx2();
+    const int lanes = avx2 ? (use_f64 ? 4 : 8) : FRNN_GENERIC_LANES;
+    double start = 0, stop = 0;
+    int team = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        double sink64[FRNN_GENERIC_LANES];
+        float sink32[FRNN_GENERIC_LANES];
+#pragma omp barrier
+#pragma omp master
+        start = frnn_now_seconds();
+#pragma omp barrier
+#if FRNN_AVX2_KERNELS
+        if (avx2) {
+            if (use_f64) frnn_fma_loop_avx2_f64(iterations, sink64);
+            else frnn_fma_loop_avx2_f32(iterations, sink32);
+        } else
+#endif
+        {
+            if (use_f64) frnn_fma_loop_generic_f64(iterations, sink64);
+            else frnn_fma_loop_generic_f32(iterations, sink32);
+        }
+        const double kept = use_f64 ? sink64[0] : (double)sink32[0];
+#pragma omp atomic write
+        frnn_peak_sink = kept;
+#pragma omp barrier
+#pragma omp master
+        {
+            stop = frnn_now_seconds();
+            team = frnn_team_size();
+        }
+    }
+    *seconds = stop - start;
+    *flops = (double)team * (double)iterations * FRNN_PEAK_CHAINS * lanes * 2.0;
+    return FRNN_OK;
+}
