@@ -8,29 +8,43 @@
 
 #define FRNN_RNN_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
 
-/* Pointwise pass of one step over the batch.
+/* Pointwise pass of one step for units [j0, j1) of every batch row.
  *   z (B,H): x W + b + h_{t-1} U; activated in place on valid rows.  With carry_into_z,
  *     masked rows of z receive the carried state (training: z is h_states[t]).
- *   h (B,H): state, updated.   mask_t (B,) or NULL.   out: row b at out + b*out_stride_b. */
+ *   h_prev (B,H): h_{t-1}, read.  h_next (B,H): h_t, written for the units; a different
+ *     array, since with the units split another thread still reads h_prev.
+ *   mask_t (B,) or NULL.   out: row b at out + b*out_stride_b, or NULL.
+ *   rec_mask, h_next_dropped (B,H) or NULL: recurrent dropout; h_next * rec_mask is what
+ *     the next step's product reads. */
 FRNN_CLONES static void SFX(rnn_step_pointwise)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
-                                                REAL *FRNN_RESTRICT h, const uint8_t *mask_t,
+                                                const REAL *FRNN_RESTRICT h_prev,
+                                                REAL *FRNN_RESTRICT h_next, const uint8_t *mask_t,
                                                 REAL *out, ptrdiff_t out_stride_b,
-                                                int carry_into_z) {
-    const ptrdiff_t B = d->batch, H = d->units;
+                                                int carry_into_z, const REAL *rec_mask,
+                                                REAL *h_next_dropped, ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const size_t bytes = (size_t)n * sizeof(REAL);
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT hb = h + b * H;
-        REAL *FRNN_RESTRICT zb = z + b * H;
-        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b : NULL;
+        const REAL *FRNN_RESTRICT hp = h_prev + b * H + j0;
+        REAL *FRNN_RESTRICT hn = h_next + b * H + j0;
+        REAL *FRNN_RESTRICT zb = z + b * H + j0;
+        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b + j0 : NULL;
         if (mask_t && !mask_t[b]) {
+            memcpy(hn, hp, bytes);
             if (ob) {
-                if (d->zero_output_for_mask) memset(ob, 0, (size_t)H * sizeof(REAL));
-                else memcpy(ob, hb, (size_t)H * sizeof(REAL));
+                if (d->zero_output_for_mask) memset(ob, 0, bytes);
+                else memcpy(ob, hp, bytes);
             }
-            if (carry_into_z) memcpy(zb, hb, (size_t)H * sizeof(REAL));
+            if (carry_into_z) memcpy(zb, hp, bytes);
         } else {
-            ACTIVATE(d->activation, zb, H);
-            memcpy(hb, zb, (size_t)H * sizeof(REAL));
-            if (ob) memcpy(ob, zb, (size_t)H * sizeof(REAL));
+            ACTIVATE(d->activation, zb, n);
+            memcpy(hn, zb, bytes);
+            if (ob) memcpy(ob, zb, bytes);
+        }
+        if (rec_mask) {
+            const REAL *FRNN_RESTRICT m = rec_mask + b * H + j0;
+            REAL *FRNN_RESTRICT hd = h_next_dropped + b * H + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) hd[j] = hn[j] * m[j];
         }
     }
 }
@@ -63,24 +77,26 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     uint8_t *mask_tm = NULL;
     REAL *z_buf = training ? h_states : frnn_alloc((size_t)(chunk * B * H), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
-    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
-    /* few rows: the per-step product runs on U packed once (recurrent_matmul.h), not BLAS.
-     * With a single gate, h U = h (U^T)^T is the backward kernel's product on U^T, whose
-     * 4-row x 64-byte tiles measured 41 GFLOP/s against 11 for the one-gate forward tiles. */
+    /* h is double-buffered (h_n, h_alt): with the units split, h_{t-1} must stay readable
+     * while h_t is written; likewise h*rec_mask. */
+    REAL *h_alt = frnn_alloc((size_t)(B * H), sizeof(REAL));
+    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(2 * B * H), sizeof(REAL)) : NULL;
+    /* the per-step product runs on U packed once (recurrent_matmul.h), not BLAS.  With a
+     * single gate, h U = h (U^T)^T is the backward kernel's product on U^T, whose 4-row x
+     * 64-byte tiles measured 41 GFLOP/s against 11 for the one-gate forward tiles. */
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
-    /* split by batch rows only: a unit split would need h double-buffered */
-    frnn_split split = frnn_pick_split(B, nb, B * H * H);
-    if (!use_tiles || !split.by_rows) split.threads = 1;
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H);
+    const int nt = use_tiles ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
-    if (!z_buf || !x_buf || (mask && !mask_tm) || (rec_mask && !h_dropped)
+    if (!z_buf || !x_buf || !h_alt || (mask && !mask_tm) || (rec_mask && !h_dropped)
         || (use_tiles && !packed)) {
         status = FRNN_ENOMEM;
         goto done;
     }
     /* U's columns in blocks of VW units: the layout of the transposed product's packing */
-    if (packed) SFX(pack_recurrent)(recurrent, H, 1, VW, packed, split.threads);
+    if (packed) SFX(pack_recurrent)(recurrent, H, 1, VW, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -88,6 +104,11 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                 mask_tm[t * B + b] = mask[b * ms.stride_b + s * ms.stride_t] != 0;
         }
     }
+
+    REAL *h_buf[2] = {h_n, h_alt};
+    REAL *hd_buf[2] = {h_dropped, h_dropped ? h_dropped + B * H : NULL};
+    if (rec_mask)
+        for (ptrdiff_t k = 0; k < B * H; ++k) h_dropped[k] = h_n[k] * rec_mask[k];
 
     for (ptrdiff_t t0 = 0; t0 < T; t0 += chunk) {
         ptrdiff_t t1 = t0 + chunk < T ? t0 + chunk : T;
@@ -97,51 +118,49 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, bias, z_chunk);
         if (status) goto done;
-        if (split.threads > 1) {
-#pragma omp parallel num_threads(split.threads)
-            {
-                const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
-                                                       frnn_team_size());
-                const ptrdiff_t b0 = p.b0;
-                frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-                rows.batch = p.b1 - p.b0;
-                REAL *h_rows = h_n + b0 * H; /* read whole, then updated, by this thread only */
-                for (ptrdiff_t t = t0; t < t1; ++t) {
-                    REAL *z_t = z_chunk + ((t - t0) * B + b0) * H;
-                    const REAL *h_in = h_rows;
-                    if (rec_mask) {
-                        REAL *hd = h_dropped + b0 * H;
-                        const REAL *m = rec_mask + b0 * H;
-                        for (ptrdiff_t k = 0; k < rows.batch * H; ++k) hd[k] = h_rows[k] * m[k];
-                        h_in = hd;
-                    }
-                    SFX(recurrent_matmul_t)(packed, H, H, rows.batch, h_in, H, NULL, z_t, 0, nb);
-                    SFX(rnn_step_pointwise)(
-                        &rows, z_t, h_rows, mask ? mask_tm + t * B + b0 : NULL,
-                        outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL,
-                        os.stride_b, training);
-                }
+        if (!use_tiles) { /* many rows without AVX2: BLAS' GEMM per step */
+            for (ptrdiff_t t = t0; t < t1; ++t) {
+                REAL *z_t = z_chunk + (t - t0) * B * H;
+                const REAL *h_prev = h_buf[t & 1];
+                status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, rec_mask ? hd_buf[t & 1] : h_prev,
+                                      H, recurrent, H, 1, z_t, H);
+                if (status) goto done;
+                SFX(rnn_step_pointwise)(d, z_t, h_prev, h_buf[(t + 1) & 1],
+                                        mask ? mask_tm + t * B : NULL,
+                                        outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
+                                        training, rec_mask, hd_buf[(t + 1) & 1], 0, H);
             }
             continue;
         }
-        for (ptrdiff_t t = t0; t < t1; ++t) {
-            REAL *z_t = z_chunk + (t - t0) * B * H;
-            const REAL *h_in = h_n;
-            if (rec_mask) {
-                for (ptrdiff_t k = 0; k < B * H; ++k) h_dropped[k] = h_n[k] * rec_mask[k];
-                h_in = h_dropped;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
+                                                   frnn_team_size());
+            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
+            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+            rows.batch = p.b1 - p.b0;
+            for (ptrdiff_t t = t0; t < t1; ++t) {
+                REAL *z_t = z_chunk + ((t - t0) * B + b0) * H;
+                const REAL *h_prev = h_buf[t & 1] + b0 * H;
+                SFX(recurrent_matmul_t)(packed, H, H, rows.batch,
+                                        rec_mask ? hd_buf[t & 1] + b0 * H : h_prev, H, NULL, z_t,
+                                        p.jb0, p.jb1);
+                SFX(rnn_step_pointwise)(
+                    &rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
+                    mask ? mask_tm + t * B + b0 : NULL,
+                    outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL, os.stride_b,
+                    training, rec_mask ? rec_mask + b0 * H : NULL,
+                    rec_mask ? hd_buf[(t + 1) & 1] + b0 * H : NULL, j0, j1);
+                /* split by units: h_t needs every thread's units before the next step */
+                if (!split.by_rows) {
+#pragma omp barrier
+                }
             }
-            if (packed)
-                SFX(recurrent_matmul_t)(packed, H, H, B, h_in, H, NULL, z_t, 0, nb);
-            else
-                status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, h_in, H, recurrent, H, 1, z_t, H);
-            if (status) goto done;
-            SFX(rnn_step_pointwise)(d, z_t, h_n, mask ? mask_tm + t * B : NULL,
-                                    outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
-                                    training);
         }
     }
+    if (T & 1) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T landed in h_alt */
 done:
+    free(h_alt);
     free(h_dropped);
     free(packed);
     if (!training) {
@@ -152,27 +171,30 @@ done:
     return status;
 }
 
-/* Backward pointwise pass of one step: dz = dh * a'(h_t) on valid rows (then dh = 0, the
- * recurrent GEMM adds dz U^T); masked rows get dz = 0 and pass dh through. */
+/* Backward pointwise pass of one step for units [j0, j1) of every batch row:
+ * dz = dh * a'(h_t) on valid rows (then dh = 0, the recurrent product adds dz U^T);
+ * masked rows get dz = 0 and pass dh through.  h_t, dh, dz (B,H). */
 FRNN_CLONES static void SFX(rnn_step_backward_pointwise)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT h_t, const uint8_t *mask_t, const REAL *dout,
-    ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz) {
-    const ptrdiff_t B = d->batch, H = d->units;
+    ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz, ptrdiff_t j0,
+    ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const size_t bytes = (size_t)n * sizeof(REAL);
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT dhb = dh + b * H;
-        REAL *FRNN_RESTRICT dzb = dz + b * H;
+        REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
+        REAL *FRNN_RESTRICT dzb = dz + b * H + j0;
         const int masked = mask_t && !mask_t[b];
         if (dout && !(masked && d->zero_output_for_mask)) {
-            const REAL *db = dout + b * dout_stride_b;
-            for (ptrdiff_t j = 0; j < H; ++j) dhb[j] += db[j];
+            const REAL *db = dout + b * dout_stride_b + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) dhb[j] += db[j];
         }
         if (masked) {
-            memset(dzb, 0, (size_t)H * sizeof(REAL));
+            memset(dzb, 0, bytes);
             continue;
         }
-        memcpy(dzb, dhb, (size_t)H * sizeof(REAL));
-        memset(dhb, 0, (size_t)H * sizeof(REAL));
-        ACTIVATION_GRAD(d->activation, h_t + b * H, dzb, H);
+        memcpy(dzb, dhb, bytes);
+        memset(dhb, 0, bytes);
+        ACTIVATION_GRAD(d->activation, h_t + b * H + j0, dzb, n);
     }
 }
 
@@ -200,15 +222,15 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    frnn_split split = frnn_pick_split(B, nb, B * H * H);
-    if (!packed_t || !split.by_rows) split.threads = 1;
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 1, packed_t, split.threads);
-    if (split.threads > 1) { /* each thread runs the whole loop for its own batch rows */
-#pragma omp parallel num_threads(split.threads)
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H);
+    const int nt = packed_t ? split.threads : 1;
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 1, packed_t, nt);
+    if (packed_t) {
+#pragma omp parallel num_threads(nt) if (nt > 1)
         {
             const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
                                                    frnn_team_size());
-            const ptrdiff_t b0 = p.b0;
+            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
             frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
             rows.batch = p.b1 - p.b0;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -216,21 +238,26 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                 SFX(rnn_step_backward_pointwise)(
                     &rows, h_states + (t * B + b0) * H, mask_cache ? mask_cache + t * B + b0 : NULL,
                     d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
-                    dos.stride_b, d_h0 + b0 * H, dz_t);
+                    dos.stride_b, d_h0 + b0 * H, dz_t, j0, j1);
+                /* split by units: dh_{t-1} needs every unit of dz_t */
+                if (!split.by_rows) {
+#pragma omp barrier
+                }
+                /* dh_{t-1} += (dz_t U^T) * m for the owned rows and units; the next step
+                 * writes dz_{t-1} elsewhere */
                 SFX(recurrent_matmul_t)(packed_t, H, H, rows.batch, dz_t, H,
-                                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, 0, nb);
+                                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H,
+                                        p.jb0, p.jb1);
             }
         }
-    } else { /* one thread */
+    } else { /* many rows without AVX2: BLAS' GEMM per step, one thread */
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             REAL *dz_t = dz + t * B * H;
             SFX(rnn_step_backward_pointwise)(d, h_states + t * B * H,
                                              mask_cache ? mask_cache + t * B : NULL,
                                              d_outputs ? d_outputs + t * dos.stride_t : NULL,
-                                             dos.stride_b, d_h0, dz_t);
-            if (packed_t) { /* dh_{t-1} += (dz_t U^T) * m */
-                SFX(recurrent_matmul_t)(packed_t, H, H, B, dz_t, H, rec_mask, d_h0, 0, nb);
-            } else if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
+                                             dos.stride_b, d_h0, dz_t, 0, H);
+            if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
                 status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 0, dh_step, H);
                 for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += rec_mask[k] * dh_step[k];
             } else {

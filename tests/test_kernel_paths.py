@@ -80,6 +80,40 @@ def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype):
                                    rtol=tol, atol=tol * 10, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threading", sorted(THREADING))
+@pytest.mark.parametrize("batch,units", [(3, 37), (8, 40)])
+@pytest.mark.parametrize("cell", ["lstm", "simple_rnn"])
+def test_recurrent_dropout_on_the_tiles_matches_reference(rng, cell, batch, units, threading,
+                                                         dtype):
+    """LSTM and SimpleRNN run recurrent dropout on the packed tiles, split like the rest:
+    the dropped-out state h*m is double-buffered with h when the units are split."""
+    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
+    steps, features = 6, 3
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, gates * units)) * 0.3
+    recurrent = rng.standard_normal((units, gates * units)) * 0.3
+    drop = (rng.random((batch, units)) > 0.3) / 0.7
+    mask = rng.random((batch, steps)) > 0.25
+    d_out = rng.standard_normal((batch, steps, units))
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, drop, d_out)]
+    threads, split_by = THREADING[threading]
+    kwargs = dict(extra, mask=mask, training=True)
+    with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
+                                                 **PATHS["tiles"]):
+        got = fwd(*arrays[:3], recurrent_dropout_mask=arrays[3], **kwargs)
+        got_grads = bwd(got.cache, arrays[4])
+    want = ref_fwd(*(a.astype(np.float64) for a in arrays[:3]),
+                   recurrent_dropout_mask=arrays[3].astype(np.float64), **kwargs)
+    want_grads = ref_bwd(want.cache, arrays[4].astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(got.outputs, want.outputs, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got.h_n, want.h_n, rtol=tol, atol=tol)
+    for name in ("x", "kernel", "recurrent_kernel"):
+        np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
+                                   rtol=tol, atol=tol * 10, err_msg=name)
+
+
 @pytest.mark.parametrize("batch", [2, 16])
 def test_lstm_default_split_across_two_threads(rng, batch):
     """Large steps split across two threads by default: 2 rows (2**21 multiply-adds per
