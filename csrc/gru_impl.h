@@ -198,20 +198,33 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (bias && reset_after) in_bias = frnn_alloc((size_t)G3, sizeof(REAL));
-    /* few rows, reset_after, no dropout: the per-step product runs on U packed once */
-    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
-    const int use_tiles = !frnn_use_blas_steps(B, B * H * G3) && reset_after && !rec_mask;
-    const frnn_split split = frnn_pick_split(B, nb, B * H * G3);
-    const int nt = use_tiles ? split.threads : 1;
+    /* The per-step products run on U packed once: reset_after without dropout, the three
+     * gates in one tile pass (use_tiles; split by rows or by units); otherwise gate block
+     * by gate block (gate_tiles; split by rows only), since reset_after=0 multiplies Uh by
+     * r*hp and recurrent dropout gives each block its own input h*m_g.  BLAS per step only
+     * without AVX2 and with many rows. */
+    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H), nbg = SFX(unit_blocks)(H);
+    const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
+    const int use_tiles = tiles_ok && reset_after && !rec_mask;
+    const int gate_tiles = tiles_ok && !use_tiles;
+    const frnn_split split = frnn_pick_split(B, use_tiles ? nb : nbg, B * H * G3);
+    const int nt = use_tiles || (gate_tiles && split.by_rows) ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
-    /* the split loop double-buffers h: h_{t-1} stays readable while h_t is written */
-    REAL *h_alt = nt > 1 ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    /* gate block g's columns in blocks of VW units, at packed_gates + g * gate_stride */
+    const ptrdiff_t gate_stride = nbg * H * VW;
+    REAL *packed_gates = gate_tiles ? frnn_alloc((size_t)(3 * gate_stride), sizeof(REAL)) : NULL;
+    /* the fused split loop double-buffers h: h_{t-1} stays readable while h_t is written */
+    const int double_buffer = use_tiles && nt > 1;
+    REAL *h_alt = double_buffer ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)
-        || (rec_mask && !h_dropped) || (use_tiles && !packed) || (nt > 1 && !h_alt)) {
+        || (rec_mask && !h_dropped) || (use_tiles && !packed) || (gate_tiles && !packed_gates)
+        || (double_buffer && !h_alt)) {
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (packed) SFX(pack_recurrent)(recurrent, H, 3, VWF, packed, nt);
+    if (packed) SFX(pack_recurrent)(recurrent, G3, H, 3, VWF, packed, nt);
+    for (int g = 0; gate_tiles && g < 3; ++g)
+        SFX(pack_recurrent)(recurrent + g * H, G3, H, 1, VW, packed_gates + g * gate_stride, nt);
     if (in_bias) {
         for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
         b_rec_h = bias + G3 + 2 * H;
@@ -233,6 +246,53 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel,
                                        reset_after ? in_bias : bias, z_chunk);
         if (status) goto done;
+        if (gate_tiles) { /* each thread runs the loop for its own rows, h updated in place */
+#pragma omp parallel num_threads(nt) if (nt > 1)
+            {
+                const frnn_share p = frnn_thread_share(split, B, nbg, frnn_thread_id(),
+                                                       frnn_team_size());
+                const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0;
+                frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+                rows.batch = R;
+                REAL *h_rows = h_n + b0 * H;
+                for (ptrdiff_t t = t0; t < t1; ++t) {
+                    REAL *z_t = z_chunk + ((t - t0) * B + b0) * G3;
+                    const uint8_t *mask_t = mask ? mask_tm + t * B + b0 : NULL;
+                    REAL *out_t = outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL;
+                    REAL *h_save = training ? h_states + (t * B + b0) * H : NULL;
+                    /* block g's recurrent part out[:, g] (+)= (h*m_g) U_g, row stride 3H */
+                    REAL *out = reset_after ? rec + b0 * G3 : z_t;
+                    for (int g = 0; g < (reset_after ? 3 : 2); ++g) {
+                        const REAL *h_in = h_rows;
+                        if (rec_mask) {
+                            SFX(gru_drop)(R * H, h_rows, rec_mask + g * B * H + b0 * H,
+                                          h_dropped + b0 * H);
+                            h_in = h_dropped + b0 * H;
+                        }
+                        if (reset_after) /* rec holds the product alone: r scales Rh */
+                            for (ptrdiff_t b = 0; b < R; ++b)
+                                memset(out + b * G3 + g * H, 0, (size_t)H * sizeof(REAL));
+                        SFX(recurrent_matmul_t)(packed_gates + g * gate_stride, H, H, R, h_in, H,
+                                                NULL, out + g * H, G3, 0, nbg);
+                    }
+                    if (reset_after) {
+                        SFX(gru_step_after_pointwise)(
+                            &rows, z_t, out, b_rec_h, h_rows, h_rows, mask_t, out_t, os.stride_b,
+                            training ? hr_cache + (t * B + b0) * H : NULL, h_save, 0, H);
+                    } else { /* the h block: xh + q Uh with q = r*hp(*m_h) */
+                        REAL *q = (training ? hr_cache + t * B * H : rec) + b0 * H;
+                        SFX(gru_step_before_gates)(&rows, z_t, h_rows,
+                                                   rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
+                                                   mask_t, q);
+                        SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R, q, H,
+                                                NULL, z_t + 2 * H, G3, 0, nbg);
+                        SFX(gru_step_before_update)(&rows, z_t, h_rows, mask_t, out_t,
+                                                    os.stride_b, h_save);
+                    }
+                }
+            }
+            continue;
+        }
         if (nt > 1) { /* each thread owns a range of unit blocks; one barrier per step */
             REAL *h_buf[2] = {h_n, h_alt};
 #pragma omp parallel num_threads(nt)
@@ -303,10 +363,11 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             }
         }
     }
-    if (nt > 1 && (T & 1)) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T is there */
+    if (double_buffer && (T & 1)) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T */
 done:
     free(rec);
     free(packed);
+    free(packed_gates);
     free(h_alt);
     free(h_dropped);
     free(in_bias);
@@ -449,18 +510,68 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     /* recurrent dropout: per-step scratch, and h_{t-1}*m_g for all steps (dU, gate by gate) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
+    /* As in the forward: the three gates at once (use_tiles), or gate block by gate block
+     * (gate_tiles: reset_after=0 or recurrent dropout; split by rows only), on U^T packed
+     * once; BLAS per step only without AVX2 and with many rows. */
     const ptrdiff_t nb = SFX(unit_blocks)(H);
-    const int use_tiles = !frnn_use_blas_steps(B, B * H * G3) && reset_after && !rec_mask;
+    const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
+    const int use_tiles = tiles_ok && reset_after && !rec_mask;
+    const int gate_tiles = tiles_ok && !use_tiles;
     REAL *packed_t = use_tiles ? frnn_alloc((size_t)(nb * G3 * VW), sizeof(REAL)) : NULL;
+    /* gate block g's U_g^T at packed_gates_t + g * gate_stride */
+    const ptrdiff_t gate_stride = nb * H * VW;
+    REAL *packed_gates_t = gate_tiles ? frnn_alloc((size_t)(3 * gate_stride), sizeof(REAL)) : NULL;
     if (!dz || !dx_tm || (reset_after ? !dxh : !dq) || (rec_mask && (!dh_step || !hp_dropped))
-        || (use_tiles && !packed_t)) {
+        || (use_tiles && !packed_t) || (gate_tiles && !packed_gates_t)) {
         status = FRNN_ENOMEM;
         goto done;
     }
     const frnn_split split = frnn_pick_split(B, nb, B * H * G3);
-    const int nt = use_tiles ? split.threads : 1;
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 3, packed_t, nt);
-    if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
+    const int nt = use_tiles || (gate_tiles && split.by_rows) ? split.threads : 1;
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, packed_t, nt);
+    for (int g = 0; gate_tiles && g < 3; ++g)
+        SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, packed_gates_t + g * gate_stride, nt);
+    if (gate_tiles) { /* each thread runs the loop for its own rows */
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
+                                                   frnn_team_size());
+            const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0;
+            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
+            rows.batch = R;
+            REAL *dh = d_h0 + b0 * H;
+            for (ptrdiff_t t = T - 1; t >= 0; --t) {
+                const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
+                const REAL *hp_rows = h_prev ? h_prev + b0 * H : NULL;
+                const REAL *gates_t = gates + (t * B + b0) * G3;
+                const uint8_t *mask_t = mask_cache ? mask_cache + t * B + b0 : NULL;
+                const REAL *dout_t =
+                    d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL;
+                REAL *dz_t = dz + (t * B + b0) * G3;
+                if (reset_after) {
+                    SFX(gru_step_after_backward_pointwise)(
+                        &rows, gates_t, hr_cache + (t * B + b0) * H, hp_rows, mask_t, dout_t,
+                        dos.stride_b, dh, dz_t, dxh + (t * B + b0) * H, 0, H);
+                } else { /* z, h blocks; then r's needs dq = dz_h Uh^T */
+                    SFX(gru_step_before_backward_zh)(&rows, gates_t, hp_rows, mask_t, dout_t,
+                                                     dos.stride_b, dh, dz_t);
+                    REAL *dq_rows = dq + b0 * H;
+                    memset(dq_rows, 0, (size_t)(R * H) * sizeof(REAL));
+                    SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
+                                            dz_t + 2 * H, G3, NULL, dq_rows, H, 0, nb);
+                    SFX(gru_step_before_backward_r)(&rows, gates_t, hp_rows,
+                                                    rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
+                                                    mask_t, dq_rows, dh, dz_t);
+                }
+                /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp */
+                for (int g = 0; g < (reset_after ? 3 : 2); ++g)
+                    SFX(recurrent_matmul_t)(packed_gates_t + g * gate_stride, H, H, R,
+                                            dz_t + g * H, G3,
+                                            rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh, H,
+                                            0, nb);
+            }
+        }
+    } else if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
 #pragma omp parallel num_threads(nt)
         {
             const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
@@ -481,7 +592,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
 #pragma omp barrier
                 }
                 SFX(recurrent_matmul_t)(packed_t, H, G3, rows.batch, dz_t, G3, NULL,
-                                        d_h0 + b0 * H, p.jb0, p.jb1);
+                                        d_h0 + b0 * H, H, p.jb0, p.jb1);
             }
         }
     } else { /* one thread */
@@ -500,7 +611,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                     status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 3, dz_t, rec_mask,
                                                             recurrent, d_h0, dh_step);
                 else if (packed_t)
-                    SFX(recurrent_matmul_t)(packed_t, H, G3, B, dz_t, G3, NULL, d_h0, 0, nb);
+                    SFX(recurrent_matmul_t)(packed_t, H, G3, B, dz_t, G3, NULL, d_h0, H, 0, nb);
                 else
                     status = SFX(gemm_rm)(blas, 0, 1, B, H, G3, 1, dz_t, G3, recurrent, G3, 1, d_h0, H);
                 if (status) goto done;
@@ -586,5 +697,6 @@ done:
     free(dh_step);
     free(hp_dropped);
     free(packed_t);
+    free(packed_gates_t);
     return status;
 }

@@ -117,7 +117,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (!blas_steps) SFX(pack_recurrent)(recurrent, H, 4, VWF, packed, nt);
+    if (!blas_steps) SFX(pack_recurrent)(recurrent, G4, H, 4, VWF, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -304,7 +304,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         }
         goto weights;
     }
-    SFX(pack_recurrent_t)(recurrent, H, 4, packed_t, nt);
+    SFX(pack_recurrent_t)(recurrent, G4, H, G4, packed_t, nt);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -329,8 +329,8 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
             /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
              * writes dZ_{t-1} elsewhere. */
             SFX(recurrent_matmul_t)(packed_t, H, G4, rows.batch, dz_t, G4,
-                                    rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, p.jb0,
-                                    p.jb1);
+                                    rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
+                                    p.jb0, p.jb1);
         }
     }
 

@@ -23,15 +23,17 @@
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks_fwd)(ptrdiff_t H) { return (H + VWF - 1) / VWF; }
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks)(ptrdiff_t H) { return (H + VW - 1) / VW; }
 
-/* Forward packing of U (H, G*H) row-major into blocks of `width` units:
- *   packed[((jb*H + k)*G + g)*width + w] = U[k, g*H + jb*width + w], zero where
+/* Forward packing of U (H rows of G*H used columns, row stride ldu) into blocks of `width`
+ * units:
+ *   packed[((jb*H + k)*G + g)*width + w] = U[k*ldu + g*H + jb*width + w], zero where
  *   jb*width + w >= H.  packed holds ceil(H / width) * H * G * width elements.
+ * (ldu > G*H packs one gate block of a wider U: GRU's per-gate products.)
  * Blocks [jb0, jb1) only, so a team can share the work.  Full blocks copy a constant
  * `width` elements (one vector move each), and U is read a few rows at a time across all
  * blocks: a memcpy call per 32 bytes, walking U's rows block by block (a page per read),
  * took 2 ms of an 11 ms LSTM forward at B=1, H=512. */
-FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT U, ptrdiff_t H,
-                                                   ptrdiff_t G, ptrdiff_t width,
+FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT U, ptrdiff_t ldu,
+                                                   ptrdiff_t H, ptrdiff_t G, ptrdiff_t width,
                                                    REAL *FRNN_RESTRICT packed, ptrdiff_t jb0,
                                                    ptrdiff_t jb1) {
     const ptrdiff_t KB = 8; /* rows of U per pass: KB*G*H elements stay in L2 */
@@ -42,7 +44,7 @@ FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT U, 
         REAL *dst = packed + (jb * H + k0) * G * width;
         for (ptrdiff_t k = k0; k < k1; ++k)
             for (ptrdiff_t g = 0; g < G; ++g, dst += width) {
-                const REAL *src = U + k * G * H + g * H + j0;
+                const REAL *src = U + k * ldu + g * H + j0;
                 if (n == VW && width == VW) {
                     for (ptrdiff_t w = 0; w < VW; ++w) dst[w] = src[w];
                 } else if (n == VWF && width == VWF) {
@@ -54,21 +56,23 @@ FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT U, 
     }
 }
 
-/* Backward packing: the transpose, for dh[b, j] = sum_c dz[b, c] U[j, c]:
- *   packed_t[(jb*G*H + c)*VW + w] = U[jb*VW + w, c], zero where jb*VW + w >= H.
+/* Backward packing: the transpose, for dh[b, j] = sum_c dz[b, c] U[j, c] over K columns
+ * c of U (H rows, row stride ldu):
+ *   packed_t[(jb*K + c)*VW + w] = U[(jb*VW + w)*ldu + c], zero where jb*VW + w >= H.
  * Blocks [jb0, jb1) only.  Transposes 16 columns at a time so both the reads (VW rows of
  * U) and the writes stay within a few cache lines. */
-FRNN_UNUSED static void SFX(pack_recurrent_t_blocks)(const REAL *FRNN_RESTRICT U, ptrdiff_t H,
-                                                     ptrdiff_t G, REAL *FRNN_RESTRICT packed_t,
-                                                     ptrdiff_t jb0, ptrdiff_t jb1) {
-    const ptrdiff_t GH = G * H, CB = 16;
+FRNN_UNUSED static void SFX(pack_recurrent_t_blocks)(const REAL *FRNN_RESTRICT U, ptrdiff_t ldu,
+                                                     ptrdiff_t H, ptrdiff_t K,
+                                                     REAL *FRNN_RESTRICT packed_t, ptrdiff_t jb0,
+                                                     ptrdiff_t jb1) {
+    const ptrdiff_t CB = 16;
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
-        REAL *dst = packed_t + jb * GH * VW;
-        for (ptrdiff_t c0 = 0; c0 < GH; c0 += CB) {
-            const ptrdiff_t c1 = c0 + CB < GH ? c0 + CB : GH;
+        REAL *dst = packed_t + jb * K * VW;
+        for (ptrdiff_t c0 = 0; c0 < K; c0 += CB) {
+            const ptrdiff_t c1 = c0 + CB < K ? c0 + CB : K;
             for (ptrdiff_t w = 0; w < VW; ++w) {
-                const REAL *src = U + (j0 + w) * GH;
+                const REAL *src = U + (j0 + w) * ldu;
                 for (ptrdiff_t c = c0; c < c1; ++c) dst[c * VW + w] = w < n ? src[c] : (REAL)0;
             }
         }
@@ -77,25 +81,27 @@ FRNN_UNUSED static void SFX(pack_recurrent_t_blocks)(const REAL *FRNN_RESTRICT U
 
 /* Both packings over a team of nt threads (each packs a contiguous share of the blocks).
  * Call outside parallel regions. */
-FRNN_UNUSED static void SFX(pack_recurrent)(const REAL *U, ptrdiff_t H, ptrdiff_t G,
-                                            ptrdiff_t width, REAL *packed, int nt) {
+FRNN_UNUSED static void SFX(pack_recurrent)(const REAL *U, ptrdiff_t ldu, ptrdiff_t H,
+                                            ptrdiff_t G, ptrdiff_t width, REAL *packed, int nt) {
     const ptrdiff_t nb = (H + width - 1) / width;
     if (nt > nb) nt = (int)nb;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
-        SFX(pack_recurrent_blocks)(U, H, G, width, packed, nb * tid / team, nb * (tid + 1) / team);
+        SFX(pack_recurrent_blocks)(U, ldu, H, G, width, packed, nb * tid / team,
+                                   nb * (tid + 1) / team);
     }
 }
 
-FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t H, ptrdiff_t G,
-                                              REAL *packed_t, int nt) {
+FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t ldu, ptrdiff_t H,
+                                              ptrdiff_t K, REAL *packed_t, int nt) {
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     if (nt > nb) nt = (int)nb;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
-        SFX(pack_recurrent_t_blocks)(U, H, G, packed_t, nb * tid / team, nb * (tid + 1) / team);
+        SFX(pack_recurrent_t_blocks)(U, ldu, H, K, packed_t, nb * tid / team,
+                                     nb * (tid + 1) / team);
     }
 }
 
@@ -151,11 +157,13 @@ FRNN_DEFINE_RECMM(4)
 #undef FRNN_DEFINE_RECMM
 
 /* dh[b, j] += (sum_c dz[b, c] U[j, c]) * (keep ? keep[b, j] : 1) for all rows and the units
- * of blocks [jb0, jb1).  dz (B, GH) row stride ldz; dh and keep (B,H) contiguous. */
+ * of blocks [jb0, jb1), c < GH (packed_t from pack_recurrent_t with K = GH).  dz (B, GH)
+ * row stride ldz; dh (B, H) row stride ldh; keep (B,H) contiguous.  The same product with
+ * U's columns packed by pack_recurrent(width VW) is h U, the forward of one gate block. */
 FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
     const REAL *FRNN_RESTRICT packed_t, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B,
     const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep,
-    REAL *FRNN_RESTRICT dh, ptrdiff_t jb0, ptrdiff_t jb1) {
+    REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t jb0, ptrdiff_t jb1) {
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         const REAL *pb = packed_t + jb * GH * VW;
@@ -176,7 +184,7 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
                 }
             }
             for (int r = 0; r < 4; ++r) {
-                REAL *dp = dh + (b + r) * H + j0;
+                REAL *dp = dh + (b + r) * ldh + j0;
                 const REAL *kp = keep ? keep + (b + r) * H + j0 : NULL;
                 for (ptrdiff_t w = 0; w < n; ++w) dp[w] += kp ? acc[r][w] * kp[w] : acc[r][w];
             }
@@ -197,7 +205,7 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
             }
             for (; c < GH; ++c)
                 for (int w = 0; w < VW; ++w) acc[0][w] += dzr[c] * pb[c * VW + w];
-            REAL *dp = dh + b * H + j0;
+            REAL *dp = dh + b * ldh + j0;
             const REAL *kp = keep ? keep + b * H + j0 : NULL;
             for (ptrdiff_t w = 0; w < n; ++w) {
                 REAL s = (acc[0][w] + acc[1][w]) + (acc[2][w] + acc[3][w]);
@@ -337,8 +345,8 @@ FRNN_DEFINE_RECMM_AVX2(4, 3)
 #define FRNN_DEFINE_BWD_TILE(R)                                                           \
     FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_tile_r##R)(                                \
         const REAL *FRNN_RESTRICT pb, ptrdiff_t GH, const REAL *FRNN_RESTRICT dz,        \
-        ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh, ptrdiff_t H, \
-        ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {                                        \
+        ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, \
+        ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {                           \
         FV acc[R][2];                                                                   \
         FRNN_UNROLL for (int r = 0; r < (R); ++r) acc[r][0] = acc[r][1] = FV_ZERO();                \
         const REAL *dzr = dz + b * ldz;                                                 \
@@ -350,18 +358,19 @@ FRNN_DEFINE_RECMM_AVX2(4, 3)
                 acc[r][1] = FV_FMA(d, w1, acc[r][1]);                                   \
             }                                                                           \
         }                                                                               \
-        SFX(bwd_store)(acc, R, keep, dh, H, b, j0, n);                                  \
+        SFX(bwd_store)(acc, R, keep, dh, ldh, H, b, j0, n);                             \
     }
 
-/* dh rows [b, b+R) at units [j0, j0+n) += acc (times keep, if given). */
+/* dh rows [b, b+R) (row stride ldh) at units [j0, j0+n) += acc (times keep, if given;
+ * keep rows are H long). */
 FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_store)(FV acc[][2], int R, const REAL *keep,
-                                                   REAL *dh, ptrdiff_t H, ptrdiff_t b,
-                                                   ptrdiff_t j0, ptrdiff_t n) {
+                                                   REAL *dh, ptrdiff_t ldh, ptrdiff_t H,
+                                                   ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {
     FRNN_UNROLL for (int r = 0; r < R; ++r) {
         REAL tmp[2 * FV_LANES];
         FV_STORE(tmp, acc[r][0]);
         FV_STORE(tmp + FV_LANES, acc[r][1]);
-        REAL *dp = dh + (b + r) * H + j0;
+        REAL *dp = dh + (b + r) * ldh + j0;
         const REAL *kp = keep ? keep + (b + r) * H + j0 : NULL;
         for (ptrdiff_t w = 0; w < n; ++w) dp[w] += kp ? tmp[w] * kp[w] : tmp[w];
     }
@@ -377,8 +386,9 @@ FRNN_DEFINE_BWD_TILE(6)
 FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_tile_r1)(const REAL *FRNN_RESTRICT pb, ptrdiff_t GH,
                                                      const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,
                                                      const REAL *FRNN_RESTRICT keep,
-                                                     REAL *FRNN_RESTRICT dh, ptrdiff_t H,
-                                                     ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {
+                                                     REAL *FRNN_RESTRICT dh, ptrdiff_t ldh,
+                                                     ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0,
+                                                     ptrdiff_t n) {
     FV acc[1][2], part[3][2];
     acc[0][0] = acc[0][1] = FV_ZERO();
     FRNN_UNROLL for (int p = 0; p < 3; ++p) part[p][0] = part[p][1] = FV_ZERO();
@@ -404,25 +414,25 @@ FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_tile_r1)(const REAL *FRNN_RESTRICT pb,
     }
     FRNN_UNROLL for (int v = 0; v < 2; ++v)
         acc[0][v] = FV_ADD(FV_ADD(acc[0][v], part[0][v]), FV_ADD(part[1][v], part[2][v]));
-    SFX(bwd_store)(acc, 1, keep, dh, H, b, j0, n);
+    SFX(bwd_store)(acc, 1, keep, dh, ldh, H, b, j0, n);
 }
 
 /* Rows per backward tile: 6 x 2 accumulators + 2 weights + 1 broadcast <= 16 registers. */
 FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
     const REAL *FRNN_RESTRICT packed_t, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B,
     const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep,
-    REAL *FRNN_RESTRICT dh, ptrdiff_t jb0, ptrdiff_t jb1) {
+    REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t jb0, ptrdiff_t jb1) {
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         const REAL *pb = packed_t + jb * GH * VW;
         ptrdiff_t b = 0;
-        for (; b + 6 <= B; b += 6) SFX(bwd_tile_r6)(pb, GH, dz, ldz, keep, dh, H, b, j0, n);
+        for (; b + 6 <= B; b += 6) SFX(bwd_tile_r6)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n);
         switch (B - b) {
-        case 5: SFX(bwd_tile_r5)(pb, GH, dz, ldz, keep, dh, H, b, j0, n); break;
-        case 4: SFX(bwd_tile_r4)(pb, GH, dz, ldz, keep, dh, H, b, j0, n); break;
-        case 3: SFX(bwd_tile_r3)(pb, GH, dz, ldz, keep, dh, H, b, j0, n); break;
-        case 2: SFX(bwd_tile_r2)(pb, GH, dz, ldz, keep, dh, H, b, j0, n); break;
-        case 1: SFX(bwd_tile_r1)(pb, GH, dz, ldz, keep, dh, H, b, j0, n); break;
+        case 5: SFX(bwd_tile_r5)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
+        case 4: SFX(bwd_tile_r4)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
+        case 3: SFX(bwd_tile_r3)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
+        case 2: SFX(bwd_tile_r2)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
+        case 1: SFX(bwd_tile_r1)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
         default: break;
         }
     }
@@ -460,8 +470,8 @@ FRNN_UNUSED static void SFX(recurrent_matmul_g4)(const REAL *packed, ptrdiff_t H
 }
 FRNN_UNUSED static void SFX(recurrent_matmul_t)(const REAL *packed_t, ptrdiff_t H, ptrdiff_t GH,
                                                ptrdiff_t B, const REAL *dz, ptrdiff_t ldz,
-                                               const REAL *keep, REAL *dh, ptrdiff_t jb0,
-                                               ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_t, packed_t, H, GH, B, dz, ldz, keep, dh, jb0, jb1);
+                                               const REAL *keep, REAL *dh, ptrdiff_t ldh,
+                                               ptrdiff_t jb0, ptrdiff_t jb1) {
+    FRNN_PICK(recurrent_matmul_t, packed_t, H, GH, B, dz, ldz, keep, dh, ldh, jb0, jb1);
 }
 #undef FRNN_PICK

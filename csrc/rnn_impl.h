@@ -96,7 +96,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         goto done;
     }
     /* U's columns in blocks of VW units: the layout of the transposed product's packing */
-    if (packed) SFX(pack_recurrent)(recurrent, H, 1, VW, packed, nt);
+    if (packed) SFX(pack_recurrent)(recurrent, H, H, 1, VW, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -144,7 +144,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
                 SFX(recurrent_matmul_t)(packed, H, H, rows.batch,
                                         rec_mask ? hd_buf[t & 1] + b0 * H : h_prev, H, NULL, z_t,
-                                        p.jb0, p.jb1);
+                                        H, p.jb0, p.jb1);
                 SFX(rnn_step_pointwise)(
                     &rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
@@ -224,7 +224,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     }
     const frnn_split split = frnn_pick_split(B, nb, B * H * H);
     const int nt = packed_t ? split.threads : 1;
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, 1, packed_t, nt);
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, packed_t, nt);
     if (packed_t) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
@@ -246,7 +246,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                 /* dh_{t-1} += (dz_t U^T) * m for the owned rows and units; the next step
                  * writes dz_{t-1} elsewhere */
                 SFX(recurrent_matmul_t)(packed_t, H, H, rows.batch, dz_t, H,
-                                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H,
+                                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
                                         p.jb0, p.jb1);
             }
         }

@@ -18,6 +18,9 @@ CELLS = {
     "lstm": (4, ops.lstm_forward, ops.lstm_backward, reference.lstm_forward, reference.lstm_backward, {}),
     "gru": (3, ops.gru_forward, ops.gru_backward, reference.gru_forward, reference.gru_backward,
             {"reset_after": True}),
+    # reset_after=False multiplies Uh by r*h: its products run gate block by gate block
+    "gru_reset_before": (3, ops.gru_forward, ops.gru_backward, reference.gru_forward,
+                         reference.gru_backward, {"reset_after": False}),
     "simple_rnn": (1, ops.simple_rnn_forward, ops.simple_rnn_backward, reference.simple_rnn_forward,
                    reference.simple_rnn_backward, {}),
 }
@@ -83,17 +86,19 @@ def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("threading", sorted(THREADING))
 @pytest.mark.parametrize("batch,units", [(3, 37), (8, 40)])
-@pytest.mark.parametrize("cell", ["lstm", "simple_rnn"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
 def test_recurrent_dropout_on_the_tiles_matches_reference(rng, cell, batch, units, threading,
                                                          dtype):
-    """LSTM and SimpleRNN run recurrent dropout on the packed tiles, split like the rest:
-    the dropped-out state h*m is double-buffered with h when the units are split."""
+    """Recurrent dropout runs on the packed tiles, split like the rest: LSTM and SimpleRNN
+    double-buffer the dropped-out state h*m with h when the units are split; GRU (one mask
+    per gate block) runs its blocks one by one, split by rows."""
     gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
     steps, features = 6, 3
     x = rng.standard_normal((batch, steps, features))
     kernel = rng.standard_normal((features, gates * units)) * 0.3
     recurrent = rng.standard_normal((units, gates * units)) * 0.3
-    drop = (rng.random((batch, units)) > 0.3) / 0.7
+    mask_shape = (3, batch, units) if cell.startswith("gru") else (batch, units)
+    drop = (rng.random(mask_shape) > 0.3) / 0.7
     mask = rng.random((batch, steps)) > 0.25
     d_out = rng.standard_normal((batch, steps, units))
     arrays = [a.astype(dtype) for a in (x, kernel, recurrent, drop, d_out)]
