@@ -31,13 +31,18 @@ FRNN_INLINE float frnn_tanh_approx_f32(float x) {
     return p / q;
 }
 
+/* One element (fused passes call these directly; the array versions below use them too,
+ * so both give the same values). */
+FRNN_INLINE float frnn_tanh_f32(float x) { return frnn_tanh_approx_f32(x); }
+FRNN_INLINE float frnn_sigmoid_f32(float x) { return 0.5f + 0.5f * frnn_tanh_approx_f32(0.5f * x); }
+
 FRNN_INLINE void frnn_activate_inl_f32(frnn_activation act, float *FRNN_RESTRICT v, ptrdiff_t n) {
     switch (act) {
     case FRNN_ACT_TANH:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_tanh_approx_f32(v[k]);
+        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_tanh_f32(v[k]);
         break;
     case FRNN_ACT_SIGMOID:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = 0.5f + 0.5f * frnn_tanh_approx_f32(0.5f * v[k]);
+        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_sigmoid_f32(v[k]);
         break;
     case FRNN_ACT_RELU:
         for (ptrdiff_t k = 0; k < n; ++k) v[k] = v[k] > 0.0f ? v[k] : (v[k] != v[k] ? v[k] : 0.0f);
@@ -61,10 +66,12 @@ FRNN_INLINE double frnn_sigmoid_f64(double x) {
     return e / (1.0 + e);
 }
 
+FRNN_INLINE double frnn_tanh_f64(double x) { return tanh(x); }
+
 FRNN_INLINE void frnn_activate_inl_f64(frnn_activation act, double *FRNN_RESTRICT v, ptrdiff_t n) {
     switch (act) {
     case FRNN_ACT_TANH:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = tanh(v[k]);
+        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_tanh_f64(v[k]);
         break;
     case FRNN_ACT_SIGMOID:
         for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_sigmoid_f64(v[k]);

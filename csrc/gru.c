@@ -7,6 +7,8 @@
 #define GEMM blas->sgemm
 #define ACTIVATE frnn_activate_inl_f32
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f32
+#define SIGMOID1 frnn_sigmoid_f32
+#define TANH1 frnn_tanh_f32
 #include "real_impl.h"
 #include "recurrent_matmul.h"
 #include "gru_impl.h"
@@ -16,6 +18,8 @@
 #undef GEMM
 #undef ACTIVATE
 #undef ACTIVATION_GRAD
+#undef SIGMOID1
+#undef TANH1
 
 #define REAL double
 #define FRNN_F32 0
@@ -23,6 +27,8 @@
 #define GEMM blas->dgemm
 #define ACTIVATE frnn_activate_inl_f64
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f64
+#define SIGMOID1 frnn_sigmoid_f64
+#define TANH1 frnn_tanh_f64
 #include "real_impl.h"
 #include "recurrent_matmul.h"
 #include "gru_impl.h"

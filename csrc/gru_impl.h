@@ -1,5 +1,5 @@
 /* GRU forward and BPTT for one precision.  Included by gru.c with REAL, SFX(name), GEMM,
- * ACTIVATE and ACTIVATION_GRAD defined.  See fusedrnn.h for the argument contract.
+ * ACTIVATE, ACTIVATION_GRAD and the one-element SIGMOID1, TANH1 defined.  See fusedrnn.h for the argument contract.
  *
  * Gate blocks z, r, h side by side (3H columns).  Per processing step, with hp = h_{t-1}:
  *   reset_after=1:  R = hp U (+ b_rec),  z = ra(xz + Rz),  r = ra(xr + Rr),
@@ -69,6 +69,8 @@ FRNN_CLONES static void SFX(gru_step_after_pointwise)(
     REAL *out, ptrdiff_t out_stride_b, REAL *hr_save, REAL *h_save, ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     const size_t bytes = (size_t)n * sizeof(REAL);
+    const int sigmoid_tanh =
+        d->recurrent_activation == FRNN_ACT_SIGMOID && d->activation == FRNN_ACT_TANH;
     for (ptrdiff_t b = 0; b < B; ++b) {
         const REAL *hp = h_prev + b * H + j0;
         REAL *hn = h_next + b * H + j0;
@@ -87,19 +89,34 @@ FRNN_CLONES static void SFX(gru_step_after_pointwise)(
             REAL *FRNN_RESTRICT gh = gz + 2 * H;
             const REAL *FRNN_RESTRICT rz = rec + b * 3 * H + j0, *FRNN_RESTRICT rr = rz + H;
             const REAL *FRNN_RESTRICT rh = rz + 2 * H;
-            for (ptrdiff_t j = 0; j < n; ++j) {
-                gz[j] += rz[j];
-                gr[j] += rr[j];
+            const REAL *FRNN_RESTRICT brh = b_rec_h ? b_rec_h + j0 : NULL;
+            if (sigmoid_tanh) { /* the usual activations: one pass, each value read once */
+                for (ptrdiff_t j = 0; j < n; ++j) {
+                    const REAL zj = SIGMOID1(gz[j] + rz[j]), rj = SIGMOID1(gr[j] + rr[j]);
+                    const REAL rhj = rh[j] + (brh ? brh[j] : (REAL)0);
+                    const REAL hh = TANH1(gh[j] + rj * rhj);
+                    if (hrb) hrb[j] = rhj;
+                    gz[j] = zj;
+                    gr[j] = rj;
+                    gh[j] = hh;
+                    hn[j] = zj * hp[j] + ((REAL)1 - zj) * hh;
+                }
+            } else { /* any activations: one pass per activation */
+                for (ptrdiff_t j = 0; j < n; ++j) {
+                    gz[j] += rz[j];
+                    gr[j] += rr[j];
+                }
+                ACTIVATE(d->recurrent_activation, gz, n);
+                ACTIVATE(d->recurrent_activation, gr, n);
+                for (ptrdiff_t j = 0; j < n; ++j) {
+                    REAL rhj = rh[j] + (brh ? brh[j] : (REAL)0);
+                    if (hrb) hrb[j] = rhj;
+                    gh[j] += gr[j] * rhj;
+                }
+                ACTIVATE(d->activation, gh, n); /* hh */
+                for (ptrdiff_t j = 0; j < n; ++j)
+                    hn[j] = gz[j] * hp[j] + ((REAL)1 - gz[j]) * gh[j];
             }
-            ACTIVATE(d->recurrent_activation, gz, n);
-            ACTIVATE(d->recurrent_activation, gr, n);
-            for (ptrdiff_t j = 0; j < n; ++j) {
-                REAL rhj = rh[j] + (b_rec_h ? b_rec_h[j0 + j] : (REAL)0);
-                if (hrb) hrb[j] = rhj;
-                gh[j] += gr[j] * rhj;
-            }
-            ACTIVATE(d->activation, gh, n); /* hh */
-            for (ptrdiff_t j = 0; j < n; ++j) hn[j] = gz[j] * hp[j] + ((REAL)1 - gz[j]) * gh[j];
             if (ob) memcpy(ob, hn, bytes);
         }
         if (h_save) memcpy(h_save + b * H + j0, hn, bytes);

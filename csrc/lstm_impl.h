@@ -1,5 +1,6 @@
 /* LSTM forward and BPTT for one precision.  Included by lstm.c with REAL, SFX(name),
- * GEMM, ACTIVATE and ACTIVATION_GRAD defined (and real_impl.h, recurrent_matmul.h before).
+ * GEMM, ACTIVATE, ACTIVATION_GRAD and the one-element SIGMOID1, TANH1 defined (and
+ * real_impl.h, recurrent_matmul.h before).
  * See fusedrnn.h for the argument contract.
  *
  * Forward: one BLAS GEMM projects the input of many steps at once (bias included); then
@@ -31,6 +32,8 @@ FRNN_CLONES static void SFX(lstm_step_pointwise)(
     REAL *h_next_dropped, REAL *FRNN_RESTRICT scratch, ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     const size_t bytes = (size_t)n * sizeof(REAL);
+    const int sigmoid_tanh =
+        d->recurrent_activation == FRNN_ACT_SIGMOID && d->activation == FRNN_ACT_TANH;
     for (ptrdiff_t b = 0; b < B; ++b) {
         const REAL *FRNN_RESTRICT hp = h_prev + b * H + j0;
         REAL *FRNN_RESTRICT hn = h_next + b * H + j0;
@@ -46,17 +49,31 @@ FRNN_CLONES static void SFX(lstm_step_pointwise)(
             REAL *FRNN_RESTRICT zb = z + b * 4 * H;
             REAL *FRNN_RESTRICT gi = zb + j0, *FRNN_RESTRICT gf = zb + H + j0;
             REAL *FRNN_RESTRICT gg = zb + 2 * H + j0, *FRNN_RESTRICT go = zb + 3 * H + j0;
-            ACTIVATE(d->recurrent_activation, gi, n);
-            ACTIVATE(d->recurrent_activation, gf, n);
-            ACTIVATE(d->activation, gg, n);
-            ACTIVATE(d->recurrent_activation, go, n);
-            for (ptrdiff_t j = 0; j < n; ++j) {
-                REAL cn = gf[j] * cb[j] + gi[j] * gg[j];
-                cb[j] = cn;
-                scratch[j] = cn;
+            if (sigmoid_tanh) { /* the usual activations: one pass, each value read once */
+                for (ptrdiff_t j = 0; j < n; ++j) {
+                    const REAL i = SIGMOID1(gi[j]), f = SIGMOID1(gf[j]);
+                    const REAL g = TANH1(gg[j]), o = SIGMOID1(go[j]);
+                    const REAL cn = f * cb[j] + i * g;
+                    gi[j] = i;
+                    gf[j] = f;
+                    gg[j] = g;
+                    go[j] = o;
+                    cb[j] = cn;
+                    hn[j] = o * TANH1(cn);
+                }
+            } else { /* any activations: one pass per activation */
+                ACTIVATE(d->recurrent_activation, gi, n);
+                ACTIVATE(d->recurrent_activation, gf, n);
+                ACTIVATE(d->activation, gg, n);
+                ACTIVATE(d->recurrent_activation, go, n);
+                for (ptrdiff_t j = 0; j < n; ++j) {
+                    REAL cn = gf[j] * cb[j] + gi[j] * gg[j];
+                    cb[j] = cn;
+                    scratch[j] = cn;
+                }
+                ACTIVATE(d->activation, scratch, n);
+                for (ptrdiff_t j = 0; j < n; ++j) hn[j] = go[j] * scratch[j];
             }
-            ACTIVATE(d->activation, scratch, n);
-            for (ptrdiff_t j = 0; j < n; ++j) hn[j] = go[j] * scratch[j];
             if (ob) memcpy(ob, hn, bytes);
         }
         if (c_save) memcpy(c_save + b * H + j0, cb, bytes);
