@@ -149,6 +149,20 @@ def test_measure_warms_up_then_repeats_until_count_and_budget():
     assert timing.repeats == 4 and len(calls) == 4  # max_repeats ends a long budget
 
 
+def test_measure_interleaved_alternates_and_stops_by_rounds():
+    calls = []
+    timings = bench.measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        bench.MeasureSettings(warmup=1, min_repeats=3, max_repeats=9, budget=0.0))
+    assert calls == ["a", "b"] + ["a", "b"] * 3      # warm-up each, then 3 rounds in turn
+    assert timings["a"].repeats == timings["b"].repeats == 3
+    calls.clear()
+    timings = bench.measure_interleaved({"a": lambda: calls.append("a")},
+                                        bench.MeasureSettings(warmup=0, min_repeats=1,
+                                                              max_repeats=4, budget=60.0))
+    assert timings["a"].repeats == 4 and calls == ["a"] * 4  # max_repeats ends a long budget
+
+
 @pytest.mark.parametrize("cell", bench.CELLS)
 def test_torch_baseline_has_the_same_weights(cell, request):
     """The torch module the benchmark times computes what fusedrnn computes: outputs and

@@ -136,6 +136,28 @@ def measure(function: Callable[[], object], settings: MeasureSettings) -> Timing
     return Timing(seconds)
 
 
+def measure_interleaved(functions: Dict[str, Callable[[], object]],
+                        settings: MeasureSettings) -> Dict[str, Timing]:
+    """Time several implementations of one case call by call in turn (A, B, A, B, ...), so
+    that load changes on a shared machine hit them alike and their ratio stays fair.  The
+    stopping rule of `measure`, counted in rounds, with `settings.budget` seconds per
+    implementation."""
+    for function in functions.values():
+        for _ in range(settings.warmup):
+            function()
+    seconds: Dict[str, List[float]] = {name: [] for name in functions}
+    budget = settings.budget * len(functions)
+    start = time.perf_counter()
+    for rounds in range(1, settings.max_repeats + 1):
+        for name, function in functions.items():
+            t0 = time.perf_counter()
+            function()
+            seconds[name].append(time.perf_counter() - t0)
+        if rounds >= settings.min_repeats and time.perf_counter() - start >= budget:
+            break
+    return {name: Timing(times) for name, times in seconds.items()}
+
+
 @dataclass
 class Result:
     """All implementations at one (cell, mode, point)."""
@@ -175,13 +197,15 @@ def run_grid(cells: Sequence[str], modes: Sequence[str], points: Sequence[Point]
              implementations: Sequence[str], settings: MeasureSettings,
              dtype=np.float32, skip_numpy_at_large_points: bool = True,
              progress: Optional[Callable[[str], None]] = None) -> List[Result]:
-    """Measure every (cell, mode, point); the implementations of one point run back to back
-    so that load changes on a shared machine hit them alike."""
+    """Measure every (cell, mode, point).  fusedrnn and torch alternate call by call
+    (measure_interleaved), so that load changes on a shared machine hit both alike; the slow
+    NumPy reference runs on its own with a third of the repeats."""
     results = []
     for cell in cells:
         for mode in modes:
             for point in points:
                 result = Result(cell, mode, point)
+                interleaved = {}
                 for implementation in IMPLEMENTATIONS:
                     if implementation not in implementations:
                         result.marks[implementation] = NOT_SELECTED
@@ -194,9 +218,16 @@ def run_grid(cells: Sequence[str], modes: Sequence[str], points: Sequence[Point]
                         result.marks[implementation] = SKIPPED
                         continue
                     case = make_case(implementation, cell, mode, point, dtype)
-                    chosen = settings.for_numpy() if implementation == "numpy" else settings
-                    result.timings[implementation] = measure(case.run, chosen)
-                    if mode == "train" and implementation in ("fusedrnn", "torch"):
+                    if implementation == "numpy":
+                        result.timings[implementation] = measure(case.run, settings.for_numpy())
+                        if progress is not None:
+                            progress(f"{case.name}: {result.timings[implementation].median_ms:.3f} ms")
+                    else:
+                        interleaved[implementation] = case
+                result.timings.update(measure_interleaved(
+                    {name: case.run for name, case in interleaved.items()}, settings))
+                for implementation, case in interleaved.items():
+                    if mode == "train":
                         result.saved_bytes[implementation] = case.saved_bytes()
                     if progress is not None:
                         progress(f"{case.name}: {result.timings[implementation].median_ms:.3f} ms")
