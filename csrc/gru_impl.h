@@ -90,17 +90,19 @@ FRNN_CLONES static void SFX(gru_step_after_pointwise)(
             const REAL *FRNN_RESTRICT rz = rec + b * 3 * H + j0, *FRNN_RESTRICT rr = rz + H;
             const REAL *FRNN_RESTRICT rh = rz + 2 * H;
             const REAL *FRNN_RESTRICT brh = b_rec_h ? b_rec_h + j0 : NULL;
-            if (sigmoid_tanh) { /* the usual activations: one pass, each value read once */
+            if (sigmoid_tanh) { /* the usual activations: one pass over the gates */
                 for (ptrdiff_t j = 0; j < n; ++j) {
                     const REAL zj = SIGMOID1(gz[j] + rz[j]), rj = SIGMOID1(gr[j] + rr[j]);
                     const REAL rhj = rh[j] + (brh ? brh[j] : (REAL)0);
-                    const REAL hh = TANH1(gh[j] + rj * rhj);
                     if (hrb) hrb[j] = rhj;
                     gz[j] = zj;
                     gr[j] = rj;
-                    gh[j] = hh;
-                    hn[j] = zj * hp[j] + ((REAL)1 - zj) * hh;
+                    gh[j] = TANH1(gh[j] + rj * rhj);
                 }
+                /* apart: hp and hn may be one array (in place), which kept GCC from
+                 * vectorising the fused loop (measured scalar, 20% slower at B=128, H=512) */
+                for (ptrdiff_t j = 0; j < n; ++j)
+                    hn[j] = gz[j] * hp[j] + ((REAL)1 - gz[j]) * gh[j];
             } else { /* any activations: one pass per activation */
                 for (ptrdiff_t j = 0; j < n; ++j) {
                     gz[j] += rz[j];
