@@ -97,10 +97,11 @@ int frnn_cpu_has_avx2_fma(void);
 
 /* The floating-point peak as the kernels' SIMD path reaches it: `threads` threads each run
  * `iterations` rounds of independent multiply-adds on registers (float64 if use_f64).
- * *seconds: wall time of the slowest thread; *flops: FLOPs done by the whole team.
- * Returns FRNN_EINVAL for threads or iterations < 1 or NULL outputs. */
-int frnn_measure_peak(int threads, long long iterations, int use_f64, double *seconds,
-                      double *flops);
+ * *flops_per_second: the sum over the threads of each one's FLOPs over its own CPU time
+ * (time descheduled does not count).  Returns FRNN_EINVAL for threads or iterations < 1,
+ * a NULL output, or no thread CPU clock. */
+int frnn_measure_peak(int threads, long long iterations, int use_f64,
+                      double *flops_per_second);
 int frnn_has_openmp(void);
 
 /* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */

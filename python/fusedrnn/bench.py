@@ -321,26 +321,25 @@ class thread_limits:
         return False
 
 
-def measure_peak_gflops(threads: int, dtype=np.float32, seconds: float = 0.05,
+def measure_peak_gflops(threads: int, dtype=np.float32, seconds: float = 0.02,
                         repeats: int = 5) -> float:
     """The machine's peak GFLOP/s as the kernels can reach it, measured: `threads` threads
     run independent multiply-adds on registers with the kernels' SIMD path (AVX2+FMA where
-    the CPU has it).  About `seconds` per run; the best of `repeats` runs (a peak is what
-    the CPU can do, so interruptions by other processes should not lower it)."""
+    the CPU has it), each timed on its own CPU time so that other programs on a shared
+    machine do not lower it.  About `seconds` of CPU per thread and run; the best of
+    `repeats` runs."""
     from . import _kernels
 
     float64 = np.dtype(dtype) == np.float64
-    iterations = 1 << 16
-    elapsed, _ = _kernels.measure_peak(threads, iterations, float64)
-    while elapsed < seconds / 8 and iterations < 1 << 40:  # calibrate the run length
-        iterations *= 8
-        elapsed, _ = _kernels.measure_peak(threads, iterations, float64)
-    iterations = max(1, int(iterations * seconds / max(elapsed, 1e-9)))
-    best = 0.0
-    for _ in range(repeats):
-        elapsed, done = _kernels.measure_peak(threads, iterations, float64)
-        best = max(best, done / max(elapsed, 1e-12) / 1e9)
-    return best
+    iterations = 1 << 14
+    while iterations < 1 << 40:  # calibrate the run length on one thread
+        t0 = time.perf_counter()
+        _kernels.measure_peak(1, iterations, float64)
+        if time.perf_counter() - t0 >= seconds:
+            break
+        iterations *= 4
+    return max(_kernels.measure_peak(threads, iterations, float64)
+               for _ in range(repeats)) / 1e9
 
 
 def _cpu_model() -> str:
@@ -523,7 +522,8 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
         lines.append(
             f"- peak {_gflops(peak)} GFLOP/s ({config['dtype']}, {config.get('threads', '?')} "
             "threads), measured: independent multiply-adds on registers with the kernels' "
-            "SIMD path, best of 5 runs; `% peak` is fusedrnn's GFLOP/s over it"
+            "SIMD path, each thread on its own CPU time, best of 5 runs; `% peak` is "
+            "fusedrnn's GFLOP/s over it"
         )
     lines.append("")
     if results:

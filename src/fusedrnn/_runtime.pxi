@@ -10,8 +10,8 @@ cdef extern from "fusedrnn.h" nogil:
     int frnn_override_blas_steps() noexcept
     long long frnn_override_split_min_macs() noexcept
     int frnn_cpu_has_avx2_fma() noexcept
-    int frnn_measure_peak(int threads, long long iterations, int use_f64, double *seconds,
-                          double *flops) noexcept
+    int frnn_measure_peak(int threads, long long iterations, int use_f64,
+                          double *flops_per_second) noexcept
 
 
 def set_kernel_threads(int n):
@@ -54,15 +54,15 @@ def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=
 def measure_peak(int threads, long long iterations, bint float64=False):
     """Run the peak loop (see frnn_measure_peak in csrc/fusedrnn.h): `threads` threads each
     do `iterations` rounds of independent register multiply-adds with the kernels' SIMD
-    path.  Returns (seconds, flops); GFLOP/s = flops / seconds / 1e9."""
-    cdef double seconds = 0, flops = 0
+    path.  Returns FLOP/s: the sum of each thread's FLOPs over its own CPU time."""
+    cdef double rate = 0
     cdef int status
     if threads < 1:
         raise ValueError(f"threads: expected a count >= 1, got {threads}")
     if iterations < 1:
         raise ValueError(f"iterations: expected a count >= 1, got {iterations}")
     with nogil:
-        status = frnn_measure_peak(threads, iterations, float64, &seconds, &flops)
+        status = frnn_measure_peak(threads, iterations, float64, &rate)
     if status != 0:
         raise RuntimeError(f"frnn_measure_peak failed with status {status}")
-    return seconds, flops
+    return rate
