@@ -268,11 +268,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         if (gate_tiles) { /* each thread runs the loop for its own rows, h updated in place */
 #pragma omp parallel num_threads(nt) if (nt > 1)
             {
-                const frnn_share p = frnn_thread_share(split, B, nbg, frnn_thread_id(),
-                                                       frnn_team_size());
+                const frnn_part p = frnn_thread_part(d, split, nbg, VW);
                 const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0;
-                frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-                rows.batch = R;
                 REAL *h_rows = h_n + b0 * H;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
                     REAL *z_t = z_chunk + ((t - t0) * B + b0) * G3;
@@ -296,16 +293,16 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                     }
                     if (reset_after) {
                         SFX(gru_step_after_pointwise)(
-                            &rows, z_t, out, b_rec_h, h_rows, h_rows, mask_t, out_t, os.stride_b,
+                            &p.rows, z_t, out, b_rec_h, h_rows, h_rows, mask_t, out_t, os.stride_b,
                             training ? hr_cache + (t * B + b0) * H : NULL, h_save, 0, H);
                     } else { /* the h block: xh + q Uh with q = r*hp(*m_h) */
                         REAL *q = (training ? hr_cache + t * B * H : rec) + b0 * H;
-                        SFX(gru_step_before_gates)(&rows, z_t, h_rows,
+                        SFX(gru_step_before_gates)(&p.rows, z_t, h_rows,
                                                    rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
                                                    mask_t, q);
                         SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R, q, H,
                                                 NULL, z_t + 2 * H, G3, 0, nbg);
-                        SFX(gru_step_before_update)(&rows, z_t, h_rows, mask_t, out_t,
+                        SFX(gru_step_before_update)(&p.rows, z_t, h_rows, mask_t, out_t,
                                                     os.stride_b, h_save);
                     }
                 }
@@ -316,20 +313,16 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             REAL *h_buf[2] = {h_n, h_alt};
 #pragma omp parallel num_threads(nt)
             {
-                const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
-                                                       frnn_team_size());
-                const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VWF;
-                const ptrdiff_t j1 = p.jb1 * VWF < H ? p.jb1 * VWF : H;
-                frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-                rows.batch = p.b1 - p.b0;
+                const frnn_part p = frnn_thread_part(d, split, nb, VWF);
+                const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
                     for (ptrdiff_t b = p.b0; b < p.b1; ++b)
                         for (int g = 0; g < 3; ++g)
                             memset(rec + b * G3 + g * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
-                    SFX(recurrent_matmul_g3)(packed, H, rows.batch, h_buf[t & 1] + b0 * H,
+                    SFX(recurrent_matmul_g3)(packed, H, p.rows.batch, h_buf[t & 1] + b0 * H,
                                              rec + b0 * G3, G3, p.jb0, p.jb1);
                     SFX(gru_step_after_pointwise)(
-                        &rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
+                        &p.rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
                         h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,
                         mask ? mask_tm + t * B + b0 : NULL,
                         outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL,
@@ -553,11 +546,8 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     if (gate_tiles) { /* each thread runs the loop for its own rows */
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
-            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
-                                                   frnn_team_size());
+            const frnn_part p = frnn_thread_part(d, split, nb, VW);
             const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0;
-            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-            rows.batch = R;
             REAL *dh = d_h0 + b0 * H;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
                 const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
@@ -569,16 +559,16 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 REAL *dz_t = dz + (t * B + b0) * G3;
                 if (reset_after) {
                     SFX(gru_step_after_backward_pointwise)(
-                        &rows, gates_t, hr_cache + (t * B + b0) * H, hp_rows, mask_t, dout_t,
+                        &p.rows, gates_t, hr_cache + (t * B + b0) * H, hp_rows, mask_t, dout_t,
                         dos.stride_b, dh, dz_t, dxh + (t * B + b0) * H, 0, H);
                 } else { /* z, h blocks; then r's needs dq = dz_h Uh^T */
-                    SFX(gru_step_before_backward_zh)(&rows, gates_t, hp_rows, mask_t, dout_t,
+                    SFX(gru_step_before_backward_zh)(&p.rows, gates_t, hp_rows, mask_t, dout_t,
                                                      dos.stride_b, dh, dz_t);
                     REAL *dq_rows = dq + b0 * H;
                     memset(dq_rows, 0, (size_t)(R * H) * sizeof(REAL));
                     SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
                                             dz_t + 2 * H, G3, NULL, dq_rows, H, 0, nb);
-                    SFX(gru_step_before_backward_r)(&rows, gates_t, hp_rows,
+                    SFX(gru_step_before_backward_r)(&p.rows, gates_t, hp_rows,
                                                     rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
                                                     mask_t, dq_rows, dh, dz_t);
                 }
@@ -593,16 +583,13 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     } else if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
 #pragma omp parallel num_threads(nt)
         {
-            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
-                                                   frnn_team_size());
-            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
-            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-            rows.batch = p.b1 - p.b0;
+            const frnn_part p = frnn_thread_part(d, split, nb, VW);
+            const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
                 REAL *dz_t = dz + (t * B + b0) * G3;
                 const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
                 SFX(gru_step_after_backward_pointwise)(
-                    &rows, gates + (t * B + b0) * G3, hr_cache + (t * B + b0) * H,
+                    &p.rows, gates + (t * B + b0) * G3, hr_cache + (t * B + b0) * H,
                     h_prev ? h_prev + b0 * H : NULL, mask_cache ? mask_cache + t * B + b0 : NULL,
                     d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
                     dos.stride_b, d_h0 + b0 * H, dz_t, dxh + (t * B + b0) * H, j0, j1);
@@ -610,7 +597,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 if (!split.by_rows) {
 #pragma omp barrier
                 }
-                SFX(recurrent_matmul_t)(packed_t, H, G3, rows.batch, dz_t, G3, NULL,
+                SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
                                         d_h0 + b0 * H, H, p.jb0, p.jb1);
             }
         }

@@ -150,4 +150,22 @@ static inline frnn_share frnn_thread_share(frnn_split s, ptrdiff_t batch, ptrdif
     return p;
 }
 
+/* The calling thread's part of a time loop split by s over d's batch and nb unit blocks of
+ * `width` units: rows [b0, b1), blocks [jb0, jb1), their units [j0, j1), and `rows`, d with
+ * the batch cut to the thread's rows (every (B, .) array is then offset by b0). */
+typedef struct {
+    ptrdiff_t b0, b1, jb0, jb1, j0, j1;
+    frnn_dims rows;
+} frnn_part;
+
+static inline frnn_part frnn_thread_part(const frnn_dims *d, frnn_split s, ptrdiff_t nb,
+                                         ptrdiff_t width) {
+    const frnn_share share =
+        frnn_thread_share(s, d->batch, nb, frnn_thread_id(), frnn_team_size());
+    frnn_part p = {share.b0, share.b1, share.jb0, share.jb1, share.jb0 * width,
+                   share.jb1 * width < d->units ? share.jb1 * width : d->units, *d};
+    p.rows.batch = share.b1 - share.b0;
+    return p;
+}
+
 #endif

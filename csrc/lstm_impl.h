@@ -174,19 +174,17 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
             const int tid = frnn_thread_id();
-            const frnn_share p = frnn_thread_share(split, B, nb, tid, frnn_team_size());
-            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VWF, j1 = p.jb1 * VWF < H ? p.jb1 * VWF : H;
-            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-            rows.batch = p.b1 - p.b0;
+            const frnn_part p = frnn_thread_part(d, split, nb, VWF);
+            const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VWF;
             for (ptrdiff_t t = t0; t < t1; ++t) {
                 REAL *z_t = z_chunk + ((t - t0) * B + b0) * G4;
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
-                SFX(recurrent_matmul_g4)(packed, H, rows.batch,
+                SFX(recurrent_matmul_g4)(packed, H, p.rows.batch,
                                          rec_mask ? hd_buf[t & 1] + b0 * H : h_prev, z_t, G4,
                                          p.jb0, p.jb1);
                 SFX(lstm_step_pointwise)(
-                    &rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H, c_n + b0 * H,
+                    &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H, c_n + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
                     outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL, os.stride_b,
                     training ? c_states + (t * B + b0) * H : NULL,
@@ -326,16 +324,14 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int tid = frnn_thread_id();
-        const frnn_share p = frnn_thread_share(split, B, nb, tid, frnn_team_size());
-        const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
-        frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-        rows.batch = p.b1 - p.b0;
+        const frnn_part p = frnn_thread_part(d, split, nb, VW);
+        const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
         REAL *tc = scratch + (ptrdiff_t)(2 * tid) * nb * VW, *dtc = tc + nb * VW;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             const REAL *c_prev = t > 0 ? c_states + ((t - 1) * B + b0) * H : c0 ? c0 + b0 * H : NULL;
             REAL *dz_t = dz + (t * B + b0) * G4;
             SFX(lstm_step_backward_pointwise)(
-                &rows, gates + (t * B + b0) * G4, c_states + (t * B + b0) * H, c_prev,
+                &p.rows, gates + (t * B + b0) * G4, c_states + (t * B + b0) * H, c_prev,
                 mask_cache ? mask_cache + t * B + b0 : NULL,
                 d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
                 dos.stride_b, d_h0 + b0 * H, d_c0 + b0 * H, dz_t, tc, dtc, j0, j1);
@@ -345,7 +341,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
             }
             /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
              * writes dZ_{t-1} elsewhere. */
-            SFX(recurrent_matmul_t)(packed_t, H, G4, rows.batch, dz_t, G4,
+            SFX(recurrent_matmul_t)(packed_t, H, G4, p.rows.batch, dz_t, G4,
                                     rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
                                     p.jb0, p.jb1);
         }

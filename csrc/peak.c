@@ -27,31 +27,24 @@ static double frnn_thread_cpu_seconds(void) {
 #include <immintrin.h>
 /* FLOPs done: iterations * FRNN_PEAK_CHAINS * lanes * 2.  The result is written to *sink so
  * the compiler keeps the loop. */
-FRNN_AVX2_TARGET static void frnn_fma_loop_avx2_f32(long long iterations, float *sink) {
-    __m256 acc[FRNN_PEAK_CHAINS];
-    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-    for (int c = 0; c < FRNN_PEAK_CHAINS; ++c) acc[c] = _mm256_set1_ps((float)c);
-    for (long long i = 0; i < iterations; ++i) {
-        _Pragma("GCC unroll 16") for (int c = 0; c < FRNN_PEAK_CHAINS; ++c)
-            acc[c] = _mm256_fmadd_ps(acc[c], a, b);
+#define FRNN_DEFINE_AVX2_LOOP(REAL, SUFFIX, VEC, SET1, FMADD, ADD, STOREU)                     \
+    FRNN_AVX2_TARGET static void frnn_fma_loop_avx2_##SUFFIX(long long iterations, REAL *sink) { \
+        VEC acc[FRNN_PEAK_CHAINS];                                                             \
+        const VEC a = SET1((REAL)0.999999), b = SET1((REAL)1e-7);                              \
+        for (int c = 0; c < FRNN_PEAK_CHAINS; ++c) acc[c] = SET1((REAL)c);                     \
+        for (long long i = 0; i < iterations; ++i) {                                           \
+            _Pragma("GCC unroll 16") for (int c = 0; c < FRNN_PEAK_CHAINS; ++c)                \
+                acc[c] = FMADD(acc[c], a, b);                                                  \
+        }                                                                                      \
+        VEC s = acc[0];                                                                        \
+        for (int c = 1; c < FRNN_PEAK_CHAINS; ++c) s = ADD(s, acc[c]);                         \
+        STOREU(sink, s);                                                                       \
     }
-    __m256 s = acc[0];
-    for (int c = 1; c < FRNN_PEAK_CHAINS; ++c) s = _mm256_add_ps(s, acc[c]);
-    _mm256_storeu_ps(sink, s);
-}
-
-FRNN_AVX2_TARGET static void frnn_fma_loop_avx2_f64(long long iterations, double *sink) {
-    __m256d acc[FRNN_PEAK_CHAINS];
-    const __m256d a = _mm256_set1_pd(0.999999), b = _mm256_set1_pd(1e-7);
-    for (int c = 0; c < FRNN_PEAK_CHAINS; ++c) acc[c] = _mm256_set1_pd((double)c);
-    for (long long i = 0; i < iterations; ++i) {
-        _Pragma("GCC unroll 16") for (int c = 0; c < FRNN_PEAK_CHAINS; ++c)
-            acc[c] = _mm256_fmadd_pd(acc[c], a, b);
-    }
-    __m256d s = acc[0];
-    for (int c = 1; c < FRNN_PEAK_CHAINS; ++c) s = _mm256_add_pd(s, acc[c]);
-    _mm256_storeu_pd(sink, s);
-}
+FRNN_DEFINE_AVX2_LOOP(float, f32, __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+                      _mm256_storeu_ps)
+FRNN_DEFINE_AVX2_LOOP(double, f64, __m256d, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd,
+                      _mm256_storeu_pd)
+#undef FRNN_DEFINE_AVX2_LOOP
 #endif
 
 /* Generic fallback: 8 lanes per chain (the compiler vectorises what it can). */

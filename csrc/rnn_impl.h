@@ -134,19 +134,16 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         }
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
-            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
-                                                   frnn_team_size());
-            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
-            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-            rows.batch = p.b1 - p.b0;
+            const frnn_part p = frnn_thread_part(d, split, nb, VW);
+            const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = t0; t < t1; ++t) {
                 REAL *z_t = z_chunk + ((t - t0) * B + b0) * H;
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
-                SFX(recurrent_matmul_t)(packed, H, H, rows.batch,
+                SFX(recurrent_matmul_t)(packed, H, H, p.rows.batch,
                                         rec_mask ? hd_buf[t & 1] + b0 * H : h_prev, H, NULL, z_t,
                                         H, p.jb0, p.jb1);
                 SFX(rnn_step_pointwise)(
-                    &rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
+                    &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
                     outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL, os.stride_b,
                     training, rec_mask ? rec_mask + b0 * H : NULL,
@@ -228,15 +225,12 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     if (packed_t) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
-            const frnn_share p = frnn_thread_share(split, B, nb, frnn_thread_id(),
-                                                   frnn_team_size());
-            const ptrdiff_t b0 = p.b0, j0 = p.jb0 * VW, j1 = p.jb1 * VW < H ? p.jb1 * VW : H;
-            frnn_dims rows = *d; /* this thread's rows: every (B, .) array offset by b0 */
-            rows.batch = p.b1 - p.b0;
+            const frnn_part p = frnn_thread_part(d, split, nb, VW);
+            const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
                 REAL *dz_t = dz + (t * B + b0) * H;
                 SFX(rnn_step_backward_pointwise)(
-                    &rows, h_states + (t * B + b0) * H, mask_cache ? mask_cache + t * B + b0 : NULL,
+                    &p.rows, h_states + (t * B + b0) * H, mask_cache ? mask_cache + t * B + b0 : NULL,
                     d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
                     dos.stride_b, d_h0 + b0 * H, dz_t, j0, j1);
                 /* split by units: dh_{t-1} needs every unit of dz_t */
@@ -245,7 +239,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                 }
                 /* dh_{t-1} += (dz_t U^T) * m for the owned rows and units; the next step
                  * writes dz_{t-1} elsewhere */
-                SFX(recurrent_matmul_t)(packed_t, H, H, rows.batch, dz_t, H,
+                SFX(recurrent_matmul_t)(packed_t, H, H, p.rows.batch, dz_t, H,
                                         rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
                                         p.jb0, p.jb1);
             }
