@@ -85,9 +85,13 @@ int frnn_get_num_threads(void);
  *   simd: 0 runs the generic C tiles even on an AVX2 CPU (1 = AVX2 where the CPU has it);
  *   blas_steps: 1 computes each step's recurrent product with a BLAS GEMM, 0 with the tiles;
  *   split_min_macs: per-step multiply-adds from which a time loop is split over the threads;
- *   split_by: 1 splits time loops by batch rows, 0 by units.
+ *   split_by: 1 splits time loops by batch rows, 0 by units;
+ *   fuse_input: 1 adds each step's input projection x_t W in the recurrent tiles (LSTM
+ *     forward), 0 computes it for many steps at once with a BLAS GEMM.
  *   Process-wide, like the thread count. */
-void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by);
+void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
+                             int fuse_input);
+int frnn_override_fuse_input(void);
 int frnn_override_split_by(void);
 int frnn_override_simd(void);
 int frnn_override_blas_steps(void);

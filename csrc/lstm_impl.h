@@ -6,7 +6,9 @@
  * Forward: one BLAS GEMM projects the input of many steps at once (bias included); then
  * per step each thread, owning a range of unit blocks, adds h_{t-1} U for its units'
  * four gates (recurrent_matmul_g4 over U packed once) and runs the fused pointwise pass
- * for the same units; the threads meet at one barrier per step.  h is double-buffered so
+ * for the same units; the threads meet at one barrier per step.  With enough rows
+ * (frnn_fuse_input_projection) there is no projection pass: W and U are packed together
+ * and each step's tile computes bias + x_t W + h_{t-1} U at once.  h is double-buffered so
  * nobody overwrites the h_{t-1} another thread is still reading.
  * Backward: per step the fused gate-gradient pass for the owned units, a barrier, then
  * dh_{t-1} += dZ_t U^T for the owned units; the weight gradients are large BLAS GEMMs
@@ -109,9 +111,12 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
 
     /* Training projects every step at once into the gate cache; inference works in
      * chunks of steps so its scratch stays bounded (and warm in cache). */
+    const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
+    /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
+    const int fuse_input = !blas_steps && frnn_fuse_input_projection(B, I, training);
     ptrdiff_t chunk = T;
     if (!training) {
-        ptrdiff_t per_step = B * (G4 + I);
+        ptrdiff_t per_step = fuse_input ? B * I : B * (G4 + I);
         chunk = FRNN_INFER_CHUNK_ELEMS / (per_step > 0 ? per_step : 1);
         if (chunk < 1) chunk = 1;
         if (chunk > T) chunk = T;
@@ -119,22 +124,26 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
     const frnn_split split = frnn_pick_split(B, nb, B * H * G4);
     const int nt = split.threads;
-    const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
+    const ptrdiff_t packed_rows = fuse_input ? I + H : H;
     REAL *packed = blas_steps ? frnn_alloc(1, sizeof(REAL))
-                              : frnn_alloc((size_t)(nb * H * 4 * VWF), sizeof(REAL));
+                              : frnn_alloc((size_t)(nb * packed_rows * 4 * VWF), sizeof(REAL));
+    REAL *packed_bias = fuse_input ? frnn_alloc((size_t)(nb * 4 * VWF), sizeof(REAL)) : NULL;
     REAL *scratch = frnn_alloc((size_t)(nt * nb * VWF), sizeof(REAL));
     REAL *h_alt = frnn_alloc((size_t)(B * H), sizeof(REAL));
     REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(2 * B * H), sizeof(REAL)) : NULL;
     uint8_t *mask_tm = NULL;
-    REAL *z_buf = training ? gates : frnn_alloc((size_t)(chunk * B * G4), sizeof(REAL));
+    /* inference: the pre-activations of a chunk of steps, or of one step when fused */
+    REAL *z_buf = training ? gates
+                           : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * G4), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (!packed || !scratch || !h_alt || !z_buf || !x_buf || (mask && !mask_tm)
-        || (rec_mask && !h_dropped)) {
+        || (rec_mask && !h_dropped) || (fuse_input && !packed_bias)) {
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (!blas_steps) SFX(pack_recurrent)(recurrent, G4, H, 4, VWF, packed, nt);
+    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 4, packed, packed_bias, nt);
+    else if (!blas_steps) SFX(pack_recurrent)(recurrent, G4, H, 4, VWF, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -153,8 +162,11 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         REAL *z_chunk = training ? z_buf + t0 * B * G4 : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
-        status = SFX(input_projection)(blas, (t1 - t0) * B, I, G4, x_chunk, kernel, bias, z_chunk);
-        if (status) goto done;
+        if (!fuse_input) {
+            status = SFX(input_projection)(blas, (t1 - t0) * B, I, G4, x_chunk, kernel, bias,
+                                           z_chunk);
+            if (status) goto done;
+        }
         if (blas_steps) { /* many rows: BLAS' GEMM beats the tiles; it owns the threads */
             for (ptrdiff_t t = t0; t < t1; ++t) {
                 REAL *z_t = z_chunk + (t - t0) * B * G4;
@@ -178,11 +190,18 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VWF;
             for (ptrdiff_t t = t0; t < t1; ++t) {
-                REAL *z_t = z_chunk + ((t - t0) * B + b0) * G4;
+                /* fused inference reuses one step's z: each thread rewrites only the rows
+                 * and units it reads back itself */
+                REAL *z_t = z_chunk + ((fuse_input && !training ? 0 : t - t0) * B + b0) * G4;
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
-                SFX(recurrent_matmul_g4)(packed, H, p.rows.batch,
-                                         rec_mask ? hd_buf[t & 1] + b0 * H : h_prev, z_t, G4,
-                                         p.jb0, p.jb1);
+                const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
+                if (fuse_input)
+                    SFX(input_recurrent_matmul_g4)(packed, I, x_chunk + ((t - t0) * B + b0) * I,
+                                                   I, H, p.rows.batch, h_read, packed_bias,
+                                                   z_t, G4, p.jb0, p.jb1);
+                else
+                    SFX(recurrent_matmul_g4)(packed, H, p.rows.batch, h_read, z_t, G4, p.jb0,
+                                             p.jb1);
                 SFX(lstm_step_pointwise)(
                     &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H, c_n + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
@@ -201,6 +220,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     if (T & 1) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T landed in h_alt */
 done:
     free(packed);
+    free(packed_bias);
     free(scratch);
     free(h_alt);
     free(h_dropped);

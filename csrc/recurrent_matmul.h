@@ -23,34 +23,39 @@
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks_fwd)(ptrdiff_t H) { return (H + VWF - 1) / VWF; }
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks)(ptrdiff_t H) { return (H + VW - 1) / VW; }
 
-/* Forward packing of U (H rows of G*H used columns, row stride ldu) into blocks of `width`
- * units:
- *   packed[((jb*H + k)*G + g)*width + w] = U[k*ldu + g*H + jb*width + w], zero where
- *   jb*width + w >= H.  packed holds ceil(H / width) * H * G * width elements.
- * (ldu > G*H packs one gate block of a wider U: GRU's per-gate products.)
+/* Forward packing of `rows` rows of a weight matrix (G*H used columns, row stride lds)
+ * into blocks of `width` units, starting at row `row0` of blocks of `block_rows` rows:
+ *   packed[((jb*block_rows + row0 + k)*G + g)*width + w] = src[k*lds + g*H + jb*width + w],
+ *   zero where jb*width + w >= H.  packed holds ceil(H / width) * block_rows * G * width
+ *   elements.
+ * U alone is rows = block_rows = H, row0 = 0.  The input kernel W (I rows) and U stacked
+ * in one block (block_rows = I + H, U at row0 = I) let a step's tile add x_t W and
+ * h_{t-1} U in one pass.  lds > G*H packs one gate block of a wider matrix (GRU's
+ * per-gate products); lds = 0 with rows = 1 packs a bias vector.
  * Blocks [jb0, jb1) only, so a team can share the work.  Full blocks copy a constant
- * `width` elements (one vector move each), and U is read a few rows at a time across all
+ * `width` elements (one vector move each), and src is read a few rows at a time across all
  * blocks: a memcpy call per 32 bytes, walking U's rows block by block (a page per read),
  * took 2 ms of an 11 ms LSTM forward at B=1, H=512. */
-FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT U, ptrdiff_t ldu,
-                                                   ptrdiff_t H, ptrdiff_t G, ptrdiff_t width,
-                                                   REAL *FRNN_RESTRICT packed, ptrdiff_t jb0,
-                                                   ptrdiff_t jb1) {
-    const ptrdiff_t KB = 8; /* rows of U per pass: KB*G*H elements stay in L2 */
-    for (ptrdiff_t k0 = 0; k0 < H; k0 += KB)
+FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT src, ptrdiff_t lds,
+                                                   ptrdiff_t rows, ptrdiff_t H, ptrdiff_t G,
+                                                   ptrdiff_t width, REAL *FRNN_RESTRICT packed,
+                                                   ptrdiff_t block_rows, ptrdiff_t row0,
+                                                   ptrdiff_t jb0, ptrdiff_t jb1) {
+    const ptrdiff_t KB = 8; /* rows of src per pass: KB*G*H elements stay in L2 */
+    for (ptrdiff_t k0 = 0; k0 < rows; k0 += KB)
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * width, n = H - j0 < width ? H - j0 : width;
-        const ptrdiff_t k1 = k0 + KB < H ? k0 + KB : H;
-        REAL *dst = packed + (jb * H + k0) * G * width;
+        const ptrdiff_t k1 = k0 + KB < rows ? k0 + KB : rows;
+        REAL *dst = packed + (jb * block_rows + row0 + k0) * G * width;
         for (ptrdiff_t k = k0; k < k1; ++k)
             for (ptrdiff_t g = 0; g < G; ++g, dst += width) {
-                const REAL *src = U + k * ldu + g * H + j0;
+                const REAL *from = src + k * lds + g * H + j0;
                 if (n == VW && width == VW) {
-                    for (ptrdiff_t w = 0; w < VW; ++w) dst[w] = src[w];
+                    for (ptrdiff_t w = 0; w < VW; ++w) dst[w] = from[w];
                 } else if (n == VWF && width == VWF) {
-                    for (ptrdiff_t w = 0; w < VWF; ++w) dst[w] = src[w];
+                    for (ptrdiff_t w = 0; w < VWF; ++w) dst[w] = from[w];
                 } else {
-                    for (ptrdiff_t w = 0; w < width; ++w) dst[w] = w < n ? src[w] : (REAL)0;
+                    for (ptrdiff_t w = 0; w < width; ++w) dst[w] = w < n ? from[w] : (REAL)0;
                 }
             }
     }
@@ -79,8 +84,8 @@ FRNN_UNUSED static void SFX(pack_recurrent_t_blocks)(const REAL *FRNN_RESTRICT U
     }
 }
 
-/* Both packings over a team of nt threads (each packs a contiguous share of the blocks).
- * Call outside parallel regions. */
+/* The packings over a team of nt threads (each packs a contiguous share of the blocks).
+ * Call outside parallel regions.  pack_recurrent: U (H rows, row stride ldu) alone. */
 FRNN_UNUSED static void SFX(pack_recurrent)(const REAL *U, ptrdiff_t ldu, ptrdiff_t H,
                                             ptrdiff_t G, ptrdiff_t width, REAL *packed, int nt) {
     const ptrdiff_t nb = (H + width - 1) / width;
@@ -88,8 +93,30 @@ FRNN_UNUSED static void SFX(pack_recurrent)(const REAL *U, ptrdiff_t ldu, ptrdif
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
-        SFX(pack_recurrent_blocks)(U, ldu, H, G, width, packed, nb * tid / team,
+        SFX(pack_recurrent_blocks)(U, ldu, H, H, G, width, packed, H, 0, nb * tid / team,
                                    nb * (tid + 1) / team);
+    }
+}
+
+/* The input kernel W (I rows, row stride G*H) over U (H rows, row stride G*H) in blocks of
+ * I + H rows of VWF units, and the bias (G*H, or NULL for zeros) in blocks of one row
+ * (packed_bias: ceil(H / VWF) * G * VWF elements): the operands of recurrent_matmul_xh. */
+FRNN_UNUSED static void SFX(pack_input_recurrent)(const REAL *W, ptrdiff_t I, const REAL *U,
+                                                  const REAL *bias, ptrdiff_t H, ptrdiff_t G,
+                                                  REAL *packed, REAL *packed_bias, int nt) {
+    const ptrdiff_t nb = (H + VWF - 1) / VWF;
+    if (nt > nb) nt = (int)nb;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
+        const ptrdiff_t jb0 = nb * tid / team, jb1 = nb * (tid + 1) / team;
+        SFX(pack_recurrent_blocks)(W, G * H, I, H, G, VWF, packed, I + H, 0, jb0, jb1);
+        SFX(pack_recurrent_blocks)(U, G * H, H, H, G, VWF, packed, I + H, I, jb0, jb1);
+        if (bias) {
+            SFX(pack_recurrent_blocks)(bias, 0, 1, H, G, VWF, packed_bias, 1, 0, jb0, jb1);
+        } else {
+            memset(packed_bias + jb0 * G * VWF, 0, (size_t)((jb1 - jb0) * G * VWF) * sizeof(REAL));
+        }
     }
 }
 
@@ -105,49 +132,71 @@ FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t ldu, ptrd
     }
 }
 
-/* z[b, g*H + j] += sum_k h[b, k] U[k, g*H + j] for all rows b < B and the units j of blocks
- * [jb0, jb1).  h (B,H) contiguous; z rows of G*H, row stride ldz.  G is a compile-time
- * constant in each instantiation so the tiles have a fixed size. */
+/* The forward product of one step, for all rows b < B and the units j of blocks [jb0, jb1):
+ *   z[b, g*H + j] (+)= bias[g*H + j] + sum_{k<I} x[b, k] W[k, g*H + j]
+ *                      + sum_{k<H} h[b, k] U[k, g*H + j]
+ * packed: W over U in blocks of I + H rows (pack_input_recurrent), or U alone with I = 0
+ *   (pack_recurrent, width VWF).  x (B,I) row stride ldx; unread when I = 0.
+ * h (B,H) contiguous.  z rows of G*H, row stride ldz, must not alias x or h.
+ * packed_bias (from pack_input_recurrent) or NULL: with it z is overwritten, without it
+ * the products are added to z (which then holds, say, a precomputed input projection).
+ * G is a compile-time constant in each instantiation so the tiles have a fixed size. */
 #define FRNN_DEFINE_RECMM(GN)                                                                  \
     FRNN_UNUSED static void SFX(recurrent_matmul_g##GN##_generic)(                           \
-        const REAL *FRNN_RESTRICT packed, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h, \
-        REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {                   \
+        const REAL *FRNN_RESTRICT packed, ptrdiff_t I, const REAL *FRNN_RESTRICT x,          \
+        ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h,                 \
+        const REAL *FRNN_RESTRICT packed_bias, REAL *FRNN_RESTRICT z, ptrdiff_t ldz,          \
+        ptrdiff_t jb0, ptrdiff_t jb1) {                                                      \
         for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {                                             \
             const ptrdiff_t j0 = jb * VWF, n = H - j0 < VWF ? H - j0 : VWF;                       \
-            const REAL *pb = packed + jb * H * GN * VWF;                                        \
+            const REAL *pb = packed + jb * (I + H) * GN * VWF;                                  \
+            const REAL *bb = packed_bias ? packed_bias + jb * GN * VWF : NULL;                  \
             ptrdiff_t b = 0;                                                                   \
             for (; b + 4 <= B; b += 4) { /* a 4-row tile: each weight load feeds 4 FMAs */    \
-                REAL acc[4][GN * VWF] = {{0}};                                                  \
-                const REAL *hr = h + b * H;                                                    \
-                for (ptrdiff_t k = 0; k < H; ++k) {                                            \
-                    const REAL *pk = pb + k * GN * VWF;                                         \
-                    const REAL h0 = hr[k], h1 = hr[H + k], h2 = hr[2 * H + k],                 \
-                               h3 = hr[3 * H + k];                                             \
-                    for (int q = 0; q < GN * VWF; ++q) {                                        \
-                        const REAL w = pk[q];                                                  \
-                        acc[0][q] += h0 * w;                                                   \
-                        acc[1][q] += h1 * w;                                                   \
-                        acc[2][q] += h2 * w;                                                   \
-                        acc[3][q] += h3 * w;                                                   \
+                REAL acc[4][GN * VWF];                                                          \
+                for (int r = 0; r < 4; ++r)                                                    \
+                    for (int q = 0; q < GN * VWF; ++q) acc[r][q] = bb ? bb[q] : (REAL)0;        \
+                for (int part = 0; part < 2; ++part) { /* x_t W, then h_{t-1} U */            \
+                    const REAL *ar = part ? h + b * H : x + b * ldx;                           \
+                    const ptrdiff_t lda = part ? H : ldx, K = part ? H : I;                    \
+                    const REAL *pp = part ? pb + I * GN * VWF : pb;                             \
+                    for (ptrdiff_t k = 0; k < K; ++k) {                                        \
+                        const REAL *pk = pp + k * GN * VWF;                                     \
+                        const REAL a0 = ar[k], a1 = ar[lda + k], a2 = ar[2 * lda + k],         \
+                                   a3 = ar[3 * lda + k];                                       \
+                        for (int q = 0; q < GN * VWF; ++q) {                                    \
+                            const REAL w = pk[q];                                              \
+                            acc[0][q] += a0 * w;                                               \
+                            acc[1][q] += a1 * w;                                               \
+                            acc[2][q] += a2 * w;                                               \
+                            acc[3][q] += a3 * w;                                               \
+                        }                                                                      \
                     }                                                                          \
                 }                                                                              \
                 for (int r = 0; r < 4; ++r)                                                    \
                     for (int g = 0; g < GN; ++g) {                                             \
                         REAL *zp = z + (b + r) * ldz + g * H + j0;                             \
-                        for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[r][g * VWF + w];          \
+                        for (ptrdiff_t w = 0; w < n; ++w)                                      \
+                            zp[w] = (bb ? 0 : zp[w]) + acc[r][g * VWF + w];                     \
                     }                                                                          \
             }                                                                                  \
             for (; b < B; ++b) {                                                               \
-                REAL acc[GN * VWF] = {0};                                                       \
-                const REAL *hr = h + b * H;                                                    \
-                for (ptrdiff_t k = 0; k < H; ++k) {                                            \
-                    const REAL *pk = pb + k * GN * VWF;                                         \
-                    const REAL hk = hr[k];                                                     \
-                    for (int q = 0; q < GN * VWF; ++q) acc[q] += hk * pk[q];                    \
+                REAL acc[GN * VWF];                                                             \
+                for (int q = 0; q < GN * VWF; ++q) acc[q] = bb ? bb[q] : (REAL)0;               \
+                for (int part = 0; part < 2; ++part) {                                         \
+                    const REAL *ar = part ? h + b * H : x + b * ldx;                           \
+                    const ptrdiff_t K = part ? H : I;                                          \
+                    const REAL *pp = part ? pb + I * GN * VWF : pb;                             \
+                    for (ptrdiff_t k = 0; k < K; ++k) {                                        \
+                        const REAL *pk = pp + k * GN * VWF;                                     \
+                        const REAL ak = ar[k];                                                 \
+                        for (int q = 0; q < GN * VWF; ++q) acc[q] += ak * pk[q];                \
+                    }                                                                          \
                 }                                                                              \
                 for (int g = 0; g < GN; ++g) {                                                 \
                     REAL *zp = z + b * ldz + g * H + j0;                                       \
-                    for (ptrdiff_t w = 0; w < n; ++w) zp[w] += acc[g * VWF + w];                \
+                    for (ptrdiff_t w = 0; w < n; ++w)                                          \
+                        zp[w] = (bb ? 0 : zp[w]) + acc[g * VWF + w];                            \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
@@ -247,89 +296,112 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  * k (measured 27 vs 64 GFLOP/s, LSTM tile, B=8, H=128). */
 #define FRNN_UNROLL _Pragma("GCC unroll 16")
 
-/* acc (R x GN vectors) added to z rows [b, b+R) at gate columns g*H + j0, n <= FV_LANES
- * valid units (the last block of an H that is not a multiple of the lanes is partial). */
-#define FRNN_STORE_TILE_ADD(R, GN)                                                        \
-    FRNN_UNROLL for (int r = 0; r < (R); ++r)                                                       \
-        FRNN_UNROLL for (int g = 0; g < (GN); ++g) {                                                \
+/* acc (R x GN vectors) into z rows [b, b+R) at gate columns g*H + j0: stored when the
+ * tile started from the bias (bb != NULL), else added.  n <= FV_LANES valid units (the last
+ * block of an H that is not a multiple of the lanes is partial). */
+#define FRNN_STORE_TILE(R, GN)                                                            \
+    FRNN_UNROLL for (int r = 0; r < (R); ++r)                                             \
+        FRNN_UNROLL for (int g = 0; g < (GN); ++g) {                                      \
             REAL *zp = z + (b + r) * ldz + g * H + j0;                                  \
             if (n == FV_LANES) {                                                        \
-                FV_STORE(zp, FV_ADD(FV_LOAD(zp), acc[r][g]));                           \
+                FV_STORE(zp, bb ? acc[r][g] : FV_ADD(FV_LOAD(zp), acc[r][g]));          \
             } else {                                                                    \
                 REAL tmp[FV_LANES];                                                     \
                 FV_STORE(tmp, acc[r][g]);                                               \
-                for (ptrdiff_t w = 0; w < n; ++w) zp[w] += tmp[w];                      \
+                for (ptrdiff_t w = 0; w < n; ++w) zp[w] = (bb ? 0 : zp[w]) + tmp[w];    \
             }                                                                           \
         }
 
-/* Forward tile: rows [b, b+R) x the GN gate vectors of one unit block. */
-#define FRNN_DEFINE_FWD_TILE(GN, R)                                                       \
-    FRNN_AVX2_TARGET FRNN_INLINE void SFX(fwd_tile_g##GN##_r##R)(                        \
-        const REAL *FRNN_RESTRICT pb, ptrdiff_t H, const REAL *FRNN_RESTRICT h, ptrdiff_t b, \
-        REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, ptrdiff_t n) {               \
-        FV acc[R][GN];                                                                  \
-        FRNN_UNROLL for (int r = 0; r < (R); ++r)                                                   \
-            FRNN_UNROLL for (int g = 0; g < (GN); ++g) acc[r][g] = FV_ZERO();                       \
-        const REAL *hr = h + b * H;                                                     \
-        for (ptrdiff_t k = 0; k < H; ++k) {                                             \
-            const REAL *pk = pb + k * (GN) * FV_LANES;                                  \
-            FV w[GN];                                                                   \
-            FRNN_UNROLL for (int g = 0; g < (GN); ++g) w[g] = FV_LOAD(pk + g * FV_LANES);           \
-            FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                             \
-                const FV hv = FV_BCAST(hr + r * H + k);                                 \
-                FRNN_UNROLL for (int g = 0; g < (GN); ++g) acc[r][g] = FV_FMA(hv, w[g], acc[r][g]); \
-            }                                                                           \
+/* acc[r][g] starts at the bias block bb (GN vectors) or at zero. */
+#define FRNN_INIT_TILE(R, GN)                                                             \
+    FRNN_UNROLL for (int r = 0; r < (R); ++r)                                             \
+        FRNN_UNROLL for (int g = 0; g < (GN); ++g)                                        \
+            acc[r][g] = bb ? FV_LOAD(bb + g * FV_LANES) : FV_ZERO();
+
+/* acc[r][g] += sum_{k<K} A[r*LDA + k] * (gate g's vector of packed row k of PW). */
+#define FRNN_TILE_PRODUCT(R, GN, A, LDA, K, PW)                                           \
+    for (ptrdiff_t k = 0; k < (K); ++k) {                                               \
+        const REAL *pk = (PW) + k * (GN) * FV_LANES;                                    \
+        FV w[GN];                                                                       \
+        FRNN_UNROLL for (int g = 0; g < (GN); ++g) w[g] = FV_LOAD(pk + g * FV_LANES);   \
+        FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                     \
+            const FV av = FV_BCAST((A) + r * (LDA) + k);                                \
+            FRNN_UNROLL for (int g = 0; g < (GN); ++g) acc[r][g] = FV_FMA(av, w[g], acc[r][g]); \
         }                                                                               \
-        FRNN_STORE_TILE_ADD(R, GN)                                                      \
     }
 
-/* One row: two accumulator sets over even and odd k hide the FMA latency. */
-#define FRNN_DEFINE_FWD_TILE1(GN)                                                         \
-    FRNN_AVX2_TARGET FRNN_INLINE void SFX(fwd_tile_g##GN##_r1)(                          \
-        const REAL *FRNN_RESTRICT pb, ptrdiff_t H, const REAL *FRNN_RESTRICT h, ptrdiff_t b, \
+/* Forward tile: rows [b, b+R) x the GN gate vectors of one unit block (pb: its packed
+ * I + H rows; bb: its bias or NULL). */
+#define FRNN_DEFINE_FWD_TILE(GN, R)                                                       \
+    FRNN_AVX2_TARGET FRNN_INLINE void SFX(fwd_tile_g##GN##_r##R)(                        \
+        const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
+        ptrdiff_t ldx, ptrdiff_t H, const REAL *FRNN_RESTRICT h, const REAL *bb, ptrdiff_t b, \
         REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, ptrdiff_t n) {               \
-        FV acc[1][GN], odd[GN];                                                         \
-        FRNN_UNROLL for (int g = 0; g < (GN); ++g) acc[0][g] = odd[g] = FV_ZERO();                  \
-        const REAL *hr = h + b * H;                                                     \
+        FV acc[R][GN];                                                                  \
+        FRNN_INIT_TILE(R, GN)                                                           \
+        FRNN_TILE_PRODUCT(R, GN, x + b * ldx, ldx, I, pb)                               \
+        FRNN_TILE_PRODUCT(R, GN, h + b * H, H, H, pb + I * (GN) * FV_LANES)             \
+        FRNN_STORE_TILE(R, GN)                                                          \
+    }
+
+/* One row's acc[0] += sum_{k<K} A[k] * packed row k, with a second accumulator set `odd`
+ * over odd k to hide the FMA latency. */
+#define FRNN_ROW_PRODUCT(GN, A, K, PW)                                                    \
+    {                                                                                   \
         ptrdiff_t k = 0;                                                                \
-        for (; k + 2 <= H; k += 2) {                                                    \
-            const REAL *pk = pb + k * (GN) * FV_LANES;                                  \
-            const FV h0 = FV_BCAST(hr + k), h1 = FV_BCAST(hr + k + 1);                  \
-            FRNN_UNROLL for (int g = 0; g < (GN); ++g) {                                            \
-                acc[0][g] = FV_FMA(h0, FV_LOAD(pk + g * FV_LANES), acc[0][g]);          \
-                odd[g] = FV_FMA(h1, FV_LOAD(pk + ((GN) + g) * FV_LANES), odd[g]);       \
+        for (; k + 2 <= (K); k += 2) {                                                  \
+            const REAL *pk = (PW) + k * (GN) * FV_LANES;                                \
+            const FV a0 = FV_BCAST((A) + k), a1 = FV_BCAST((A) + k + 1);                \
+            FRNN_UNROLL for (int g = 0; g < (GN); ++g) {                                \
+                acc[0][g] = FV_FMA(a0, FV_LOAD(pk + g * FV_LANES), acc[0][g]);          \
+                odd[g] = FV_FMA(a1, FV_LOAD(pk + ((GN) + g) * FV_LANES), odd[g]);       \
             }                                                                           \
         }                                                                               \
-        if (k < H) {                                                                    \
-            const REAL *pk = pb + k * (GN) * FV_LANES;                                  \
-            const FV h0 = FV_BCAST(hr + k);                                             \
-            FRNN_UNROLL for (int g = 0; g < (GN); ++g)                                              \
-                acc[0][g] = FV_FMA(h0, FV_LOAD(pk + g * FV_LANES), acc[0][g]);          \
+        if (k < (K)) {                                                                  \
+            const REAL *pk = (PW) + k * (GN) * FV_LANES;                                \
+            const FV a0 = FV_BCAST((A) + k);                                            \
+            FRNN_UNROLL for (int g = 0; g < (GN); ++g)                                  \
+                acc[0][g] = FV_FMA(a0, FV_LOAD(pk + g * FV_LANES), acc[0][g]);          \
         }                                                                               \
-        FRNN_UNROLL for (int g = 0; g < (GN); ++g) acc[0][g] = FV_ADD(acc[0][g], odd[g]);           \
-        FRNN_STORE_TILE_ADD(1, GN)                                                      \
+    }
+
+#define FRNN_DEFINE_FWD_TILE1(GN)                                                         \
+    FRNN_AVX2_TARGET FRNN_INLINE void SFX(fwd_tile_g##GN##_r1)(                          \
+        const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
+        ptrdiff_t ldx, ptrdiff_t H, const REAL *FRNN_RESTRICT h, const REAL *bb, ptrdiff_t b, \
+        REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, ptrdiff_t n) {               \
+        FV acc[1][GN], odd[GN];                                                         \
+        FRNN_INIT_TILE(1, GN)                                                           \
+        FRNN_UNROLL for (int g = 0; g < (GN); ++g) odd[g] = FV_ZERO();                  \
+        FRNN_ROW_PRODUCT(GN, x + b * ldx, I, pb)                                        \
+        FRNN_ROW_PRODUCT(GN, h + b * H, H, pb + I * (GN) * FV_LANES)                    \
+        FRNN_UNROLL for (int g = 0; g < (GN); ++g) acc[0][g] = FV_ADD(acc[0][g], odd[g]); \
+        FRNN_STORE_TILE(1, GN)                                                          \
     }
 
 /* Rows per forward tile: R*GN accumulators + GN weights + 1 broadcast <= 16 registers
- * (LSTM 3 rows; GRU 4 rows). */
+ * (LSTM 3 rows, one weight then read from memory by its FMAs; GRU 4 rows). */
 #define FRNN_DEFINE_RECMM_AVX2(GN, RMAX)                                                  \
     FRNN_DEFINE_FWD_TILE1(GN)                                                           \
     FRNN_DEFINE_FWD_TILE(GN, 2)                                                         \
     FRNN_DEFINE_FWD_TILE(GN, 3)                                                         \
     FRNN_DEFINE_FWD_TILE(GN, 4)                                                         \
     FRNN_AVX2_TARGET static void SFX(recurrent_matmul_g##GN##_avx2)(                     \
-        const REAL *FRNN_RESTRICT packed, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h, \
-        REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {            \
+        const REAL *FRNN_RESTRICT packed, ptrdiff_t I, const REAL *FRNN_RESTRICT x,     \
+        ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h,           \
+        const REAL *FRNN_RESTRICT packed_bias, REAL *FRNN_RESTRICT z, ptrdiff_t ldz,    \
+        ptrdiff_t jb0, ptrdiff_t jb1) {                                                 \
         for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {                                      \
             const ptrdiff_t j0 = jb * VWF, n = H - j0 < VWF ? H - j0 : VWF;            \
-            const REAL *pb = packed + jb * H * (GN) * VWF;                             \
+            const REAL *pb = packed + jb * (I + H) * (GN) * VWF;                       \
+            const REAL *bb = packed_bias ? packed_bias + jb * (GN) * VWF : NULL;       \
             ptrdiff_t b = 0;                                                            \
             for (; b + (RMAX) <= B; b += (RMAX))                                        \
-                SFX(fwd_tile_g##GN##_r##RMAX)(pb, H, h, b, z, ldz, j0, n);              \
+                SFX(fwd_tile_g##GN##_r##RMAX)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); \
             switch (B - b) {                                                            \
-            case 3: SFX(fwd_tile_g##GN##_r3)(pb, H, h, b, z, ldz, j0, n); break;        \
-            case 2: SFX(fwd_tile_g##GN##_r2)(pb, H, h, b, z, ldz, j0, n); break;        \
-            case 1: SFX(fwd_tile_g##GN##_r1)(pb, H, h, b, z, ldz, j0, n); break;        \
+            case 3: SFX(fwd_tile_g##GN##_r3)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 2: SFX(fwd_tile_g##GN##_r2)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 1: SFX(fwd_tile_g##GN##_r1)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
             default: break;                                                             \
             }                                                                           \
         }                                                                               \
@@ -339,7 +411,10 @@ FRNN_DEFINE_RECMM_AVX2(4, 3)
 #undef FRNN_DEFINE_RECMM_AVX2
 #undef FRNN_DEFINE_FWD_TILE
 #undef FRNN_DEFINE_FWD_TILE1
-#undef FRNN_STORE_TILE_ADD
+#undef FRNN_ROW_PRODUCT
+#undef FRNN_TILE_PRODUCT
+#undef FRNN_INIT_TILE
+#undef FRNN_STORE_TILE
 
 /* Backward tile: rows [b, b+R) x one 64-byte unit block (2 vectors), summing over c. */
 #define FRNN_DEFINE_BWD_TILE(R)                                                           \
@@ -458,15 +533,25 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #else
 #define FRNN_PICK(name, ...) SFX(name##_generic)(__VA_ARGS__)
 #endif
+/* h_{t-1} U added to z (U packed alone by pack_recurrent, width VWF). */
 FRNN_UNUSED static void SFX(recurrent_matmul_g3)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
                                                 const REAL *h, REAL *z, ptrdiff_t ldz,
                                                 ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_g3, packed, H, B, h, z, ldz, jb0, jb1);
+    FRNN_PICK(recurrent_matmul_g3, packed, 0, NULL, 0, H, B, h, NULL, z, ldz, jb0, jb1);
 }
 FRNN_UNUSED static void SFX(recurrent_matmul_g4)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
                                                 const REAL *h, REAL *z, ptrdiff_t ldz,
                                                 ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_g4, packed, H, B, h, z, ldz, jb0, jb1);
+    FRNN_PICK(recurrent_matmul_g4, packed, 0, NULL, 0, H, B, h, NULL, z, ldz, jb0, jb1);
+}
+/* z = bias + x_t W + h_{t-1} U, the whole pre-activation of a step in one pass (operands
+ * from pack_input_recurrent; see FRNN_DEFINE_RECMM). */
+FRNN_UNUSED static void SFX(input_recurrent_matmul_g4)(const REAL *packed, ptrdiff_t I,
+                                                      const REAL *x, ptrdiff_t ldx, ptrdiff_t H,
+                                                      ptrdiff_t B, const REAL *h,
+                                                      const REAL *packed_bias, REAL *z,
+                                                      ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {
+    FRNN_PICK(recurrent_matmul_g4, packed, I, x, ldx, H, B, h, packed_bias, z, ldz, jb0, jb1);
 }
 FRNN_UNUSED static void SFX(recurrent_matmul_t)(const REAL *packed_t, ptrdiff_t H, ptrdiff_t GH,
                                                ptrdiff_t B, const REAL *dz, ptrdiff_t ldz,

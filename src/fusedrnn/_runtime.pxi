@@ -4,7 +4,9 @@ cdef extern from "fusedrnn.h" nogil:
     void frnn_set_num_threads(int n) noexcept
     int frnn_get_num_threads() noexcept
     int frnn_has_openmp() noexcept
-    void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by) noexcept
+    void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
+                                 int fuse_input) noexcept
+    int frnn_override_fuse_input() noexcept
     int frnn_override_split_by() noexcept
     int frnn_override_simd() noexcept
     int frnn_override_blas_steps() noexcept
@@ -37,17 +39,20 @@ def cpu_has_avx2_fma():
 
 
 def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=-1,
-                       int split_by=-1):
+                       int split_by=-1, int fuse_input=-1):
     """Force the kernels' automatic path choices, for tests and benchmarks; -1 = automatic.
 
     simd: 0 runs the generic C tiles even where AVX2 is available.  blas_steps: 1 computes
     every step's recurrent product with a BLAS GEMM, 0 with the packed tiles.
     split_min_macs: per-step multiply-adds from which a time loop splits its units over the
     threads (0 = always).  split_by: 1 splits time loops by batch rows (down to one row per
-    thread), 0 by units.  Returns the previous settings as a tuple, for restoring."""
+    thread), 0 by units.  fuse_input: 1 adds each step's input projection in the LSTM
+    forward's tiles, 0 computes it with one BLAS GEMM for many steps.  Returns the previous
+    settings as a tuple, for restoring."""
     previous = (frnn_override_simd(), frnn_override_blas_steps(),
-                frnn_override_split_min_macs(), frnn_override_split_by())
-    frnn_set_path_overrides(simd, blas_steps, split_min_macs, split_by)
+                frnn_override_split_min_macs(), frnn_override_split_by(),
+                frnn_override_fuse_input())
+    frnn_set_path_overrides(simd, blas_steps, split_min_macs, split_by, fuse_input)
     return previous
 
 
