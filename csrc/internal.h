@@ -99,23 +99,27 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
     return batch >= FRNN_BLAS_STEP_MIN_ROWS && macs_per_step >= FRNN_BLAS_STEP_MIN_MACS;
 }
 
-/* Whether the LSTM forward adds each step's input projection x_t W in its recurrent tiles
- * (over W and U packed together) instead of one BLAS GEMM over many steps beforehand.
- * Fused, inference keeps one step's pre-activations in cache instead of a chunk of steps in
- * memory, and avoids BLAS' weak small-K case (OpenBLAS: 35 GFLOP/s at K=64 vs 86 at
- * K=256 on one core here); but the input's work moves onto the sequential path, which
- * few rows cannot keep busy.  Measured (2 threads, T=100, median fused-over-GEMM speedup):
- * inference B=1-4 0.82-0.97; B=8 1.00-1.09; B=32 1.16-1.45; B=128 1.05-1.67; B=8 T=1000
- * 1.43.  Training, whose gate cache is written either way: I=64-128 1.01-1.09 at B=32-128,
- * I=256 0.97-0.98. */
-#define FRNN_FUSE_INPUT_MIN_ROWS 8
-#define FRNN_FUSE_INPUT_MAX_TRAIN_FEATURES 128
-static inline int frnn_fuse_input_projection(ptrdiff_t batch, ptrdiff_t features,
-                                             int training) {
+/* Whether a forward adds each step's input projection x_t W in its recurrent tiles (over
+ * W and U packed together) instead of one BLAS GEMM over many steps beforehand.  Fused,
+ * inference keeps one step's pre-activations in cache instead of a chunk of steps in
+ * memory, and avoids BLAS' weak small-K case (OpenBLAS: 35 GFLOP/s at K=64 vs 86 at K=256
+ * on one core here); but the input's work moves onto the sequential path, which few rows
+ * cannot keep busy.  Training writes its pre-activation cache either way, so it gains less.
+ * Measured, 2 threads, T=100, I = H/2, median speedup fused over GEMM:
+ *   LSTM inference: B=1-4 0.82-0.97; B=8 1.00-1.09 (T=1000: 1.43); B=32 1.16-1.45;
+ *     B=128 1.05-1.67.  LSTM training: I=64-128 1.01-1.09 at B=32-128; I=256 0.97-0.98.
+ *   SimpleRNN inference: B=1 0.83-0.96; B=8 0.94-1.00; B=32 1.04-1.09; B=128 1.03-1.25.
+ *     SimpleRNN training: 0.98-1.06, so it keeps the GEMM.
+ * A cell fuses from min_rows rows, in training only up to max_train_features inputs. */
+#define FRNN_LSTM_FUSE_MIN_ROWS 8
+#define FRNN_LSTM_FUSE_MAX_TRAIN_FEATURES 128
+#define FRNN_RNN_FUSE_MIN_ROWS 32
+#define FRNN_RNN_FUSE_MAX_TRAIN_FEATURES 0
+static inline int frnn_fuse_input_projection(ptrdiff_t batch, ptrdiff_t features, int training,
+                                             ptrdiff_t min_rows, ptrdiff_t max_train_features) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    return batch >= FRNN_FUSE_INPUT_MIN_ROWS
-           && (!training || features <= FRNN_FUSE_INPUT_MAX_TRAIN_FEATURES);
+    return batch >= min_rows && (!training || features <= max_train_features);
 }
 
 /* Multiply-adds below which a GEMM outside the time loop stays on one thread (~5 us). */

@@ -113,7 +113,8 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
      * chunks of steps so its scratch stays bounded (and warm in cache). */
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
-    const int fuse_input = !blas_steps && frnn_fuse_input_projection(B, I, training);
+    const int fuse_input = !blas_steps && frnn_fuse_input_projection(
+        B, I, training, FRNN_LSTM_FUSE_MIN_ROWS, FRNN_LSTM_FUSE_MAX_TRAIN_FEATURES);
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = fuse_input ? B * I : B * (G4 + I);
@@ -142,7 +143,8 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 4, packed, packed_bias, nt);
+    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 4, VWF, packed,
+                                              packed_bias, nt);
     else if (!blas_steps) SFX(pack_recurrent)(recurrent, G4, H, 4, VWF, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {

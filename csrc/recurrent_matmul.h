@@ -99,23 +99,27 @@ FRNN_UNUSED static void SFX(pack_recurrent)(const REAL *U, ptrdiff_t ldu, ptrdif
 }
 
 /* The input kernel W (I rows, row stride G*H) over U (H rows, row stride G*H) in blocks of
- * I + H rows of VWF units, and the bias (G*H, or NULL for zeros) in blocks of one row
- * (packed_bias: ceil(H / VWF) * G * VWF elements): the operands of recurrent_matmul_xh. */
+ * I + H rows of `width` units, and the bias (G*H, or NULL for zeros) in blocks of one row
+ * (packed_bias: ceil(H / width) * G * width elements): the operands of
+ * input_recurrent_matmul_g4 (G = 4, width VWF) and input_recurrent_matmul_t (G = 1,
+ * width VW). */
 FRNN_UNUSED static void SFX(pack_input_recurrent)(const REAL *W, ptrdiff_t I, const REAL *U,
                                                   const REAL *bias, ptrdiff_t H, ptrdiff_t G,
-                                                  REAL *packed, REAL *packed_bias, int nt) {
-    const ptrdiff_t nb = (H + VWF - 1) / VWF;
+                                                  ptrdiff_t width, REAL *packed,
+                                                  REAL *packed_bias, int nt) {
+    const ptrdiff_t nb = (H + width - 1) / width;
     if (nt > nb) nt = (int)nb;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
         const ptrdiff_t jb0 = nb * tid / team, jb1 = nb * (tid + 1) / team;
-        SFX(pack_recurrent_blocks)(W, G * H, I, H, G, VWF, packed, I + H, 0, jb0, jb1);
-        SFX(pack_recurrent_blocks)(U, G * H, H, H, G, VWF, packed, I + H, I, jb0, jb1);
+        SFX(pack_recurrent_blocks)(W, G * H, I, H, G, width, packed, I + H, 0, jb0, jb1);
+        SFX(pack_recurrent_blocks)(U, G * H, H, H, G, width, packed, I + H, I, jb0, jb1);
         if (bias) {
-            SFX(pack_recurrent_blocks)(bias, 0, 1, H, G, VWF, packed_bias, 1, 0, jb0, jb1);
+            SFX(pack_recurrent_blocks)(bias, 0, 1, H, G, width, packed_bias, 1, 0, jb0, jb1);
         } else {
-            memset(packed_bias + jb0 * G * VWF, 0, (size_t)((jb1 - jb0) * G * VWF) * sizeof(REAL));
+            memset(packed_bias + jb0 * G * width, 0,
+                   (size_t)((jb1 - jb0) * G * width) * sizeof(REAL));
         }
     }
 }
@@ -205,60 +209,80 @@ FRNN_DEFINE_RECMM(3)
 FRNN_DEFINE_RECMM(4)
 #undef FRNN_DEFINE_RECMM
 
-/* dh[b, j] += (sum_c dz[b, c] U[j, c]) * (keep ? keep[b, j] : 1) for all rows and the units
- * of blocks [jb0, jb1), c < GH (packed_t from pack_recurrent_t with K = GH).  dz (B, GH)
- * row stride ldz; dh (B, H) row stride ldh; keep (B,H) contiguous.  The same product with
- * U's columns packed by pack_recurrent(width VW) is h U, the forward of one gate block. */
+/* The transposed product, for all rows b < B and the units j of blocks [jb0, jb1):
+ *   dh[b, j] += (sum_c dz[b, c] U[j, c]) * (keep ? keep[b, j] : 1), c < GH
+ * (packed_t from pack_recurrent_t with K = GH).  dz (B, GH) row stride ldz; dh (B, H) row
+ * stride ldh; keep (B,H) contiguous.  The same product with U's columns packed by
+ * pack_recurrent(width VW) is h U, the forward of one gate block.
+ * With I > 0 the packed blocks hold I + GH rows (an input kernel W over U, as
+ * pack_recurrent_blocks stacks them) and x (B, I) row stride ldx is the first operand:
+ *   dh[b, j] (+)= bias[j] + sum_{k<I} x[b, k] W[k, j] + sum_{c<GH} dz[b, c] U[c, j];
+ * packed_bias (nb blocks of VW, or NULL) is the sums' start, and then dh is overwritten
+ * (keep must be NULL).  dh must not alias x, dz or keep. */
 FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
-    const REAL *FRNN_RESTRICT packed_t, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B,
-    const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep,
+    const REAL *FRNN_RESTRICT packed_t, ptrdiff_t I, const REAL *FRNN_RESTRICT x,
+    ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B, const REAL *FRNN_RESTRICT dz,
+    ptrdiff_t ldz, const REAL *FRNN_RESTRICT packed_bias, const REAL *FRNN_RESTRICT keep,
     REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t jb0, ptrdiff_t jb1) {
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
-        const REAL *pb = packed_t + jb * GH * VW;
+        const REAL *pb = packed_t + jb * (I + GH) * VW;
+        const REAL *bb = packed_bias ? packed_bias + jb * VW : NULL;
         ptrdiff_t b = 0;
         for (; b + 4 <= B; b += 4) { /* a 4-row tile: 4 x 64 bytes of sums fit AVX2's registers */
-            REAL acc[4][VW] = {{0}};
-            const REAL *dzr = dz + b * ldz;
-            for (ptrdiff_t c = 0; c < GH; ++c) {
-                const REAL *pc = pb + c * VW;
-                const REAL d0 = dzr[c], d1 = dzr[ldz + c], d2 = dzr[2 * ldz + c],
-                           d3 = dzr[3 * ldz + c];
-                for (int w = 0; w < VW; ++w) {
-                    const REAL wv = pc[w];
-                    acc[0][w] += d0 * wv;
-                    acc[1][w] += d1 * wv;
-                    acc[2][w] += d2 * wv;
-                    acc[3][w] += d3 * wv;
+            REAL acc[4][VW];
+            for (int r = 0; r < 4; ++r)
+                for (int w = 0; w < VW; ++w) acc[r][w] = bb ? bb[w] : (REAL)0;
+            for (int part = 0; part < 2; ++part) { /* x W, then dz U */
+                const REAL *ar = part ? dz + b * ldz : x + b * ldx;
+                const ptrdiff_t lda = part ? ldz : ldx, K = part ? GH : I;
+                const REAL *pp = part ? pb + I * VW : pb;
+                for (ptrdiff_t c = 0; c < K; ++c) {
+                    const REAL *pc = pp + c * VW;
+                    const REAL d0 = ar[c], d1 = ar[lda + c], d2 = ar[2 * lda + c],
+                               d3 = ar[3 * lda + c];
+                    for (int w = 0; w < VW; ++w) {
+                        const REAL wv = pc[w];
+                        acc[0][w] += d0 * wv;
+                        acc[1][w] += d1 * wv;
+                        acc[2][w] += d2 * wv;
+                        acc[3][w] += d3 * wv;
+                    }
                 }
             }
             for (int r = 0; r < 4; ++r) {
                 REAL *dp = dh + (b + r) * ldh + j0;
                 const REAL *kp = keep ? keep + (b + r) * H + j0 : NULL;
-                for (ptrdiff_t w = 0; w < n; ++w) dp[w] += kp ? acc[r][w] * kp[w] : acc[r][w];
+                for (ptrdiff_t w = 0; w < n; ++w)
+                    dp[w] = bb ? acc[r][w] : dp[w] + (kp ? acc[r][w] * kp[w] : acc[r][w]);
             }
         }
         for (; b < B; ++b) { /* one row: four partial sums over c to hide FMA latency */
             REAL acc[4][VW] = {{0}};
-            const REAL *dzr = dz + b * ldz;
-            ptrdiff_t c = 0;
-            for (; c + 4 <= GH; c += 4) {
-                const REAL d0 = dzr[c], d1 = dzr[c + 1], d2 = dzr[c + 2], d3 = dzr[c + 3];
-                const REAL *pc = pb + c * VW;
-                for (int w = 0; w < VW; ++w) {
-                    acc[0][w] += d0 * pc[w];
-                    acc[1][w] += d1 * pc[VW + w];
-                    acc[2][w] += d2 * pc[2 * VW + w];
-                    acc[3][w] += d3 * pc[3 * VW + w];
+            for (int part = 0; part < 2; ++part) {
+                const REAL *ar = part ? dz + b * ldz : x + b * ldx;
+                const ptrdiff_t K = part ? GH : I;
+                const REAL *pp = part ? pb + I * VW : pb;
+                ptrdiff_t c = 0;
+                for (; c + 4 <= K; c += 4) {
+                    const REAL d0 = ar[c], d1 = ar[c + 1], d2 = ar[c + 2], d3 = ar[c + 3];
+                    const REAL *pc = pp + c * VW;
+                    for (int w = 0; w < VW; ++w) {
+                        acc[0][w] += d0 * pc[w];
+                        acc[1][w] += d1 * pc[VW + w];
+                        acc[2][w] += d2 * pc[2 * VW + w];
+                        acc[3][w] += d3 * pc[3 * VW + w];
+                    }
                 }
+                for (; c < K; ++c)
+                    for (int w = 0; w < VW; ++w) acc[0][w] += ar[c] * pp[c * VW + w];
             }
-            for (; c < GH; ++c)
-                for (int w = 0; w < VW; ++w) acc[0][w] += dzr[c] * pb[c * VW + w];
             REAL *dp = dh + b * ldh + j0;
             const REAL *kp = keep ? keep + b * H + j0 : NULL;
             for (ptrdiff_t w = 0; w < n; ++w) {
                 REAL s = (acc[0][w] + acc[1][w]) + (acc[2][w] + acc[3][w]);
-                dp[w] += kp ? s * kp[w] : s;
+                if (bb) dp[w] = bb[w] + s;
+                else dp[w] += kp ? s * kp[w] : s;
             }
         }
     }
@@ -416,38 +440,49 @@ FRNN_DEFINE_RECMM_AVX2(4, 3)
 #undef FRNN_INIT_TILE
 #undef FRNN_STORE_TILE
 
-/* Backward tile: rows [b, b+R) x one 64-byte unit block (2 vectors), summing over c. */
+/* Transposed-product tile: rows [b, b+R) x one 64-byte unit block (2 vectors), summing
+ * over x's I columns (packed rows [0, I)) then dz's GH columns (packed rows I..). */
 #define FRNN_DEFINE_BWD_TILE(R)                                                           \
     FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_tile_r##R)(                                \
-        const REAL *FRNN_RESTRICT pb, ptrdiff_t GH, const REAL *FRNN_RESTRICT dz,        \
-        ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, \
-        ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {                           \
+        const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
+        ptrdiff_t ldx, ptrdiff_t GH, const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,       \
+        const REAL *bb, const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh,         \
+        ptrdiff_t ldh, ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {            \
         FV acc[R][2];                                                                   \
-        FRNN_UNROLL for (int r = 0; r < (R); ++r) acc[r][0] = acc[r][1] = FV_ZERO();                \
-        const REAL *dzr = dz + b * ldz;                                                 \
-        for (ptrdiff_t c = 0; c < GH; ++c) {                                            \
-            const FV w0 = FV_LOAD(pb + c * VW), w1 = FV_LOAD(pb + c * VW + FV_LANES);   \
-            FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                             \
-                const FV d = FV_BCAST(dzr + r * ldz + c);                               \
-                acc[r][0] = FV_FMA(d, w0, acc[r][0]);                                   \
-                acc[r][1] = FV_FMA(d, w1, acc[r][1]);                                   \
+        FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                     \
+            acc[r][0] = bb ? FV_LOAD(bb) : FV_ZERO();                                   \
+            acc[r][1] = bb ? FV_LOAD(bb + FV_LANES) : FV_ZERO();                        \
+        }                                                                               \
+        for (int part = 0; part < 2; ++part) { /* x W, then dz U */                     \
+            const REAL *ar = part ? dz + b * ldz : x + b * ldx;                         \
+            const ptrdiff_t lda = part ? ldz : ldx, K = part ? GH : I;                  \
+            const REAL *pp = part ? pb + I * VW : pb;                                   \
+            for (ptrdiff_t c = 0; c < K; ++c) {                                         \
+                const FV w0 = FV_LOAD(pp + c * VW), w1 = FV_LOAD(pp + c * VW + FV_LANES); \
+                FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
+                    const FV d = FV_BCAST(ar + r * lda + c);                            \
+                    acc[r][0] = FV_FMA(d, w0, acc[r][0]);                               \
+                    acc[r][1] = FV_FMA(d, w1, acc[r][1]);                               \
+                }                                                                       \
             }                                                                           \
         }                                                                               \
-        SFX(bwd_store)(acc, R, keep, dh, ldh, H, b, j0, n);                             \
+        SFX(bwd_store)(acc, R, bb != NULL, keep, dh, ldh, H, b, j0, n);                 \
     }
 
-/* dh rows [b, b+R) (row stride ldh) at units [j0, j0+n) += acc (times keep, if given;
- * keep rows are H long). */
-FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_store)(FV acc[][2], int R, const REAL *keep,
-                                                   REAL *dh, ptrdiff_t ldh, ptrdiff_t H,
-                                                   ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {
+/* dh rows [b, b+R) (row stride ldh) at units [j0, j0+n): = acc when overwrite, else
+ * += acc (times keep, if given; keep rows are H long). */
+FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_store)(FV acc[][2], int R, int overwrite,
+                                                   const REAL *keep, REAL *dh, ptrdiff_t ldh,
+                                                   ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0,
+                                                   ptrdiff_t n) {
     FRNN_UNROLL for (int r = 0; r < R; ++r) {
         REAL tmp[2 * FV_LANES];
         FV_STORE(tmp, acc[r][0]);
         FV_STORE(tmp + FV_LANES, acc[r][1]);
         REAL *dp = dh + (b + r) * ldh + j0;
         const REAL *kp = keep ? keep + (b + r) * H + j0 : NULL;
-        for (ptrdiff_t w = 0; w < n; ++w) dp[w] += kp ? tmp[w] * kp[w] : tmp[w];
+        if (overwrite) memcpy(dp, tmp, (size_t)n * sizeof(REAL));
+        else for (ptrdiff_t w = 0; w < n; ++w) dp[w] += kp ? tmp[w] * kp[w] : tmp[w];
     }
 }
 FRNN_DEFINE_BWD_TILE(2)
@@ -458,58 +493,66 @@ FRNN_DEFINE_BWD_TILE(6)
 #undef FRNN_DEFINE_BWD_TILE
 
 /* One row: four accumulator pairs over c hide the FMA latency. */
-FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_tile_r1)(const REAL *FRNN_RESTRICT pb, ptrdiff_t GH,
-                                                     const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,
-                                                     const REAL *FRNN_RESTRICT keep,
-                                                     REAL *FRNN_RESTRICT dh, ptrdiff_t ldh,
-                                                     ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0,
-                                                     ptrdiff_t n) {
+FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_tile_r1)(
+    const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x, ptrdiff_t ldx,
+    ptrdiff_t GH, const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, const REAL *bb,
+    const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t H,
+    ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {
     FV acc[1][2], part[3][2];
-    acc[0][0] = acc[0][1] = FV_ZERO();
+    acc[0][0] = bb ? FV_LOAD(bb) : FV_ZERO();
+    acc[0][1] = bb ? FV_LOAD(bb + FV_LANES) : FV_ZERO();
     FRNN_UNROLL for (int p = 0; p < 3; ++p) part[p][0] = part[p][1] = FV_ZERO();
-    const REAL *dzr = dz + b * ldz;
-    ptrdiff_t c = 0;
-    for (; c + 4 <= GH; c += 4) {
-        const REAL *pc = pb + c * VW;
-        const FV d0 = FV_BCAST(dzr + c), d1 = FV_BCAST(dzr + c + 1);
-        const FV d2 = FV_BCAST(dzr + c + 2), d3 = FV_BCAST(dzr + c + 3);
-        acc[0][0] = FV_FMA(d0, FV_LOAD(pc), acc[0][0]);
-        acc[0][1] = FV_FMA(d0, FV_LOAD(pc + FV_LANES), acc[0][1]);
-        part[0][0] = FV_FMA(d1, FV_LOAD(pc + VW), part[0][0]);
-        part[0][1] = FV_FMA(d1, FV_LOAD(pc + VW + FV_LANES), part[0][1]);
-        part[1][0] = FV_FMA(d2, FV_LOAD(pc + 2 * VW), part[1][0]);
-        part[1][1] = FV_FMA(d2, FV_LOAD(pc + 2 * VW + FV_LANES), part[1][1]);
-        part[2][0] = FV_FMA(d3, FV_LOAD(pc + 3 * VW), part[2][0]);
-        part[2][1] = FV_FMA(d3, FV_LOAD(pc + 3 * VW + FV_LANES), part[2][1]);
-    }
-    for (; c < GH; ++c) {
-        const FV d = FV_BCAST(dzr + c);
-        acc[0][0] = FV_FMA(d, FV_LOAD(pb + c * VW), acc[0][0]);
-        acc[0][1] = FV_FMA(d, FV_LOAD(pb + c * VW + FV_LANES), acc[0][1]);
+    for (int seg = 0; seg < 2; ++seg) { /* x W, then dz U */
+        const REAL *ar = seg ? dz + b * ldz : x + b * ldx;
+        const ptrdiff_t K = seg ? GH : I;
+        const REAL *pp = seg ? pb + I * VW : pb;
+        ptrdiff_t c = 0;
+        for (; c + 4 <= K; c += 4) {
+            const REAL *pc = pp + c * VW;
+            const FV d0 = FV_BCAST(ar + c), d1 = FV_BCAST(ar + c + 1);
+            const FV d2 = FV_BCAST(ar + c + 2), d3 = FV_BCAST(ar + c + 3);
+            acc[0][0] = FV_FMA(d0, FV_LOAD(pc), acc[0][0]);
+            acc[0][1] = FV_FMA(d0, FV_LOAD(pc + FV_LANES), acc[0][1]);
+            part[0][0] = FV_FMA(d1, FV_LOAD(pc + VW), part[0][0]);
+            part[0][1] = FV_FMA(d1, FV_LOAD(pc + VW + FV_LANES), part[0][1]);
+            part[1][0] = FV_FMA(d2, FV_LOAD(pc + 2 * VW), part[1][0]);
+            part[1][1] = FV_FMA(d2, FV_LOAD(pc + 2 * VW + FV_LANES), part[1][1]);
+            part[2][0] = FV_FMA(d3, FV_LOAD(pc + 3 * VW), part[2][0]);
+            part[2][1] = FV_FMA(d3, FV_LOAD(pc + 3 * VW + FV_LANES), part[2][1]);
+        }
+        for (; c < K; ++c) {
+            const FV d = FV_BCAST(ar + c);
+            acc[0][0] = FV_FMA(d, FV_LOAD(pp + c * VW), acc[0][0]);
+            acc[0][1] = FV_FMA(d, FV_LOAD(pp + c * VW + FV_LANES), acc[0][1]);
+        }
     }
     FRNN_UNROLL for (int v = 0; v < 2; ++v)
         acc[0][v] = FV_ADD(FV_ADD(acc[0][v], part[0][v]), FV_ADD(part[1][v], part[2][v]));
-    SFX(bwd_store)(acc, 1, keep, dh, ldh, H, b, j0, n);
+    SFX(bwd_store)(acc, 1, bb != NULL, keep, dh, ldh, H, b, j0, n);
 }
 
-/* Rows per backward tile: 6 x 2 accumulators + 2 weights + 1 broadcast <= 16 registers. */
+/* Rows per transposed tile: 6 x 2 accumulators + 2 weights + 1 broadcast <= 16 registers. */
 FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
-    const REAL *FRNN_RESTRICT packed_t, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B,
-    const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, const REAL *FRNN_RESTRICT keep,
+    const REAL *FRNN_RESTRICT packed_t, ptrdiff_t I, const REAL *FRNN_RESTRICT x,
+    ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B, const REAL *FRNN_RESTRICT dz,
+    ptrdiff_t ldz, const REAL *FRNN_RESTRICT packed_bias, const REAL *FRNN_RESTRICT keep,
     REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t jb0, ptrdiff_t jb1) {
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
-        const REAL *pb = packed_t + jb * GH * VW;
+        const REAL *pb = packed_t + jb * (I + GH) * VW;
+        const REAL *bb = packed_bias ? packed_bias + jb * VW : NULL;
+#define FRNN_BWD_TILE_ARGS pb, I, x, ldx, GH, dz, ldz, bb, keep, dh, ldh, H, b, j0, n
         ptrdiff_t b = 0;
-        for (; b + 6 <= B; b += 6) SFX(bwd_tile_r6)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n);
+        for (; b + 6 <= B; b += 6) SFX(bwd_tile_r6)(FRNN_BWD_TILE_ARGS);
         switch (B - b) {
-        case 5: SFX(bwd_tile_r5)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
-        case 4: SFX(bwd_tile_r4)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
-        case 3: SFX(bwd_tile_r3)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
-        case 2: SFX(bwd_tile_r2)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
-        case 1: SFX(bwd_tile_r1)(pb, GH, dz, ldz, keep, dh, ldh, H, b, j0, n); break;
+        case 5: SFX(bwd_tile_r5)(FRNN_BWD_TILE_ARGS); break;
+        case 4: SFX(bwd_tile_r4)(FRNN_BWD_TILE_ARGS); break;
+        case 3: SFX(bwd_tile_r3)(FRNN_BWD_TILE_ARGS); break;
+        case 2: SFX(bwd_tile_r2)(FRNN_BWD_TILE_ARGS); break;
+        case 1: SFX(bwd_tile_r1)(FRNN_BWD_TILE_ARGS); break;
         default: break;
         }
+#undef FRNN_BWD_TILE_ARGS
     }
 }
 #undef FV
@@ -557,6 +600,17 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t)(const REAL *packed_t, ptrdiff_t 
                                                ptrdiff_t B, const REAL *dz, ptrdiff_t ldz,
                                                const REAL *keep, REAL *dh, ptrdiff_t ldh,
                                                ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_t, packed_t, H, GH, B, dz, ldz, keep, dh, ldh, jb0, jb1);
+    FRNN_PICK(recurrent_matmul_t, packed_t, 0, NULL, 0, H, GH, B, dz, ldz, NULL, keep, dh, ldh,
+              jb0, jb1);
+}
+/* SimpleRNN's whole step: z = bias + x_t W + h_{t-1} U (W over U and the bias packed in
+ * blocks of VW units by pack_recurrent_blocks; see recurrent_matmul_t_generic). */
+FRNN_UNUSED static void SFX(input_recurrent_matmul_t)(const REAL *packed, ptrdiff_t I,
+                                                     const REAL *x, ptrdiff_t ldx, ptrdiff_t H,
+                                                     ptrdiff_t B, const REAL *h,
+                                                     const REAL *packed_bias, REAL *z,
+                                                     ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {
+    FRNN_PICK(recurrent_matmul_t, packed, I, x, ldx, H, H, B, h, H, packed_bias, NULL, z, ldz,
+              jb0, jb1);
 }
 #undef FRNN_PICK

@@ -4,6 +4,8 @@
  * Per processing step: h = a(x W + b + h_{t-1} U).  The activated output is the new state,
  * so training needs no gate cache: the per-step pre-activations are computed directly in
  * h_states[t] and activated in place (masked rows get the carried state instead).
+ * x W + b comes from one BLAS GEMM over many steps, or, with enough rows
+ * (frnn_fuse_input_projection), from each step's tiles over W and U packed together.
  * Recurrent dropout (Keras 3): rec_mask (B,H) multiplies h_{t-1} where it enters the GEMM. */
 
 #define FRNN_RNN_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
@@ -67,15 +69,22 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     else memset(h_n, 0, (size_t)(B * H) * sizeof(REAL));
     if (T == 0 || B == 0) return FRNN_OK;
 
+    const ptrdiff_t nb = SFX(unit_blocks)(H);
+    const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
+    /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
+    const int fuse_input = use_tiles && frnn_fuse_input_projection(
+        B, I, training, FRNN_RNN_FUSE_MIN_ROWS, FRNN_RNN_FUSE_MAX_TRAIN_FEATURES);
     ptrdiff_t chunk = T;
     if (!training) {
-        ptrdiff_t per_step = B * (H + I);
+        ptrdiff_t per_step = fuse_input ? B * I : B * (H + I);
         chunk = FRNN_RNN_INFER_CHUNK_ELEMS / (per_step > 0 ? per_step : 1);
         if (chunk < 1) chunk = 1;
         if (chunk > T) chunk = T;
     }
     uint8_t *mask_tm = NULL;
-    REAL *z_buf = training ? h_states : frnn_alloc((size_t)(chunk * B * H), sizeof(REAL));
+    /* inference: the pre-activations of a chunk of steps, or of one step when fused */
+    REAL *z_buf = training ? h_states
+                           : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * H), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     /* h is double-buffered (h_n, h_alt): with the units split, h_{t-1} must stay readable
      * while h_t is written; likewise h*rec_mask. */
@@ -84,19 +93,21 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     /* the per-step product runs on U packed once (recurrent_matmul.h), not BLAS.  With a
      * single gate, h U = h (U^T)^T is the backward kernel's product on U^T, whose 4-row x
      * 64-byte tiles measured 41 GFLOP/s against 11 for the one-gate forward tiles. */
-    const ptrdiff_t nb = SFX(unit_blocks)(H);
-    const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
     const frnn_split split = frnn_pick_split(B, nb, B * H * H);
     const int nt = use_tiles ? split.threads : 1;
-    REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
+    REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * (fuse_input ? I + H : H) * VW), sizeof(REAL))
+                             : NULL;
+    REAL *packed_bias = fuse_input ? frnn_alloc((size_t)(nb * VW), sizeof(REAL)) : NULL;
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (!z_buf || !x_buf || !h_alt || (mask && !mask_tm) || (rec_mask && !h_dropped)
-        || (use_tiles && !packed)) {
+        || (use_tiles && !packed) || (fuse_input && !packed_bias)) {
         status = FRNN_ENOMEM;
         goto done;
     }
     /* U's columns in blocks of VW units: the layout of the transposed product's packing */
-    if (packed) SFX(pack_recurrent)(recurrent, H, H, 1, VW, packed, nt);
+    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 1, VW, packed,
+                                              packed_bias, nt);
+    else if (packed) SFX(pack_recurrent)(recurrent, H, H, 1, VW, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -116,8 +127,11 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         REAL *z_chunk = training ? z_buf + t0 * B * H : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
-        status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, bias, z_chunk);
-        if (status) goto done;
+        if (!fuse_input) {
+            status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, bias,
+                                           z_chunk);
+            if (status) goto done;
+        }
         if (!use_tiles) { /* many rows without AVX2: BLAS' GEMM per step */
             for (ptrdiff_t t = t0; t < t1; ++t) {
                 REAL *z_t = z_chunk + (t - t0) * B * H;
@@ -137,11 +151,18 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = t0; t < t1; ++t) {
-                REAL *z_t = z_chunk + ((t - t0) * B + b0) * H;
+                /* fused inference reuses one step's z: each thread rewrites only the rows
+                 * and units it reads back itself */
+                REAL *z_t = z_chunk + ((fuse_input && !training ? 0 : t - t0) * B + b0) * H;
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
-                SFX(recurrent_matmul_t)(packed, H, H, p.rows.batch,
-                                        rec_mask ? hd_buf[t & 1] + b0 * H : h_prev, H, NULL, z_t,
-                                        H, p.jb0, p.jb1);
+                const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
+                if (fuse_input)
+                    SFX(input_recurrent_matmul_t)(packed, I, x_chunk + ((t - t0) * B + b0) * I,
+                                                  I, H, p.rows.batch, h_read, packed_bias, z_t,
+                                                  H, p.jb0, p.jb1);
+                else
+                    SFX(recurrent_matmul_t)(packed, H, H, p.rows.batch, h_read, H, NULL, z_t,
+                                            H, p.jb0, p.jb1);
                 SFX(rnn_step_pointwise)(
                     &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
@@ -160,6 +181,7 @@ done:
     free(h_alt);
     free(h_dropped);
     free(packed);
+    free(packed_bias);
     if (!training) {
         free(z_buf);
         free(x_buf);

@@ -160,7 +160,7 @@ def test_nan_padding_under_the_mask_stays_out_of_every_gradient(rng, cell):
     assert np.isfinite(grads.x[1]).all() and np.isfinite(grads.x[0, :2]).all()
 
 
-# name -> set_path_overrides arguments for the LSTM forward's input projection
+# name -> set_path_overrides arguments for the input projection of LSTM and SimpleRNN
 INPUT_PATHS = {
     "gemm_projection": dict(fuse_input=0),
     "fused_tiles": dict(fuse_input=1, simd=-1),
@@ -174,41 +174,42 @@ INPUT_PATHS = {
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("batch,features,units", [(1, 1, 1), (7, 3, 37), (16, 67, 9),
                                                   (32, 5, 128)])
-def test_lstm_input_projection_paths_match_reference(rng, batch, features, units, training,
-                                                     threading, path, dtype):
-    """The LSTM forward either projects the input of many steps with one GEMM or adds
+@pytest.mark.parametrize("cell", ["lstm", "simple_rnn"])
+def test_input_projection_paths_match_reference(rng, cell, batch, features, units, training,
+                                                threading, path, dtype):
+    """LSTM and SimpleRNN either project the input of many steps with one GEMM or add
     x_t W inside each step's tiles (W and U packed together, the bias as the tiles' start).
     Fused inference reuses one step's pre-activation buffer across steps, so it runs with
     masks, an initial state and recurrent dropout over more steps than a chunk."""
+    gates, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     steps = 11
     x = rng.standard_normal((batch, steps, features))
-    kernel = rng.standard_normal((features, 4 * units)) * 0.3
-    recurrent = rng.standard_normal((units, 4 * units)) * 0.3
-    bias = rng.standard_normal(4 * units)
-    h0, c0 = rng.standard_normal((2, batch, units))
+    kernel = rng.standard_normal((features, gates * units)) * 0.3
+    # gain about 1 per step, so float32 rounding is not amplified over the steps
+    recurrent = rng.standard_normal((units, gates * units)) * min(0.3, 1 / np.sqrt(units))
+    bias = rng.standard_normal(gates * units)
+    state = rng.standard_normal((2, batch, units))
     drop = (rng.random((batch, units)) > 0.3) / 0.7
     mask = rng.random((batch, steps)) > 0.25
     d_out = rng.standard_normal((batch, steps, units))
-    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, h0, c0, drop, d_out)]
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, state, drop, d_out)]
     threads, split_by = THREADING[threading]
     tol = 1e-10 if dtype == np.float64 else 2e-4
     for use_bias in (True, False):
         def run(forward, a):
-            return forward(a[0], a[1], a[2], a[3] if use_bias else None,
-                           initial_state=(a[4], a[5]), mask=mask, training=training,
-                           recurrent_dropout_mask=a[6])
+            initial = (a[4][0], a[4][1]) if cell == "lstm" else a[4][0]
+            return forward(a[0], a[1], a[2], a[3] if use_bias else None, initial_state=initial,
+                           mask=mask, training=training, recurrent_dropout_mask=a[5])
         with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
                                                      blas_steps=0, **INPUT_PATHS[path]):
-            got = run(ops.lstm_forward, arrays)
-            got_grads = ops.lstm_backward(got.cache, arrays[7]) if training else None
-        want = run(reference.lstm_forward, [a.astype(np.float64) for a in arrays])
-        for name in ("outputs", "h_n", "c_n"):
+            got = run(fwd, arrays)
+            got_grads = bwd(got.cache, arrays[6]) if training else None
+        want = run(ref_fwd, [a.astype(np.float64) for a in arrays])
+        for name in ("outputs", "h_n", "c_n") if cell == "lstm" else ("outputs", "h_n"):
             np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=tol,
                                        atol=tol, err_msg=name)
         if training:
-            want_grads = reference.lstm_backward(want.cache, arrays[7].astype(np.float64))
-            for name in ("x", "kernel", "recurrent_kernel", "bias"):
-                if name == "bias" and not use_bias:
-                    continue
+            want_grads = ref_bwd(want.cache, arrays[6].astype(np.float64))
+            for name in ("x", "kernel", "recurrent_kernel") + (("bias",) if use_bias else ()):
                 np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
                                            rtol=tol, atol=tol * 10, err_msg=name)
