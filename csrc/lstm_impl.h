@@ -7,7 +7,7 @@
  * per step each thread, owning a range of unit blocks, adds h_{t-1} U for its units'
  * four gates (recurrent_matmul_g4 over U packed once) and runs the fused pointwise pass
  * for the same units; the threads meet at one barrier per step.  With enough rows
- * (frnn_fuse_input_projection) there is no projection pass: W and U are packed together
+ * (frnn_lstm_fuses_input) there is no projection pass: W and U are packed together
  * and each step's tile computes bias + x_t W + h_{t-1} U at once.  h is double-buffered so
  * nobody overwrites the h_{t-1} another thread is still reading.
  * Backward: per step the fused gate-gradient pass for the owned units, a barrier, then
@@ -113,8 +113,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
      * chunks of steps so its scratch stays bounded (and warm in cache). */
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
-    const int fuse_input = !blas_steps && frnn_fuse_input_projection(
-        B, I, training, FRNN_LSTM_FUSE_MIN_ROWS, FRNN_LSTM_FUSE_MAX_TRAIN_FEATURES);
+    const int fuse_input = !blas_steps && frnn_lstm_fuses_input(B, I, training);
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = fuse_input ? B * I : B * (G4 + I);

@@ -5,7 +5,7 @@
  * so training needs no gate cache: the per-step pre-activations are computed directly in
  * h_states[t] and activated in place (masked rows get the carried state instead).
  * x W + b comes from one BLAS GEMM over many steps, or, with enough rows
- * (frnn_fuse_input_projection), from each step's tiles over W and U packed together.
+ * (frnn_rnn_fuses_input), from each step's tiles over W and U packed together.
  * Recurrent dropout (Keras 3): rec_mask (B,H) multiplies h_{t-1} where it enters the GEMM. */
 
 #define FRNN_RNN_INFER_CHUNK_ELEMS ((ptrdiff_t)1 << 22)
@@ -72,8 +72,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
     /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
-    const int fuse_input = use_tiles && frnn_fuse_input_projection(
-        B, I, training, FRNN_RNN_FUSE_MIN_ROWS, FRNN_RNN_FUSE_MAX_TRAIN_FEATURES);
+    const int fuse_input = use_tiles && frnn_rnn_fuses_input(B, training);
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = fuse_input ? B * I : B * (H + I);
