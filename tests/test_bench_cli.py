@@ -72,6 +72,10 @@ def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
     assert data["config"]["threads"] == 1
     assert data["environment"]["cpu"]
     assert _finite_positive(data["environment"]["peak_gflops"])
+    # measured before and after the grid; the higher one is the run's peak
+    measured = data["environment"]["peak_gflops_measurements"]
+    assert len(measured) == 2 and all(_finite_positive(m) for m in measured)
+    assert data["environment"]["peak_gflops"] == max(measured)
     assert all(pool["num_threads"] == 1 for pool in data["environment"]["threadpools"]
                if pool["user_api"] == "blas")
     results = data["results"]
