@@ -107,10 +107,12 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
  * cannot keep busy.  Training writes its pre-activation cache either way, so it gains less.
  * Measured, 2 threads, T=100, I = H/2, median speedup fused over GEMM:
  *   LSTM inference: B=1-4 0.82-0.97; B=8 1.09-1.14 at I=64 (T=1000: 1.17-1.43), 0.97-1.02
- *     at I=128, 0.89-1.00 at I=256; B=16 1.03-1.23; B=32 1.16-1.45; B=128 1.05-1.67.
+ *     at I=128, 0.89-1.00 at I=256; B=16 1.03-1.23; B=32 1.16-1.45 (wide inputs too:
+ *     I=512, H=256 1.25; I=1024, H=128 1.28); B=128 1.05-1.67.
  *     LSTM training: I=64-128 1.01-1.09 at B=32-128 (B=8, I=64: 1.00, T=1000: 1.05);
  *     I=256 0.97-0.98.
- *   SimpleRNN inference: B=1 0.83-0.96; B=8 0.94-1.00; B=32 1.04-1.09; B=128 1.03-1.25.
+ *   SimpleRNN inference: B=1 0.83-0.96; B=8 0.94-1.00; B=32 1.04-1.09 (I=1024, H=128:
+ *     1.07); B=128 1.03-1.25.
  *     SimpleRNN training: 0.98-1.06, so it keeps the GEMM.
  *   GRU keeps the GEMM: a fused tile (3 rows x z, r, input and recurrent parts of h, the
  *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128. */
