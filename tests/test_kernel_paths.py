@@ -174,13 +174,16 @@ INPUT_PATHS = {
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("batch,features,units", [(1, 1, 1), (7, 3, 37), (16, 67, 9),
                                                   (32, 5, 128)])
+@pytest.mark.parametrize("options", [{}, dict(go_backwards=True, zero_output_for_mask=True,
+                                             activation="relu")], ids=["default", "options"])
 @pytest.mark.parametrize("cell", ["lstm", "simple_rnn"])
 def test_input_projection_paths_match_reference(rng, cell, batch, features, units, training,
-                                                threading, path, dtype):
+                                                threading, path, dtype, options):
     """LSTM and SimpleRNN either project the input of many steps with one GEMM or add
     x_t W inside each step's tiles (W and U packed together, the bias as the tiles' start).
-    Fused inference reuses one step's pre-activation buffer across steps, so it runs with
-    masks, an initial state and recurrent dropout over more steps than a chunk."""
+    Fused inference reuses one step's pre-activation buffer for every step, so each case
+    runs 11 steps with masks, an initial state and recurrent dropout, with and without bias,
+    and once more reversed (go_backwards), zeroing masked outputs, with relu."""
     gates, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     steps = 11
     x = rng.standard_normal((batch, steps, features))
@@ -199,7 +202,8 @@ def test_input_projection_paths_match_reference(rng, cell, batch, features, unit
         def run(forward, a):
             initial = (a[4][0], a[4][1]) if cell == "lstm" else a[4][0]
             return forward(a[0], a[1], a[2], a[3] if use_bias else None, initial_state=initial,
-                           mask=mask, training=training, recurrent_dropout_mask=a[5])
+                           mask=mask, training=training, recurrent_dropout_mask=a[5],
+                           **options)
         with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
                                                      blas_steps=0, **INPUT_PATHS[path]):
             got = run(fwd, arrays)
