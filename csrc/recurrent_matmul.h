@@ -576,16 +576,17 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #else
 #define FRNN_PICK(name, ...) SFX(name##_generic)(__VA_ARGS__)
 #endif
-/* h_{t-1} U added to z (U packed alone by pack_recurrent, width VWF). */
+/* h_{t-1} U added to z (U packed alone by pack_recurrent, width VWF).  With I = 0 the
+ * input operand is never read; h stands in for it so no pointer arithmetic touches NULL. */
 FRNN_UNUSED static void SFX(recurrent_matmul_g3)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
                                                 const REAL *h, REAL *z, ptrdiff_t ldz,
                                                 ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_g3, packed, 0, NULL, 0, H, B, h, NULL, z, ldz, jb0, jb1);
+    FRNN_PICK(recurrent_matmul_g3, packed, 0, h, 0, H, B, h, NULL, z, ldz, jb0, jb1);
 }
 FRNN_UNUSED static void SFX(recurrent_matmul_g4)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
                                                 const REAL *h, REAL *z, ptrdiff_t ldz,
                                                 ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_g4, packed, 0, NULL, 0, H, B, h, NULL, z, ldz, jb0, jb1);
+    FRNN_PICK(recurrent_matmul_g4, packed, 0, h, 0, H, B, h, NULL, z, ldz, jb0, jb1);
 }
 /* z = bias + x_t W + h_{t-1} U, the whole pre-activation of a step in one pass (operands
  * from pack_input_recurrent; see FRNN_DEFINE_RECMM). */
@@ -600,7 +601,7 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t)(const REAL *packed_t, ptrdiff_t 
                                                ptrdiff_t B, const REAL *dz, ptrdiff_t ldz,
                                                const REAL *keep, REAL *dh, ptrdiff_t ldh,
                                                ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_t, packed_t, 0, NULL, 0, H, GH, B, dz, ldz, NULL, keep, dh, ldh,
+    FRNN_PICK(recurrent_matmul_t, packed_t, 0, dz, 0, H, GH, B, dz, ldz, NULL, keep, dh, ldh,
               jb0, jb1);
 }
 /* SimpleRNN's whole step: z = bias + x_t W + h_{t-1} U (W over U and the bias packed in
