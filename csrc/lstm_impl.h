@@ -5,8 +5,8 @@
  *
  * Forward: one BLAS GEMM projects the input of many steps at once (bias included); then
  * per step each thread, owning a range of unit blocks, adds h_{t-1} U for its units'
- * four gates (recurrent_matmul_g4 over U packed once) and runs the fused pointwise pass
- * for the same units; the threads meet at one barrier per step.  With enough rows
+ * four gates (input_recurrent_matmul_g4 over U packed once) and runs the fused pointwise
+ * pass for the same units; the threads meet at one barrier per step.  With enough rows
  * (frnn_lstm_fuses_input) there is no projection pass: W and U are packed together
  * and each step's tile computes bias + x_t W + h_{t-1} U at once.  h is double-buffered so
  * nobody overwrites the h_{t-1} another thread is still reading.
@@ -196,13 +196,11 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
                 REAL *z_t = z_chunk + ((fuse_input && !training ? 0 : t - t0) * B + b0) * G4;
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
                 const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
-                if (fuse_input)
-                    SFX(input_recurrent_matmul_g4)(packed, I, x_chunk + ((t - t0) * B + b0) * I,
-                                                   I, H, p.rows.batch, h_read, packed_bias,
-                                                   z_t, G4, p.jb0, p.jb1);
-                else
-                    SFX(recurrent_matmul_g4)(packed, H, p.rows.batch, h_read, z_t, G4, p.jb0,
-                                             p.jb1);
+                /* unfused: no input rows and no bias, so z_t += h U over its projection */
+                SFX(input_recurrent_matmul_g4)(packed, fuse_input ? I : 0,
+                                               x_chunk + ((t - t0) * B + b0) * I, I, H,
+                                               p.rows.batch, h_read, packed_bias, z_t, G4,
+                                               p.jb0, p.jb1);
                 SFX(lstm_step_pointwise)(
                     &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H, c_n + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,

@@ -576,20 +576,17 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #else
 #define FRNN_PICK(name, ...) SFX(name##_generic)(__VA_ARGS__)
 #endif
-/* h_{t-1} U added to z (U packed alone by pack_recurrent, width VWF).  With I = 0 the
- * input operand is never read; h stands in for it so no pointer arithmetic touches NULL. */
+/* h_{t-1} U added to z, three gates (U packed alone by pack_recurrent, width VWF; GRU).
+ * With I = 0 the input operand is never read; h stands in for it so no pointer arithmetic
+ * touches NULL. */
 FRNN_UNUSED static void SFX(recurrent_matmul_g3)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
                                                 const REAL *h, REAL *z, ptrdiff_t ldz,
                                                 ptrdiff_t jb0, ptrdiff_t jb1) {
     FRNN_PICK(recurrent_matmul_g3, packed, 0, h, 0, H, B, h, NULL, z, ldz, jb0, jb1);
 }
-FRNN_UNUSED static void SFX(recurrent_matmul_g4)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
-                                                const REAL *h, REAL *z, ptrdiff_t ldz,
-                                                ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_g4, packed, 0, h, 0, H, B, h, NULL, z, ldz, jb0, jb1);
-}
 /* z = bias + x_t W + h_{t-1} U, the whole pre-activation of a step in one pass (operands
- * from pack_input_recurrent; see FRNN_DEFINE_RECMM). */
+ * from pack_input_recurrent; see FRNN_DEFINE_RECMM), LSTM.  With I = 0 and no bias:
+ * z += h_{t-1} U over U packed alone (pack_recurrent, width VWF). */
 FRNN_UNUSED static void SFX(input_recurrent_matmul_g4)(const REAL *packed, ptrdiff_t I,
                                                       const REAL *x, ptrdiff_t ldx, ptrdiff_t H,
                                                       ptrdiff_t B, const REAL *h,
@@ -605,7 +602,8 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t)(const REAL *packed_t, ptrdiff_t 
               jb0, jb1);
 }
 /* SimpleRNN's whole step: z = bias + x_t W + h_{t-1} U (W over U and the bias packed in
- * blocks of VW units by pack_recurrent_blocks; see recurrent_matmul_t_generic). */
+ * blocks of VW units by pack_input_recurrent; see recurrent_matmul_t_generic).  With I = 0
+ * and no bias: z += h_{t-1} U over U packed alone (pack_recurrent, width VW). */
 FRNN_UNUSED static void SFX(input_recurrent_matmul_t)(const REAL *packed, ptrdiff_t I,
                                                      const REAL *x, ptrdiff_t ldx, ptrdiff_t H,
                                                      ptrdiff_t B, const REAL *h,

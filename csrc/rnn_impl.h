@@ -155,13 +155,11 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                 REAL *z_t = z_chunk + ((fuse_input && !training ? 0 : t - t0) * B + b0) * H;
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
                 const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
-                if (fuse_input)
-                    SFX(input_recurrent_matmul_t)(packed, I, x_chunk + ((t - t0) * B + b0) * I,
-                                                  I, H, p.rows.batch, h_read, packed_bias, z_t,
-                                                  H, p.jb0, p.jb1);
-                else
-                    SFX(recurrent_matmul_t)(packed, H, H, p.rows.batch, h_read, H, NULL, z_t,
-                                            H, p.jb0, p.jb1);
+                /* unfused: no input rows and no bias, so z_t += h U over its projection */
+                SFX(input_recurrent_matmul_t)(packed, fuse_input ? I : 0,
+                                              x_chunk + ((t - t0) * B + b0) * I, I, H,
+                                              p.rows.batch, h_read, packed_bias, z_t, H, p.jb0,
+                                              p.jb1);
                 SFX(rnn_step_pointwise)(
                     &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
