@@ -682,10 +682,10 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         if (status) goto done;
     }
     if (d_bias) {
-        SFX(column_sums)(dz, TB, G3, reset_after ? d_bias + G3 : d_bias);
+        SFX(column_sums)(dz, TB, G3, G3, reset_after ? d_bias + G3 : d_bias);
         if (reset_after) { /* input row: z, r as the recurrent row, h from dxh */
             memcpy(d_bias, d_bias + G3, (size_t)(2 * H) * sizeof(REAL));
-            SFX(column_sums)(dxh, TB, H, d_bias + 2 * H);
+            SFX(column_sums)(dxh, TB, H, H, d_bias + 2 * H);
         }
     }
     status = SFX(gemm_rm)(blas, 0, 1, TB, I, zr_cols, 1, dz, G3, kernel, G3, 0, dx_tm, I);

@@ -235,17 +235,18 @@ done:
  *   dh, dc (B,H): gradient w.r.t. the state after this step; on return dc holds the
  *     gradient w.r.t. the state before it, and dh only the carried part (rows of masked
  *     steps), zero elsewhere: the recurrent product adds dZ U^T afterwards.
- *   dz (B,4H): written for the owned units.  tc, dtc (j1-j0,): this thread's scratch. */
+ *   dz (B,4H) row stride ldz: written for the owned units.  tc, dtc (j1-j0,): this
+ *     thread's scratch. */
 FRNN_CLONES static void SFX(lstm_step_backward_pointwise)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT c_t,
     const REAL *FRNN_RESTRICT c_prev, const uint8_t *mask_t, const REAL *dout,
     ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dc,
-    REAL *FRNN_RESTRICT dz, REAL *FRNN_RESTRICT tc, REAL *FRNN_RESTRICT dtc, ptrdiff_t j0,
-    ptrdiff_t j1) {
+    REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, REAL *FRNN_RESTRICT tc, REAL *FRNN_RESTRICT dtc,
+    ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     for (ptrdiff_t b = 0; b < B; ++b) {
         REAL *FRNN_RESTRICT dhb = dh + b * H + j0, *FRNN_RESTRICT dcb = dc + b * H + j0;
-        REAL *FRNN_RESTRICT dzb = dz + b * 4 * H;
+        REAL *FRNN_RESTRICT dzb = dz + b * ldz;
         const int masked = mask_t && !mask_t[b];
         if (dout && !(masked && d->zero_output_for_mask)) {
             const REAL *db = dout + b * dout_stride_b + j0;
@@ -306,7 +307,10 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     const frnn_split split = frnn_pick_split(B, nb, B * H * G4);
     const int nt = split.threads;
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
-    REAL *dz = frnn_alloc((size_t)(T * B * G4), sizeof(REAL));
+    /* dZ of every step, rows ldz apart (frnn_spread_stride: the transposed tiles read
+     * many rows at once) */
+    const ptrdiff_t ldz = frnn_spread_stride(G4, sizeof(REAL));
+    REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
     /* the BLAS path needs dZ_t U^T in a scratch when it is masked by recurrent dropout */
     REAL *packed_t = blas_steps ? frnn_alloc((size_t)(rec_mask ? B * H : 1), sizeof(REAL))
@@ -321,18 +325,19 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     if (blas_steps) {
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             const REAL *c_prev = t > 0 ? c_states + (t - 1) * B * H : c0;
-            REAL *dz_t = dz + t * B * G4;
+            REAL *dz_t = dz + t * B * ldz;
             SFX(lstm_step_backward_pointwise)(d, gates + t * B * G4, c_states + t * B * H, c_prev,
                                               mask_cache ? mask_cache + t * B : NULL,
                                               d_outputs ? d_outputs + t * dos.stride_t : NULL,
-                                              dos.stride_b, d_h0, d_c0, dz_t, scratch,
+                                              dos.stride_b, d_h0, d_c0, dz_t, ldz, scratch,
                                               scratch + nb * VW, 0, H);
             if (rec_mask) {
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 0,
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, ldz, recurrent, G4, 0,
                                       packed_t, H);
                 for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += packed_t[k] * rec_mask[k];
             } else {
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, G4, recurrent, G4, 1, d_h0, H);
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, ldz, recurrent, G4, 1, d_h0,
+                                      H);
             }
             if (status) goto done;
         }
@@ -348,19 +353,19 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         REAL *tc = scratch + (ptrdiff_t)(2 * tid) * nb * VW, *dtc = tc + nb * VW;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             const REAL *c_prev = t > 0 ? c_states + ((t - 1) * B + b0) * H : c0 ? c0 + b0 * H : NULL;
-            REAL *dz_t = dz + (t * B + b0) * G4;
+            REAL *dz_t = dz + (t * B + b0) * ldz;
             SFX(lstm_step_backward_pointwise)(
                 &p.rows, gates + (t * B + b0) * G4, c_states + (t * B + b0) * H, c_prev,
                 mask_cache ? mask_cache + t * B + b0 : NULL,
                 d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
-                dos.stride_b, d_h0 + b0 * H, d_c0 + b0 * H, dz_t, tc, dtc, j0, j1);
+                dos.stride_b, d_h0 + b0 * H, d_c0 + b0 * H, dz_t, ldz, tc, dtc, j0, j1);
             /* split by units: dh_{t-1} needs every column of dZ_t */
             if (!split.by_rows) {
 #pragma omp barrier
             }
             /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
              * writes dZ_{t-1} elsewhere. */
-            SFX(recurrent_matmul_t)(packed_t, H, G4, p.rows.batch, dz_t, G4,
+            SFX(recurrent_matmul_t)(packed_t, H, G4, p.rows.batch, dz_t, ldz,
                                     rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
                                     p.jb0, p.jb1);
         }
@@ -380,19 +385,19 @@ weights:
         h_prev_from_step1 = h_prev_dropped + B * H;
         h0_used = h_prev_dropped;
     }
-    status = SFX(gemm_rm)(blas, 1, 0, I, G4, T * B, 1, x_cache, I, dz, G4, 0, d_kernel, G4);
+    status = SFX(gemm_rm)(blas, 1, 0, I, G4, T * B, 1, x_cache, I, dz, ldz, 0, d_kernel, G4);
     if (status) goto done;
     if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t over t >= 1 ... */
         status = SFX(gemm_rm)(blas, 1, 0, H, G4, (T - 1) * B, 1, h_prev_from_step1, H,
-                              dz + B * G4, G4, 0, d_recurrent, G4);
+                              dz + B * ldz, ldz, 0, d_recurrent, G4);
         if (status) goto done;
     }
     if (h0) { /* ... plus the t = 0 term */
-        status = SFX(gemm_rm)(blas, 1, 0, H, G4, B, 1, h0_used, H, dz, G4, 1, d_recurrent, G4);
+        status = SFX(gemm_rm)(blas, 1, 0, H, G4, B, 1, h0_used, H, dz, ldz, 1, d_recurrent, G4);
         if (status) goto done;
     }
-    if (d_bias) SFX(column_sums)(dz, T * B, G4, d_bias);
-    status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, G4, kernel, G4, 0, dx_tm, I);
+    if (d_bias) SFX(column_sums)(dz, T * B, G4, ldz, d_bias);
+    status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, ldz, kernel, G4, 0, dx_tm, I);
     if (status) goto done;
     SFX(scatter_dx)(d, dx_tm, dx, dxs);
 done:

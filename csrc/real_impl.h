@@ -140,11 +140,12 @@ static int SFX(input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrdiff_
     return SFX(gemm_rm)(blas, 0, 0, rows, cols, in, 1, xrows, in, w, cols, beta, z, cols);
 }
 
-/* Column sums of a (rows, cols) matrix into out (overwritten). */
-static void SFX(column_sums)(const REAL *m, ptrdiff_t rows, ptrdiff_t cols, REAL *FRNN_RESTRICT out) {
+/* Column sums of a (rows, cols) matrix, rows ld apart, into out (overwritten). */
+static void SFX(column_sums)(const REAL *m, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t ld,
+                            REAL *FRNN_RESTRICT out) {
     memset(out, 0, (size_t)cols * sizeof(REAL));
     for (ptrdiff_t r = 0; r < rows; ++r) {
-        const REAL *row = m + r * cols;
+        const REAL *row = m + r * ld;
         for (ptrdiff_t j = 0; j < cols; ++j) out[j] += row[j];
     }
 }

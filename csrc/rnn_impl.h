@@ -189,16 +189,16 @@ done:
 
 /* Backward pointwise pass of one step for units [j0, j1) of every batch row:
  * dz = dh * a'(h_t) on valid rows (then dh = 0, the recurrent product adds dz U^T);
- * masked rows get dz = 0 and pass dh through.  h_t, dh, dz (B,H). */
+ * masked rows get dz = 0 and pass dh through.  h_t, dh (B,H); dz (B,H) row stride ldz. */
 FRNN_CLONES static void SFX(rnn_step_backward_pointwise)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT h_t, const uint8_t *mask_t, const REAL *dout,
-    ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz, ptrdiff_t j0,
-    ptrdiff_t j1) {
+    ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,
+    ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     const size_t bytes = (size_t)n * sizeof(REAL);
     for (ptrdiff_t b = 0; b < B; ++b) {
         REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
-        REAL *FRNN_RESTRICT dzb = dz + b * H + j0;
+        REAL *FRNN_RESTRICT dzb = dz + b * ldz + j0;
         const int masked = mask_t && !mask_t[b];
         if (dout && !(masked && d->zero_output_for_mask)) {
             const REAL *db = dout + b * dout_stride_b + j0;
@@ -226,7 +226,10 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias, dx, dxs);
     if (T == 0 || B == 0) return FRNN_OK;
 
-    REAL *dz = frnn_alloc((size_t)(T * B * H), sizeof(REAL));
+    /* dz of every step, rows ldz apart (frnn_spread_stride: the transposed tiles read
+     * many rows at once) */
+    const ptrdiff_t ldz = frnn_spread_stride(H, sizeof(REAL));
+    REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
     REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
     /* recurrent dropout: per-step scratch, and h_{t-1}*m for all steps (for dU) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
@@ -247,40 +250,41 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
-                REAL *dz_t = dz + (t * B + b0) * H;
+                REAL *dz_t = dz + (t * B + b0) * ldz;
                 SFX(rnn_step_backward_pointwise)(
                     &p.rows, h_states + (t * B + b0) * H, mask_cache ? mask_cache + t * B + b0 : NULL,
                     d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
-                    dos.stride_b, d_h0 + b0 * H, dz_t, j0, j1);
+                    dos.stride_b, d_h0 + b0 * H, dz_t, ldz, j0, j1);
                 /* split by units: dh_{t-1} needs every unit of dz_t */
                 if (!split.by_rows) {
 #pragma omp barrier
                 }
                 /* dh_{t-1} += (dz_t U^T) * m for the owned rows and units; the next step
                  * writes dz_{t-1} elsewhere */
-                SFX(recurrent_matmul_t)(packed_t, H, H, p.rows.batch, dz_t, H,
+                SFX(recurrent_matmul_t)(packed_t, H, H, p.rows.batch, dz_t, ldz,
                                         rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
                                         p.jb0, p.jb1);
             }
         }
     } else { /* many rows without AVX2: BLAS' GEMM per step, one thread */
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
-            REAL *dz_t = dz + t * B * H;
+            REAL *dz_t = dz + t * B * ldz;
             SFX(rnn_step_backward_pointwise)(d, h_states + t * B * H,
                                              mask_cache ? mask_cache + t * B : NULL,
                                              d_outputs ? d_outputs + t * dos.stride_t : NULL,
-                                             dos.stride_b, d_h0, dz_t, 0, H);
+                                             dos.stride_b, d_h0, dz_t, ldz, 0, H);
             if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 0, dh_step, H);
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, ldz, recurrent, H, 0, dh_step,
+                                      H);
                 for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += rec_mask[k] * dh_step[k];
             } else {
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, H, recurrent, H, 1, d_h0, H);
+                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, ldz, recurrent, H, 1, d_h0, H);
             }
             if (status) goto done;
         }
     }
     const ptrdiff_t TB = T * B;
-    status = SFX(gemm_rm)(blas, 1, 0, I, H, TB, 1, x_cache, I, dz, H, 0, d_kernel, H);
+    status = SFX(gemm_rm)(blas, 1, 0, I, H, TB, 1, x_cache, I, dz, ldz, 0, d_kernel, H);
     if (status) goto done;
     if (rec_mask) { /* dU = sum_t (h_{t-1}*m)^T dz_t */
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -288,19 +292,19 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
             REAL *dst = hp_dropped + t * B * H;
             for (ptrdiff_t k = 0; k < B * H; ++k) dst[k] = hp ? hp[k] * rec_mask[k] : (REAL)0;
         }
-        status = SFX(gemm_rm)(blas, 1, 0, H, H, TB, 1, hp_dropped, H, dz, H, 0, d_recurrent, H);
+        status = SFX(gemm_rm)(blas, 1, 0, H, H, TB, 1, hp_dropped, H, dz, ldz, 0, d_recurrent, H);
         if (status) goto done;
     } else if (T > 1) { /* dU = sum_t h_{t-1}^T dz_t, t >= 1 ... */
-        status = SFX(gemm_rm)(blas, 1, 0, H, H, (T - 1) * B, 1, h_states, H, dz + B * H, H, 0,
+        status = SFX(gemm_rm)(blas, 1, 0, H, H, (T - 1) * B, 1, h_states, H, dz + B * ldz, ldz, 0,
                               d_recurrent, H);
         if (status) goto done;
     }
     if (h0 && !rec_mask) { /* ... plus the t = 0 term */
-        status = SFX(gemm_rm)(blas, 1, 0, H, H, B, 1, h0, H, dz, H, 1, d_recurrent, H);
+        status = SFX(gemm_rm)(blas, 1, 0, H, H, B, 1, h0, H, dz, ldz, 1, d_recurrent, H);
         if (status) goto done;
     }
-    if (d_bias) SFX(column_sums)(dz, TB, H, d_bias);
-    status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, H, kernel, H, 0, dx_tm, I);
+    if (d_bias) SFX(column_sums)(dz, TB, H, ldz, d_bias);
+    status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, ldz, kernel, H, 0, dx_tm, I);
     if (status) goto done;
     SFX(scatter_dx)(d, dx_tm, dx, dxs);
 done:
