@@ -65,6 +65,11 @@ def test_quick_run_markdown_table_has_one_row_per_measurement(quick_run):
         assert float(row[header.index("fusedrnn ms")]) > 0
         assert float(row[header.index("fusedrnn GFLOP/s")]) > 0
         assert float(row[header.index("% peak")].rstrip("%")) > 0
+        torch_cell = row[header.index("torch % peak")]
+        if bench.torch_available():
+            assert float(torch_cell.rstrip("%")) > 0
+        else:
+            assert torch_cell == bench.NOT_AVAILABLE
 
 
 def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
@@ -98,6 +103,12 @@ def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
             assert _finite_positive(r["ratio_torch_over_fusedrnn"])
             expected = r["times"]["torch"]["median_ms"] / r["times"]["fusedrnn"]["median_ms"]
             assert r["ratio_torch_over_fusedrnn"] == pytest.approx(expected)
+            # torch's share of the peak: its GFLOP/s (same FLOPs, its time) over the peak
+            torch_gflops = r["flops"] / (r["times"]["torch"]["median_ms"] * 1e-3) / 1e9
+            assert r["torch_percent_of_peak"] == pytest.approx(
+                100 * torch_gflops / data["environment"]["peak_gflops"])
+        else:
+            assert r["torch_percent_of_peak"] is None
         if r["mode"] == "train":
             saved = r["saved_bytes_per_step"]
             # fusedrnn saves at least the activated gates and c, h (6 * units per row) per step
@@ -275,11 +286,12 @@ def test_report_computes_ratios_gflops_and_footnotes():
               "elapsed_seconds": 1.0, "load_before": 0.5, "load_after": None, "threads": 2}
     report = bench.format_markdown(env, config, [forward, train], None, ["a note"])
     rows = [line for line in report.splitlines() if line.startswith("| lstm")]
-    assert rows[0].split("|")[7:14] == [" 2.00 ", " 10.0 ", " 4.00 ",
-                                        f" {bench._gflops(forward.gflops)} ", " 25% ",
+    # torch took twice fusedrnn's time: half its GFLOP/s, 12.5% of the peak
+    assert rows[0].split("|")[7:15] == [" 2.00 ", " 10.0 ", " 4.00 ",
+                                        f" {bench._gflops(forward.gflops)} ", " 25% ", " 12% ",
                                         " 2.00x ", " 5.00x "]
     assert rows[1].split("|")[7:9] == [" 500 ", " - "]
-    assert rows[1].split("|")[12:16] == [" 0.50x ", " - ", " 2.0 ", " n/a "]
+    assert rows[1].split("|")[13:17] == [" 0.50x ", " - ", " 2.0 ", " n/a "]
     assert f"peak {bench._gflops(env['peak_gflops'])} GFLOP/s (float32, 2 threads)" in report
     assert "left out at the largest points" in report   # the '-' footnote
     assert "openblas 0.3 (from scipy): 2 threads" in report

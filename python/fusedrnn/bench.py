@@ -180,7 +180,11 @@ class Result:
     @property
     def gflops(self) -> Optional[float]:
         """GFLOP/s of fusedrnn (GEMM FLOPs over its median time)."""
-        ms = self.median_ms("fusedrnn")
+        return self.gflops_of("fusedrnn")
+
+    def gflops_of(self, implementation: str) -> Optional[float]:
+        """GFLOP/s of an implementation: the same FLOP count over its median time."""
+        ms = self.median_ms(implementation)
         return None if not ms else self.flops / (ms * 1e-3) / 1e9
 
     def ratio(self, implementation: str) -> Optional[float]:
@@ -431,17 +435,23 @@ def _kib(value: Optional[float]) -> str:
 
 TABLE_COLUMNS = (
     "cell", "mode", "B", "T", "I", "H", "fusedrnn ms", "numpy ms", "torch ms",
-    "fusedrnn GFLOP/s", "% peak", "torch/fusedrnn", "numpy/fusedrnn",
+    "fusedrnn GFLOP/s", "% peak", "torch % peak", "torch/fusedrnn", "numpy/fusedrnn",
     "saved KiB/step fusedrnn", "saved KiB/step torch",
 )
 
 
+def _percent_value(value: Optional[float], peak: Optional[float]) -> Optional[float]:
+    return None if value is None or not peak else 100 * value / peak
+
+
 def _percent_of(value: Optional[float], peak: Optional[float]) -> str:
-    return NOT_AVAILABLE if value is None or not peak else f"{100 * value / peak:.0f}%"
+    percent = _percent_value(value, peak)
+    return NOT_AVAILABLE if percent is None else f"{percent:.0f}%"
 
 
 def table_rows(results: Sequence[Result], peak_gflops: Optional[float] = None) -> List[List[str]]:
-    """One row per result; `% peak` is fusedrnn's GFLOP/s over peak_gflops (measured)."""
+    """One row per result; `% peak` is fusedrnn's GFLOP/s over peak_gflops (measured),
+    `torch % peak` torch's."""
     rows = []
     for r in results:
         p = r.point
@@ -451,6 +461,7 @@ def table_rows(results: Sequence[Result], peak_gflops: Optional[float] = None) -
             _cell_time(r, "fusedrnn"), _cell_time(r, "numpy"), _cell_time(r, "torch"),
             _gflops(r.gflops),
             _percent_of(r.gflops, peak_gflops),
+            _percent_of(r.gflops_of("torch"), peak_gflops),
             _ratio(r.ratio("torch"), r.marks.get("torch", NOT_AVAILABLE)),
             _ratio(r.ratio("numpy"), r.marks.get("numpy", NOT_AVAILABLE)),
             _kib(r.saved_bytes_per_step("fusedrnn")) if train else "",
@@ -523,7 +534,9 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
             f"- peak {_gflops(peak)} GFLOP/s ({config['dtype']}, {config.get('threads', '?')} "
             "threads), measured: independent multiply-adds on registers with the kernels' "
             "SIMD path, each thread on its own CPU time, best of 5 runs at the start and 5 at "
-            "the end of the run; `% peak` is fusedrnn's GFLOP/s over it"
+            "the end of the run; `% peak` is fusedrnn's GFLOP/s over it, `torch % peak` "
+            "torch's: a torch/fusedrnn ratio above 100 / (torch % peak) would need more "
+            "than the peak"
         )
     lines.append("")
     if results:
@@ -592,8 +605,9 @@ def to_json(env: dict, config: dict, results: Sequence[Result],
                 "times": {impl: timing(r.timings.get(impl)) for impl in IMPLEMENTATIONS},
                 "missing": dict(r.marks),
                 "fusedrnn_gflops": r.gflops,
-                "fusedrnn_percent_of_peak": None if not r.gflops or not env.get("peak_gflops")
-                else 100 * r.gflops / env["peak_gflops"],
+                "fusedrnn_percent_of_peak": _percent_value(r.gflops, env.get("peak_gflops")),
+                "torch_percent_of_peak": _percent_value(r.gflops_of("torch"),
+                                                        env.get("peak_gflops")),
                 "ratio_torch_over_fusedrnn": r.ratio("torch"),
                 "ratio_numpy_over_fusedrnn": r.ratio("numpy"),
                 "saved_bytes_per_step": {impl: r.saved_bytes_per_step(impl)
