@@ -110,16 +110,18 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
  *     at I=128, 0.89-1.00 at I=256; B=16 1.03-1.23; B=32 1.16-1.45 (wide inputs too:
  *     I=512, H=256 1.25; I=1024, H=128 1.28); B=128 1.05-1.67.
  *     LSTM training: I=64-128 1.01-1.09 at B=32-128 (B=8, I=64: 1.00, T=1000: 1.05);
- *     I=256 0.97-0.98.
+ *     I=256 0.97-0.98 on the AMD Zen 3 these numbers come from, but 1.02-1.07 at B=32
+ *     (I=512, H=256: 1.04) and 0.99-1.06 at B=128 on a Zen 4 (1 MiB L2 per core), so
+ *     training fuses whatever the input width, like inference (which then computes the
+ *     same sums in the same order).
  *   SimpleRNN inference: B=1 0.83-0.96; B=8 0.94-1.00; B=32 1.04-1.09 (I=1024, H=128:
  *     1.07); B=128 1.03-1.25.
  *     SimpleRNN training: 0.98-1.06, so it keeps the GEMM.
  *   GRU keeps the GEMM: a fused tile (3 rows x z, r, input and recurrent parts of h, the
  *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128. */
-static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, int training) {
+static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    if (training && features > 128) return 0;
     return batch >= 16 || (batch >= 8 && features <= 64);
 }
 static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {

@@ -163,3 +163,21 @@ def test_one_and_two_threads_agree_closely(cell, dtype, rng):
         scale = max(1.0, float(np.abs(one[key]).max()))
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=tolerance * scale,
                                    err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch,features", [(8, 64), (32, 24), (32, 200)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_lstm_inference_equals_training_forward_where_the_input_is_fused(batch, features,
+                                                                         n_threads, dtype, rng):
+    """The LSTM fuses x_t W into the step's tiles in inference and training alike (from 16
+    rows, or 8 with at most 64 inputs; wide inputs included), so both sum in the same order
+    and agree bitwise.  See docs/RELIABILITY.md."""
+    cell = next(c for c in CELLS if c.name == "lstm")
+    problem = make_problem(cell, rng, batch=batch, steps=7, features=features, units=37,
+                           dtype=dtype, state=True, mask=True)
+    with _threads.threads(n_threads):
+        infer = forward(cell, problem, training=False)
+        train = forward(cell, problem, training=True)
+    for name in ("outputs", "h_n", "c_n"):
+        np.testing.assert_array_equal(getattr(infer, name), getattr(train, name), err_msg=name)
