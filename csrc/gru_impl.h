@@ -229,6 +229,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const frnn_split split = frnn_pick_split(B, use_tiles ? nb : nbg, B * H * G3);
     const int nt = use_tiles || (gate_tiles && split.by_rows) ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
+    /* the tiles' start (zeros): they store h U into rec instead of adding it */
+    REAL *tile_zeros = use_tiles ? frnn_alloc((size_t)(nb * 3 * VWF), sizeof(REAL)) : NULL;
     /* gate block g's columns in blocks of VW units, at packed_gates + g * gate_stride */
     const ptrdiff_t gate_stride = nbg * H * VW;
     REAL *packed_gates = gate_tiles ? frnn_alloc((size_t)(3 * gate_stride), sizeof(REAL)) : NULL;
@@ -236,11 +238,12 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const int double_buffer = use_tiles && nt > 1;
     REAL *h_alt = double_buffer ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)
-        || (rec_mask && !h_dropped) || (use_tiles && !packed) || (gate_tiles && !packed_gates)
-        || (double_buffer && !h_alt)) {
+        || (rec_mask && !h_dropped) || (use_tiles && (!packed || !tile_zeros))
+        || (gate_tiles && !packed_gates) || (double_buffer && !h_alt)) {
         status = FRNN_ENOMEM;
         goto done;
     }
+    if (tile_zeros) memset(tile_zeros, 0, (size_t)(nb * 3 * VWF) * sizeof(REAL));
     if (packed) SFX(pack_recurrent)(recurrent, G3, H, 3, VWF, packed, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)
         SFX(pack_recurrent)(recurrent + g * H, G3, H, 1, VW, packed_gates + g * gate_stride, nt);
@@ -316,11 +319,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 const frnn_part p = frnn_thread_part(d, split, nb, VWF);
                 const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
-                    for (ptrdiff_t b = p.b0; b < p.b1; ++b)
-                        for (int g = 0; g < 3; ++g)
-                            memset(rec + b * G3 + g * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
                     SFX(recurrent_matmul_g3)(packed, H, p.rows.batch, h_buf[t & 1] + b0 * H,
-                                             rec + b0 * G3, G3, p.jb0, p.jb1);
+                                             tile_zeros, rec + b0 * G3, G3, p.jb0, p.jb1);
                     SFX(gru_step_after_pointwise)(
                         &p.rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
                         h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,
@@ -347,10 +347,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 if (rec_mask)
                     status = SFX(gru_masked_recurrent_gemm)(blas, B, H, 0, 3, h_n, rec_mask,
                                                             recurrent, 0, rec, h_dropped);
-                else if (packed) {
-                    memset(rec, 0, (size_t)(B * G3) * sizeof(REAL));
-                    SFX(recurrent_matmul_g3)(packed, H, B, h_n, rec, G3, 0, nb);
-                } else
+                else if (packed)
+                    SFX(recurrent_matmul_g3)(packed, H, B, h_n, tile_zeros, rec, G3, 0, nb);
+                else
                     status = SFX(gemm_rm)(blas, 0, 0, B, G3, H, 1, h_n, H, recurrent, G3, 0, rec, G3);
                 if (status) goto done;
                 SFX(gru_step_after_pointwise)(d, z_t, rec, b_rec_h, h_n, h_n, mask_t, out_t,
@@ -379,6 +378,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
 done:
     free(rec);
     free(packed);
+    free(tile_zeros);
     free(packed_gates);
     free(h_alt);
     free(h_dropped);

@@ -576,13 +576,14 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #else
 #define FRNN_PICK(name, ...) SFX(name##_generic)(__VA_ARGS__)
 #endif
-/* h_{t-1} U added to z, three gates (U packed alone by pack_recurrent, width VWF; GRU).
- * With I = 0 the input operand is never read; h stands in for it so no pointer arithmetic
- * touches NULL. */
+/* z = h_{t-1} U, three gates (U packed alone by pack_recurrent, width VWF; GRU): z is
+ * overwritten, the tiles starting from `zeros` (ceil(H / VWF) * 3 * VWF zeros), so z
+ * needs no clearing.  The input operand is never read (I = 0); h stands in for it so no
+ * pointer arithmetic touches NULL. */
 FRNN_UNUSED static void SFX(recurrent_matmul_g3)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
-                                                const REAL *h, REAL *z, ptrdiff_t ldz,
-                                                ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_g3, packed, 0, h, 0, H, B, h, NULL, z, ldz, jb0, jb1);
+                                                const REAL *h, const REAL *zeros, REAL *z,
+                                                ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {
+    FRNN_PICK(recurrent_matmul_g3, packed, 0, h, 0, H, B, h, zeros, z, ldz, jb0, jb1);
 }
 /* z = bias + x_t W + h_{t-1} U, the whole pre-activation of a step in one pass (operands
  * from pack_input_recurrent; see FRNN_DEFINE_RECMM), LSTM.  With I = 0 and no bias:
