@@ -226,7 +226,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
     const int gate_tiles = tiles_ok && !use_tiles;
-    const frnn_split split = frnn_pick_split(B, use_tiles ? nb : nbg, B * H * G3);
+    /* the gate-by-gate loop splits by rows only */
+    const frnn_split split = frnn_pick_split(B, use_tiles ? nb : nbg, B * H * G3,
+                                             use_tiles ? frnn_row_split_min_rows(H)
+                                                       : FRNN_ROW_SPLIT_MIN_ROWS);
     const int nt = use_tiles || (gate_tiles && split.by_rows) ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
     /* the tiles' start (zeros): they store h U into rec instead of adding it */
@@ -538,7 +541,10 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         status = FRNN_ENOMEM;
         goto done;
     }
-    const frnn_split split = frnn_pick_split(B, nb, B * H * G3);
+    /* the gate-by-gate loop splits by rows only */
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G3,
+                                             use_tiles ? frnn_row_split_min_rows(H)
+                                                       : FRNN_ROW_SPLIT_MIN_ROWS);
     const int nt = use_tiles || (gate_tiles && split.by_rows) ? split.threads : 1;
     if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, packed_t, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)

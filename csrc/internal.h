@@ -149,10 +149,29 @@ static inline ptrdiff_t frnn_spread_stride(ptrdiff_t cols, size_t elem_size) {
 #define FRNN_ROW_SPLIT_MIN_ROWS 2
 #define FRNN_ROW_SPLIT_MIN_MACS ((ptrdiff_t)1 << 16)
 
+/* Rows per thread a time loop needs to split by rows.  Split by rows, every thread streams
+ * all of U each step; split by units, half of it, at the price of a barrier per step.
+ * From 256 units the halved traffic wins with 2 rows per thread.  Measured on an AMD Zen 4
+ * (1 MiB L2 per core), 2 threads, T=100, I = H/2, time split by rows over split by units:
+ *   B=4, H=256 and 512: LSTM forward 1.01-1.11, training 1.09-1.11; GRU forward
+ *     1.16-1.32, training 1.12-1.15; SimpleRNN forward 1.07-1.27, training 1.03-1.06;
+ *   B=4, H=128: LSTM forward 0.94-1.00 (rows stay);
+ *   B=8: LSTM forward H=512 1.06-1.20 (three runs) but training 0.95, H=256 0.95-1.10,
+ *     H=128 0.94-0.95; GRU and SimpleRNN forward 0.81-0.97; B=16 LSTM forward 0.81-1.05.
+ * So from 256 units rows need 4 per thread, and LSTM inference, whose steps only read U,
+ * 8 per thread from 512 units.  Loops that can only split by rows (GRU's gate-by-gate
+ * path) ask for FRNN_ROW_SPLIT_MIN_ROWS. */
+static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units) {
+    return units >= 256 ? 4 : FRNN_ROW_SPLIT_MIN_ROWS;
+}
+static inline ptrdiff_t frnn_lstm_inference_min_rows(ptrdiff_t units) {
+    return units >= 512 ? 8 : frnn_row_split_min_rows(units);
+}
+
 /* How a fused time loop shares its work between threads.
  *   by_rows: each thread runs the whole loop for its own batch rows.  Rows never interact,
  *     so the threads never wait for each other: robust when other thread pools compete
- *     for the cores.  Needs FRNN_ROW_SPLIT_MIN_ROWS rows per thread.
+ *     for the cores.  Needs min_rows rows per thread (frnn_row_split_min_rows).
  *   else: each thread owns a range of unit blocks for every row and the threads meet at a
  *     barrier per step (h_t needs every unit of h_{t-1}); only for few rows and big steps. */
 typedef struct {
@@ -160,12 +179,13 @@ typedef struct {
     int by_rows;
 } frnn_split;
 
-static inline frnn_split frnn_pick_split(ptrdiff_t batch, ptrdiff_t nb, ptrdiff_t macs) {
+static inline frnn_split frnn_pick_split(ptrdiff_t batch, ptrdiff_t nb, ptrdiff_t macs,
+                                         ptrdiff_t min_rows) {
     frnn_split s = {frnn_get_num_threads(), 1};
     const int forced_by = frnn_override_split_by();
     const long long forced_min = frnn_override_split_min_macs();
-    s.by_rows = forced_by >= 0 ? forced_by : batch >= 2 * FRNN_ROW_SPLIT_MIN_ROWS;
-    const ptrdiff_t most = s.by_rows ? batch / (forced_by == 1 ? 1 : FRNN_ROW_SPLIT_MIN_ROWS) : nb;
+    s.by_rows = forced_by >= 0 ? forced_by : batch >= 2 * min_rows;
+    const ptrdiff_t most = s.by_rows ? batch / (forced_by == 1 ? 1 : min_rows) : nb;
     if (s.threads > most) s.threads = (int)most;
     const long long min_macs = forced_min >= 0 ? forced_min
                                : s.by_rows ? FRNN_ROW_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS;

@@ -10,7 +10,7 @@
  * The loops are plain C over fixed-size register tiles (acc[rows][G*VW]); GCC vectorises
  * them in each FRNN_CLONES variant (AVX-512, AVX2+FMA, baseline).  GCC vector extensions
  * wider than the target's registers were tried first and compiled to stack traffic
- * (~3 GFLOP/s).  Note this machine's CPU has AVX2, not AVX-512. */
+ * (~3 GFLOP/s). */
 
 /* Units per block (REAL is read at each use): forward tiles of 4 rows x G gates x 32 bytes
  * fill the 16 AVX2 registers (measured 105 GFLOP/s per core at B=8, H=256, against 27 with
@@ -294,7 +294,14 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  * arrays on the stack (a load, an FMA and a store per multiply-add), which capped them at
  * ~35-40 GFLOP/s per core.  Here every accumulator is a named register (arrays of vectors
  * with constant indices, fully unrolled), the weights are loaded once per k and reused by
- * every row of the tile.  Same packed layouts and contracts as the generic versions. */
+ * every row of the tile.  Same packed layouts and contracts as the generic versions.
+ *
+ * No AVX-512 variant: on an AMD Zen 4 (AVX-512, 1 MiB L2 per core) the same tiles built
+ * for AVX-512VL, whose 32 registers hold twice the rows (LSTM 6, GRU 8, transposed 12),
+ * measured 0.96-1.09 of these (2 threads, T=100, LSTM/GRU/SimpleRNN forward and training,
+ * B=1-128, H=128-512; within the run-to-run noise), and 512-bit FMAs do no more work per
+ * cycle there (117 GFLOP/s per core either way).  The large tiles are FMA-bound, the small
+ * ones bound by L2/L3 bandwidth, which wider registers do not change. */
 #if FRNN_AVX2_KERNELS
 #include <immintrin.h>
 #if FRNN_F32
