@@ -114,15 +114,18 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
  *     (I=512, H=256: 1.04) and 0.99-1.06 at B=128 on a Zen 4 (1 MiB L2 per core), so
  *     training fuses whatever the input width, like inference (which then computes the
  *     same sums in the same order).
+ *   On the Zen 4, B=8 with 512 units (inference splits the units there, see
+ *     frnn_lstm_inference_min_rows): inference 1.07-1.12 at I=128-512; training 1.00-1.03;
+ *     but B=8, H=256: 0.96-1.07; B=4, H=512: 1.02; B=1-2: 0.91-0.94.
  *   SimpleRNN inference: B=1 0.83-0.96; B=8 0.94-1.00; B=32 1.04-1.09 (I=1024, H=128:
  *     1.07); B=128 1.03-1.25.
  *     SimpleRNN training: 0.98-1.06, so it keeps the GEMM.
  *   GRU keeps the GEMM: a fused tile (3 rows x z, r, input and recurrent parts of h, the
  *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128. */
-static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features) {
+static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    return batch >= 16 || (batch >= 8 && features <= 64);
+    return batch >= 16 || (batch >= 8 && (features <= 64 || units >= 512));
 }
 static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
     int forced = frnn_override_fuse_input();
