@@ -136,9 +136,12 @@ static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
 /* Row stride for a scratch matrix of `cols` columns whose rows a tile reads side by side
  * (the backward's dZ: 6 rows broadcast in one loop).  A stride that is a multiple
  * of 2 KiB puts those rows in a few L1 sets (4 KiB apart map to the same one of an 8-way
- * cache), so they evict each other; one cache line more spreads them.  Measured: LSTM
- * backward B=32, T=100 took 134 ms at H=512 (dZ rows 8 KiB apart) against 111 ms at H=496
- * (3% fewer FLOPs), and 37.7 against 30.5 ms at H=256 vs 248. */
+ * cache), so they evict each other; one cache line more spreads them.  Found with 12-row
+ * tiles (an AVX-512VL experiment, see recurrent_matmul.h), where the LSTM backward at
+ * B=32, T=100 took 134 ms at H=512 (dZ rows 8 KiB apart) against 111 ms at H=496 (3%
+ * fewer FLOPs), and 118 ms with this stride.  With the 6-row AVX2 tiles it matters less
+ * (Zen 4, median of 5 runs of 6 calls): LSTM backward B=32, H=256 34.9 -> 33.0 ms; H=512
+ * and SimpleRNN H=512 within the noise (fastest runs 112.0 -> 108.4 and 30.3 -> 29.5 ms). */
 static inline ptrdiff_t frnn_spread_stride(ptrdiff_t cols, size_t elem_size) {
     const size_t bytes = (size_t)cols * elem_size;
     return bytes % 2048 == 0 ? cols + (ptrdiff_t)(64 / elem_size) : cols;
