@@ -125,57 +125,60 @@ FRNN_CLONES static void SFX(gru_step_after_pointwise)(
     }
 }
 
-/* First pointwise pass of a reset_after=0 step: activate z and r (z already holds
- * x W + b + hp [Uz Ur] in its first 2H columns) and write q = r*hp, or r*hp*m_h with
- * recurrent dropout (m_h (B,H) or NULL); q is zero on masked rows. */
+/* First pointwise pass of a reset_after=0 step, for units [j0, j1) of every batch row:
+ * activate z and r (z already holds x W + b + hp [Uz Ur] in its first 2H columns) and write
+ * q = r*hp, or r*hp*m_h with recurrent dropout (m_h (B,H) or NULL); q is zero on masked
+ * rows. */
 FRNN_CLONES static void SFX(gru_step_before_gates)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
                                                    const REAL *FRNN_RESTRICT h,
                                                    const REAL *FRNN_RESTRICT m_h,
-                                                   const uint8_t *mask_t, REAL *FRNN_RESTRICT q) {
-    const ptrdiff_t B = d->batch, H = d->units;
+                                                   const uint8_t *mask_t, REAL *FRNN_RESTRICT q,
+                                                   ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT qb = q + b * H;
+        REAL *FRNN_RESTRICT qb = q + b * H + j0;
         if (mask_t && !mask_t[b]) {
-            memset(qb, 0, (size_t)H * sizeof(REAL));
+            memset(qb, 0, (size_t)n * sizeof(REAL));
             continue;
         }
-        REAL *FRNN_RESTRICT zb = z + b * 3 * H;
-        const REAL *FRNN_RESTRICT hb = h + b * H;
-        ACTIVATE(d->recurrent_activation, zb, 2 * H);
-        const REAL *FRNN_RESTRICT gr = zb + H;
+        REAL *FRNN_RESTRICT gz = z + b * 3 * H + j0, *FRNN_RESTRICT gr = gz + H;
+        const REAL *FRNN_RESTRICT hb = h + b * H + j0;
+        ACTIVATE(d->recurrent_activation, gz, n);
+        ACTIVATE(d->recurrent_activation, gr, n);
         if (m_h) {
-            const REAL *FRNN_RESTRICT mb = m_h + b * H;
-            for (ptrdiff_t j = 0; j < H; ++j) qb[j] = gr[j] * hb[j] * mb[j];
+            const REAL *FRNN_RESTRICT mb = m_h + b * H + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) qb[j] = gr[j] * hb[j] * mb[j];
         } else {
-            for (ptrdiff_t j = 0; j < H; ++j) qb[j] = gr[j] * hb[j];
+            for (ptrdiff_t j = 0; j < n; ++j) qb[j] = gr[j] * hb[j];
         }
     }
 }
 
-/* Second pointwise pass of a reset_after=0 step: z's h block holds xh + q Uh; activate it
- * and update the state (masked rows carry it). */
+/* Second pointwise pass of a reset_after=0 step, for units [j0, j1) of every batch row:
+ * z's h block holds xh + q Uh; activate it and update the state in place (masked rows
+ * carry it). */
 FRNN_CLONES static void SFX(gru_step_before_update)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
                                                     REAL *FRNN_RESTRICT h, const uint8_t *mask_t,
                                                     REAL *out, ptrdiff_t out_stride_b,
-                                                    REAL *h_save) {
-    const ptrdiff_t B = d->batch, H = d->units;
+                                                    REAL *h_save, ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const size_t bytes = (size_t)n * sizeof(REAL);
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT hb = h + b * H;
-        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b : NULL;
+        REAL *FRNN_RESTRICT hb = h + b * H + j0;
+        REAL *FRNN_RESTRICT ob = out ? out + b * out_stride_b + j0 : NULL;
         if (mask_t && !mask_t[b]) {
             if (ob) {
-                if (d->zero_output_for_mask) memset(ob, 0, (size_t)H * sizeof(REAL));
-                else memcpy(ob, hb, (size_t)H * sizeof(REAL));
+                if (d->zero_output_for_mask) memset(ob, 0, bytes);
+                else memcpy(ob, hb, bytes);
             }
         } else {
-            REAL *FRNN_RESTRICT zb = z + b * 3 * H;
-            const REAL *FRNN_RESTRICT gz = zb;
-            REAL *FRNN_RESTRICT gh = zb + 2 * H;
-            ACTIVATE(d->activation, gh, H);
-            for (ptrdiff_t j = 0; j < H; ++j) hb[j] = gz[j] * hb[j] + ((REAL)1 - gz[j]) * gh[j];
-            if (ob) memcpy(ob, hb, (size_t)H * sizeof(REAL));
+            const REAL *FRNN_RESTRICT gz = z + b * 3 * H + j0;
+            REAL *FRNN_RESTRICT gh = z + b * 3 * H + 2 * H + j0;
+            ACTIVATE(d->activation, gh, n);
+            for (ptrdiff_t j = 0; j < n; ++j) hb[j] = gz[j] * hb[j] + ((REAL)1 - gz[j]) * gh[j];
+            if (ob) memcpy(ob, hb, bytes);
         }
-        if (h_save) memcpy(h_save + b * H, hb, (size_t)H * sizeof(REAL));
+        if (h_save) memcpy(h_save + b * H + j0, hb, bytes);
     }
 }
 
@@ -212,25 +215,25 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const REAL *b_rec_h = NULL;
     uint8_t *mask_tm = NULL;
     REAL *rec = frnn_alloc((size_t)(B * (reset_after ? G3 : H)), sizeof(REAL)); /* hp U, or q */
-    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
+    /* h*m_g for the gate blocks (the gate-by-gate loop keeps all three at once) */
+    REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(3 * B * H), sizeof(REAL)) : NULL;
     REAL *z_buf = training ? gates : frnn_alloc((size_t)(chunk * B * G3), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (bias && reset_after) in_bias = frnn_alloc((size_t)G3, sizeof(REAL));
     /* The per-step products run on U packed once: reset_after without dropout, the three
-     * gates in one tile pass (use_tiles; split by rows or by units); otherwise gate block
-     * by gate block (gate_tiles; split by rows only), since reset_after=0 multiplies Uh by
-     * r*hp and recurrent dropout gives each block its own input h*m_g.  BLAS per step only
+     * gates in one tile pass (use_tiles); otherwise gate block by gate block (gate_tiles),
+     * since reset_after=0 multiplies Uh by r*hp and recurrent dropout gives each block its
+     * own input h*m_g.  Both split by rows or by units (gate_tiles then meet after h*m_g,
+     * after q and after h).  BLAS per step only
      * without AVX2 and with many rows. */
     const ptrdiff_t nb = SFX(unit_blocks_fwd)(H), nbg = SFX(unit_blocks)(H);
     const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
     const int gate_tiles = tiles_ok && !use_tiles;
-    /* the gate-by-gate loop splits by rows only */
     const frnn_split split = frnn_pick_split(B, use_tiles ? nb : nbg, B * H * G3,
-                                             use_tiles ? frnn_row_split_min_rows(H)
-                                                       : FRNN_ROW_SPLIT_MIN_ROWS);
-    const int nt = use_tiles || (gate_tiles && split.by_rows) ? split.threads : 1;
+                                             frnn_row_split_min_rows(H));
+    const int nt = frnn_gru_threads(split, tiles_ok, gate_tiles, B * H * G3);
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
     /* the tiles' start (zeros): they store h U into rec instead of adding it */
     REAL *tile_zeros = use_tiles ? frnn_alloc((size_t)(nb * 3 * VWF), sizeof(REAL)) : NULL;
@@ -271,11 +274,15 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel,
                                        reset_after ? in_bias : bias, z_chunk);
         if (status) goto done;
-        if (gate_tiles) { /* each thread runs the loop for its own rows, h updated in place */
+        if (gate_tiles) { /* gate block by gate block; h updated in place */
 #pragma omp parallel num_threads(nt) if (nt > 1)
             {
+                /* split by rows: the whole loop for the thread's rows, no barrier; by units:
+                 * its units of every row, meeting where a product needs every unit */
                 const frnn_part p = frnn_thread_part(d, split, nbg, VW);
-                const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0;
+                const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0, j0 = p.j0, j1 = p.j1;
+                const ptrdiff_t n = j1 - j0;
+                const int meet = nt > 1 && !split.by_rows;
                 REAL *h_rows = h_n + b0 * H;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
                     REAL *z_t = z_chunk + ((t - t0) * B + b0) * G3;
@@ -284,32 +291,46 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                     REAL *h_save = training ? h_states + (t * B + b0) * H : NULL;
                     /* block g's recurrent part out[:, g] (+)= (h*m_g) U_g, row stride 3H */
                     REAL *out = reset_after ? rec + b0 * G3 : z_t;
-                    for (int g = 0; g < (reset_after ? 3 : 2); ++g) {
-                        const REAL *h_in = h_rows;
-                        if (rec_mask) {
-                            SFX(gru_drop)(R * H, h_rows, rec_mask + g * B * H + b0 * H,
-                                          h_dropped + b0 * H);
-                            h_in = h_dropped + b0 * H;
+                    const int blocks = reset_after ? 3 : 2;
+                    if (rec_mask) { /* h*m_g, the input of block g's product, for my units */
+                        for (int g = 0; g < blocks; ++g)
+                            for (ptrdiff_t b = 0; b < R; ++b)
+                                SFX(gru_drop)(n, h_rows + b * H + j0,
+                                              rec_mask + (g * B + b0 + b) * H + j0,
+                                              h_dropped + (g * B + b0 + b) * H + j0);
+                        if (meet) {
+#pragma omp barrier
                         }
+                    }
+                    for (int g = 0; g < blocks; ++g) {
+                        const REAL *h_in = rec_mask ? h_dropped + (g * B + b0) * H : h_rows;
                         if (reset_after) /* rec holds the product alone: r scales Rh */
                             for (ptrdiff_t b = 0; b < R; ++b)
-                                memset(out + b * G3 + g * H, 0, (size_t)H * sizeof(REAL));
+                                memset(out + b * G3 + g * H + j0, 0, (size_t)n * sizeof(REAL));
                         SFX(recurrent_matmul_t)(packed_gates + g * gate_stride, H, H, R, h_in, H,
-                                                NULL, out + g * H, G3, 0, nbg);
+                                                NULL, out + g * H, G3, p.jb0, p.jb1);
                     }
                     if (reset_after) {
+                        /* in place: the products above read h*m_g, not h */
                         SFX(gru_step_after_pointwise)(
                             &p.rows, z_t, out, b_rec_h, h_rows, h_rows, mask_t, out_t, os.stride_b,
-                            training ? hr_cache + (t * B + b0) * H : NULL, h_save, 0, H);
+                            training ? hr_cache + (t * B + b0) * H : NULL, h_save, j0, j1);
                     } else { /* the h block: xh + q Uh with q = r*hp(*m_h) */
                         REAL *q = (training ? hr_cache + t * B * H : rec) + b0 * H;
                         SFX(gru_step_before_gates)(&p.rows, z_t, h_rows,
                                                    rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
-                                                   mask_t, q);
+                                                   mask_t, q, j0, j1);
+                        if (meet) { /* q Uh needs every unit of q */
+#pragma omp barrier
+                        }
                         SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R, q, H,
-                                                NULL, z_t + 2 * H, G3, 0, nbg);
+                                                NULL, z_t + 2 * H, G3, p.jb0, p.jb1);
+                        /* in place: past the barrier nobody reads h this step */
                         SFX(gru_step_before_update)(&p.rows, z_t, h_rows, mask_t, out_t,
-                                                    os.stride_b, h_save);
+                                                    os.stride_b, h_save, j0, j1);
+                    }
+                    if (meet) { /* h_t (and the h*m_g, q read above) complete for the next step */
+#pragma omp barrier
                     }
                 }
             }
@@ -369,11 +390,11 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                                           z_t, G3);
                 if (status) goto done;
                 SFX(gru_step_before_gates)(d, z_t, h_n, rec_mask ? rec_mask + 2 * B * H : NULL,
-                                           mask_t, q);
+                                           mask_t, q, 0, H);
                 status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, q, H, recurrent + 2 * H, G3, 1,
                                       z_t + 2 * H, G3);
                 if (status) goto done;
-                SFX(gru_step_before_update)(d, z_t, h_n, mask_t, out_t, os.stride_b, h_save);
+                SFX(gru_step_before_update)(d, z_t, h_n, mask_t, out_t, os.stride_b, h_save, 0, H);
             }
         }
     }
@@ -443,60 +464,62 @@ FRNN_CLONES static void SFX(gru_step_after_backward_pointwise)(
     }
 }
 
-/* First backward pass of a reset_after=0 step: dz's z and h blocks (gradients w.r.t. the
- * pre-activations), and dh <- dh*z (direct path).  dz's r block is filled by the second
- * pass once dq = dz_h Uh^T is known.  Masked rows: dz = 0, dh passes through. */
+/* First backward pass of a reset_after=0 step, for units [j0, j1) of every batch row:
+ * dz's z and h blocks (gradients w.r.t. the pre-activations), and dh <- dh*z (direct
+ * path).  dz's r block is filled by the second pass once dq = dz_h Uh^T is known.  Masked
+ * rows: dz = 0, dh passes through. */
 FRNN_CLONES static void SFX(gru_step_before_backward_zh)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT h_prev,
     const uint8_t *mask_t, const REAL *dout, ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh,
-    REAL *FRNN_RESTRICT dz) {
-    const ptrdiff_t B = d->batch, H = d->units;
+    REAL *FRNN_RESTRICT dz, ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     for (ptrdiff_t b = 0; b < B; ++b) {
-        REAL *FRNN_RESTRICT dhb = dh + b * H;
-        REAL *FRNN_RESTRICT dzb = dz + b * 3 * H;
+        REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
+        REAL *FRNN_RESTRICT dzz = dz + b * 3 * H + j0, *FRNN_RESTRICT dzh = dzz + 2 * H;
         const int masked = mask_t && !mask_t[b];
         if (dout && !(masked && d->zero_output_for_mask)) {
-            const REAL *db = dout + b * dout_stride_b;
-            for (ptrdiff_t j = 0; j < H; ++j) dhb[j] += db[j];
+            const REAL *db = dout + b * dout_stride_b + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) dhb[j] += db[j];
         }
         if (masked) {
-            memset(dzb, 0, (size_t)(3 * H) * sizeof(REAL));
+            for (int g = 0; g < 3; ++g) memset(dzz + g * H, 0, (size_t)n * sizeof(REAL));
             continue;
         }
-        const REAL *FRNN_RESTRICT gz = gates_t + b * 3 * H, *FRNN_RESTRICT gh = gz + 2 * H;
-        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H : NULL;
-        for (ptrdiff_t j = 0; j < H; ++j) {
+        const REAL *FRNN_RESTRICT gz = gates_t + b * 3 * H + j0, *FRNN_RESTRICT gh = gz + 2 * H;
+        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H + j0 : NULL;
+        for (ptrdiff_t j = 0; j < n; ++j) {
             REAL hp = hpb ? hpb[j] : (REAL)0;
-            dzb[2 * H + j] = dhb[j] * ((REAL)1 - gz[j]);
-            dzb[j] = dhb[j] * (hp - gh[j]);
+            dzh[j] = dhb[j] * ((REAL)1 - gz[j]);
+            dzz[j] = dhb[j] * (hp - gh[j]);
             dhb[j] *= gz[j];
         }
-        ACTIVATION_GRAD(d->activation, gh, dzb + 2 * H, H);
-        ACTIVATION_GRAD(d->recurrent_activation, gz, dzb, H);
+        ACTIVATION_GRAD(d->activation, gh, dzh, n);
+        ACTIVATION_GRAD(d->recurrent_activation, gz, dzz, n);
     }
 }
 
-/* Second backward pass of a reset_after=0 step: with dq = d q (B,H), q = r*hp*m_h (m_h
- * (B,H) or NULL for ones), fill dz's r block and add dq*r*m_h to dh (valid rows only). */
+/* Second backward pass of a reset_after=0 step, for units [j0, j1) of every batch row:
+ * with dq = d q (B,H), q = r*hp*m_h (m_h (B,H) or NULL for ones), fill dz's r block and
+ * add dq*r*m_h to dh (valid rows only). */
 FRNN_CLONES static void SFX(gru_step_before_backward_r)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT gates_t, const REAL *FRNN_RESTRICT h_prev,
     const REAL *FRNN_RESTRICT m_h, const uint8_t *mask_t, const REAL *FRNN_RESTRICT dq,
-    REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz) {
-    const ptrdiff_t B = d->batch, H = d->units;
+    REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz, ptrdiff_t j0, ptrdiff_t j1) {
+    const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     for (ptrdiff_t b = 0; b < B; ++b) {
         if (mask_t && !mask_t[b]) continue;
-        REAL *FRNN_RESTRICT dhb = dh + b * H;
-        REAL *FRNN_RESTRICT dzr = dz + b * 3 * H + H;
-        const REAL *FRNN_RESTRICT gr = gates_t + b * 3 * H + H;
-        const REAL *FRNN_RESTRICT dqb = dq + b * H;
-        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H : NULL;
-        const REAL *FRNN_RESTRICT mb = m_h ? m_h + b * H : NULL;
-        for (ptrdiff_t j = 0; j < H; ++j) {
+        REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
+        REAL *FRNN_RESTRICT dzr = dz + b * 3 * H + H + j0;
+        const REAL *FRNN_RESTRICT gr = gates_t + b * 3 * H + H + j0;
+        const REAL *FRNN_RESTRICT dqb = dq + b * H + j0;
+        const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H + j0 : NULL;
+        const REAL *FRNN_RESTRICT mb = m_h ? m_h + b * H + j0 : NULL;
+        for (ptrdiff_t j = 0; j < n; ++j) {
             REAL dqm = mb ? dqb[j] * mb[j] : dqb[j]; /* d(r*hp) */
             dzr[j] = hpb ? dqm * hpb[j] : (REAL)0;
             dhb[j] += dqm * gr[j];
         }
-        ACTIVATION_GRAD(d->recurrent_activation, gr, dzr, H);
+        ACTIVATION_GRAD(d->recurrent_activation, gr, dzr, n);
     }
 }
 
@@ -526,8 +549,8 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
     /* As in the forward: the three gates at once (use_tiles), or gate block by gate block
-     * (gate_tiles: reset_after=0 or recurrent dropout; split by rows only), on U^T packed
-     * once; BLAS per step only without AVX2 and with many rows. */
+     * (gate_tiles: reset_after=0 or recurrent dropout), on U^T packed once, split by rows or
+     * by units; BLAS per step only without AVX2 and with many rows. */
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
@@ -541,19 +564,19 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         status = FRNN_ENOMEM;
         goto done;
     }
-    /* the gate-by-gate loop splits by rows only */
-    const frnn_split split = frnn_pick_split(B, nb, B * H * G3,
-                                             use_tiles ? frnn_row_split_min_rows(H)
-                                                       : FRNN_ROW_SPLIT_MIN_ROWS);
-    const int nt = use_tiles || (gate_tiles && split.by_rows) ? split.threads : 1;
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G3, frnn_row_split_min_rows(H));
+    const int nt = frnn_gru_threads(split, tiles_ok, gate_tiles, B * H * G3);
     if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, packed_t, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)
         SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, packed_gates_t + g * gate_stride, nt);
-    if (gate_tiles) { /* each thread runs the loop for its own rows */
+    if (gate_tiles) { /* gate block by gate block */
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
+            /* split by rows: the whole loop for the thread's rows, no barrier; by units: its
+             * units of every row, meeting where a product needs every column of dz */
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
-            const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0;
+            const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0, j0 = p.j0, j1 = p.j1;
+            const int meet = nt > 1 && !split.by_rows;
             REAL *dh = d_h0 + b0 * H;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
                 const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
@@ -566,24 +589,32 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 if (reset_after) {
                     SFX(gru_step_after_backward_pointwise)(
                         &p.rows, gates_t, hr_cache + (t * B + b0) * H, hp_rows, mask_t, dout_t,
-                        dos.stride_b, dh, dz_t, dxh + (t * B + b0) * H, 0, H);
+                        dos.stride_b, dh, dz_t, dxh + (t * B + b0) * H, j0, j1);
                 } else { /* z, h blocks; then r's needs dq = dz_h Uh^T */
                     SFX(gru_step_before_backward_zh)(&p.rows, gates_t, hp_rows, mask_t, dout_t,
-                                                     dos.stride_b, dh, dz_t);
+                                                     dos.stride_b, dh, dz_t, j0, j1);
+                    if (meet) { /* dq needs every column of dz_h */
+#pragma omp barrier
+                    }
                     REAL *dq_rows = dq + b0 * H;
-                    memset(dq_rows, 0, (size_t)(R * H) * sizeof(REAL));
+                    for (ptrdiff_t b = 0; b < R; ++b)
+                        memset(dq_rows + b * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
                     SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
-                                            dz_t + 2 * H, G3, NULL, dq_rows, H, 0, nb);
+                                            dz_t + 2 * H, G3, NULL, dq_rows, H, p.jb0, p.jb1);
                     SFX(gru_step_before_backward_r)(&p.rows, gates_t, hp_rows,
                                                     rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
-                                                    mask_t, dq_rows, dh, dz_t);
+                                                    mask_t, dq_rows, dh, dz_t, j0, j1);
                 }
-                /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp */
+                if (meet) { /* the products below need every column of dz_t */
+#pragma omp barrier
+                }
+                /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp; the next
+                 * step writes dz_{t-1} elsewhere and only its own units of dh and dq */
                 for (int g = 0; g < (reset_after ? 3 : 2); ++g)
                     SFX(recurrent_matmul_t)(packed_gates_t + g * gate_stride, H, H, R,
                                             dz_t + g * H, G3,
                                             rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh, H,
-                                            0, nb);
+                                            p.jb0, p.jb1);
             }
         }
     } else if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
@@ -629,14 +660,14 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 if (status) goto done;
             } else {
                 SFX(gru_step_before_backward_zh)(d, gates_t, h_prev, mask_t, dout_t, dos.stride_b,
-                                                 d_h0, dz_t);
+                                                 d_h0, dz_t, 0, H);
                 /* dq = dz_h Uh^T, then r's gradient needs it */
                 status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t + 2 * H, G3, recurrent + 2 * H,
                                       G3, 0, dq, H);
                 if (status) goto done;
                 SFX(gru_step_before_backward_r)(d, gates_t, h_prev,
                                                 rec_mask ? rec_mask + 2 * B * H : NULL, mask_t, dq,
-                                                d_h0, dz_t);
+                                                d_h0, dz_t, 0, H);
                 if (rec_mask)
                     status = SFX(gru_masked_recurrent_grad)(blas, B, H, 0, 2, dz_t, rec_mask,
                                                             recurrent, d_h0, dh_step);

@@ -86,6 +86,14 @@ static inline int frnn_team_size(void) { return 1; }
  * programs keep the cores busy: the threads wait for a descheduled one;
  * set_num_threads(1) avoids it. */
 #define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 15)
+/* Per-step multiply-adds from which GRU's gate-by-gate loop (reset_after=0 or recurrent
+ * dropout) splits its units: it meets 2-3 times per step, not once, and each meeting is
+ * fragile under load.  Measured on the Zen 4, T=100, reset_after=0, time on one thread
+ * over time split by units: B=1, H=128 (2^15.6) forward 0.54, 1.20, 1.15, 0.98 (four
+ * runs), training 1.00-1.26; B=3, H=128 (2^17.2) 1.10 and 1.36; B=1, H=256 (2^17.6)
+ * forward 0.98-1.50, training 1.74; B=1, H=512 1.71 and 1.87; B=3, H=256-512 1.53-1.55 and
+ * 1.30-1.73.  So from 2^17, where it wins clearly. */
+#define FRNN_GATE_SPLIT_MIN_MACS ((ptrdiff_t)1 << 17)
 /* When the per-step recurrent product goes to BLAS' GEMM instead of the packed tiles: on
  * CPUs without AVX2, many rows with enough work (measured at B=32, H=256 with the generic
  * tiles).  The AVX2 tiles beat the per-step GEMM at every grid size measured (LSTM B=32,
@@ -165,8 +173,7 @@ static inline ptrdiff_t frnn_spread_stride(ptrdiff_t cols, size_t elem_size) {
  *   B=8: LSTM forward H=512 1.06-1.20 (three runs) but training 0.95, H=256 0.95-1.10,
  *     H=128 0.94-0.95; GRU and SimpleRNN forward 0.81-0.97; B=16 LSTM forward 0.81-1.05.
  * So from 256 units rows need 4 per thread, and LSTM inference, whose steps only read U,
- * 8 per thread from 512 units.  Loops that can only split by rows (GRU's gate-by-gate
- * path) ask for FRNN_ROW_SPLIT_MIN_ROWS. */
+ * 8 per thread from 512 units. */
 static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units) {
     return units >= 256 ? 4 : FRNN_ROW_SPLIT_MIN_ROWS;
 }
@@ -197,6 +204,18 @@ static inline frnn_split frnn_pick_split(ptrdiff_t batch, ptrdiff_t nb, ptrdiff_
                                : s.by_rows ? FRNN_ROW_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS;
     if (macs < min_macs || s.threads < 1) s.threads = 1;
     return s;
+}
+
+/* Threads of a GRU time loop under split: one without the tiles (BLAS per step); the
+ * gate-by-gate loop split by units only from FRNN_GATE_SPLIT_MIN_MACS per step
+ * (override: split_min_macs). */
+static inline int frnn_gru_threads(frnn_split split, int tiles_ok, int gate_tiles,
+                                   ptrdiff_t macs) {
+    if (!tiles_ok) return 1;
+    const long long forced_min = frnn_override_split_min_macs();
+    const long long min_macs = forced_min >= 0 ? forced_min : FRNN_GATE_SPLIT_MIN_MACS;
+    if (gate_tiles && !split.by_rows && macs < min_macs) return 1;
+    return split.threads;
 }
 
 /* The share of thread tid (of team) under split s: rows [b0, b1) and unit blocks

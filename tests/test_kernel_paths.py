@@ -217,3 +217,48 @@ def test_input_projection_paths_match_reference(rng, cell, batch, features, unit
             for name in ("x", "kernel", "recurrent_kernel") + (("bias",) if use_bias else ()):
                 np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
                                            rtol=tol, atol=tol * 10, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("path", ["tiles", "generic_tiles"])
+@pytest.mark.parametrize("threading", sorted(THREADING))
+@pytest.mark.parametrize("batch,units", [(1, 37), (3, 20), (7, 64)])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+@pytest.mark.parametrize("dropout", [False, True], ids=["no_dropout", "dropout"])
+def test_gru_gate_by_gate_paths_match_reference(rng, dropout, reset_after, batch, units,
+                                                threading, path, dtype):
+    """GRU runs its gate blocks one by one when reset_after=False (Uh multiplies r*h) or with
+    recurrent dropout (one mask per block), split by rows or by units (then meeting after
+    h*m_g, after q and after h each step; backward after dz's z and h blocks and after r's).
+    Every such case against the float64 reference, gradients included; reset_after=True
+    without dropout (the three-gate tiles) for comparison."""
+    steps, features = 9, 3
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, 3 * units)) * 0.3
+    recurrent = rng.standard_normal((units, 3 * units)) * min(0.3, 1 / np.sqrt(units))
+    bias = rng.standard_normal((2, 3 * units) if reset_after else (3 * units,))
+    state = rng.standard_normal((batch, units))
+    mask = rng.random((batch, steps)) > 0.25
+    drop = (rng.random((3, batch, units)) > 0.3) / 0.7
+    d_out = rng.standard_normal((batch, steps, units))
+    d_h_n = rng.standard_normal((batch, units))
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, state, drop, d_out, d_h_n)]
+    kwargs = dict(reset_after=reset_after, mask=mask, training=True)
+    threads, split_by = THREADING[threading]
+    with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
+                                                 **PATHS[path]):
+        got = ops.gru_forward(*arrays[:4], initial_state=arrays[4],
+                              recurrent_dropout_mask=arrays[5] if dropout else None, **kwargs)
+        got_grads = ops.gru_backward(got.cache, arrays[6], arrays[7])
+    want = reference.gru_forward(*(a.astype(np.float64) for a in arrays[:4]),
+                                 initial_state=arrays[4].astype(np.float64),
+                                 recurrent_dropout_mask=arrays[5].astype(np.float64)
+                                 if dropout else None, **kwargs)
+    want_grads = reference.gru_backward(want.cache, arrays[6].astype(np.float64),
+                                        arrays[7].astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(got.outputs, want.outputs, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got.h_n, want.h_n, rtol=tol, atol=tol)
+    for name in ("x", "kernel", "recurrent_kernel", "bias", "h0"):
+        np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
+                                   rtol=tol * 10, atol=tol * 10, err_msg=name)
