@@ -164,8 +164,8 @@ int frnn_lstm_forward_f64(const frnn_blas *blas, const frnn_dims *d,
  *   d_outputs (B,T,H) via dout_strides in processing order, or NULL (zero).
  *   d_h_n, d_c_n (B,H) or NULL (zero).
  *   Gradients, all written (overwritten, not accumulated):
- *   dx (B,T,I) via dx_strides in input order; d_kernel (I,4H); d_recurrent (H,4H);
- *   d_bias (4H,) or NULL; d_h0, d_c0 (B,H).
+ *   dx (B,T,I) via dx_strides in input order, or NULL (not computed: one GEMM less);
+ *   d_kernel (I,4H); d_recurrent (H,4H); d_bias (4H,) or NULL; d_h0, d_c0 (B,H).
  */
 int frnn_lstm_backward_f32(const frnn_blas *blas, const frnn_dims *d,
                            const float *kernel, const float *recurrent,
@@ -237,8 +237,9 @@ int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_af
  *   x_cache, gates, hr_cache, h_states, mask_cache (NULL = no mask): forward's cache.
  *   rec_mask  (3,B,H) or NULL: the recurrent dropout masks forward used.
  *   d_outputs (B,T,H) via dout_strides in processing order, or NULL.  d_h_n (B,H) or NULL.
- *   Gradients, all written: dx (B,T,I) via dx_strides in input order; d_kernel (I,3H);
- *   d_recurrent (H,3H); d_bias with the forward bias' shape, or NULL; d_h0 (B,H).
+ *   Gradients, all written: dx (B,T,I) via dx_strides in input order, or NULL (not
+ *   computed); d_kernel (I,3H); d_recurrent (H,3H); d_bias with the forward bias' shape,
+ *   or NULL; d_h0 (B,H).
  */
 int frnn_gru_backward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                           const float *kernel, const float *recurrent, const float *h0,

@@ -544,7 +544,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     REAL *dz = frnn_alloc((size_t)(T * B * G3), sizeof(REAL));
     REAL *dxh = reset_after ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
     REAL *dq = reset_after ? NULL : frnn_alloc((size_t)(B * H), sizeof(REAL));
-    REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
+    REAL *dx_tm = dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     /* recurrent dropout: per-step scratch, and h_{t-1}*m_g for all steps (dU, gate by gate) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
@@ -559,8 +559,9 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     /* gate block g's U_g^T at packed_gates_t + g * gate_stride */
     const ptrdiff_t gate_stride = nb * H * VW;
     REAL *packed_gates_t = gate_tiles ? frnn_alloc((size_t)(3 * gate_stride), sizeof(REAL)) : NULL;
-    if (!dz || !dx_tm || (reset_after ? !dxh : !dq) || (rec_mask && (!dh_step || !hp_dropped))
-        || (use_tiles && !packed_t) || (gate_tiles && !packed_gates_t)) {
+    if (!dz || (dx && !dx_tm) || (reset_after ? !dxh : !dq)
+        || (rec_mask && (!dh_step || !hp_dropped)) || (use_tiles && !packed_t)
+        || (gate_tiles && !packed_gates_t)) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -725,13 +726,16 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
             SFX(column_sums)(dxh, TB, H, H, d_bias + 2 * H);
         }
     }
-    status = SFX(gemm_rm)(blas, 0, 1, TB, I, zr_cols, 1, dz, G3, kernel, G3, 0, dx_tm, I);
-    if (status) goto done;
-    if (reset_after) {
-        status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dxh, H, kernel + 2 * H, G3, 1, dx_tm, I);
+    if (dx) {
+        status = SFX(gemm_rm)(blas, 0, 1, TB, I, zr_cols, 1, dz, G3, kernel, G3, 0, dx_tm, I);
         if (status) goto done;
+        if (reset_after) {
+            status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dxh, H, kernel + 2 * H, G3, 1, dx_tm,
+                                  I);
+            if (status) goto done;
+        }
+        SFX(scatter_dx)(d, dx_tm, dx, dxs);
     }
-    SFX(scatter_dx)(d, dx_tm, dx, dxs);
 done:
     free(dz);
     free(dxh);

@@ -313,14 +313,14 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
      * many rows at once) */
     const ptrdiff_t ldz = frnn_spread_stride(G4, sizeof(REAL));
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
-    REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
+    REAL *dx_tm = dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     /* the BLAS path needs dZ_t U^T in a scratch when it is masked by recurrent dropout */
     REAL *packed_t = blas_steps ? frnn_alloc((size_t)(rec_mask ? B * H : 1), sizeof(REAL))
                                 : frnn_alloc((size_t)(nb * G4 * VW), sizeof(REAL));
     REAL *scratch = frnn_alloc((size_t)(2 * nt * nb * VW), sizeof(REAL));
     /* with recurrent dropout: h_{t-1} as the recurrent GEMM saw it, for dU */
     REAL *h_prev_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
-    if (!dz || !dx_tm || !packed_t || !scratch || (rec_mask && !h_prev_dropped)) {
+    if (!dz || (dx && !dx_tm) || !packed_t || !scratch || (rec_mask && !h_prev_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -399,9 +399,11 @@ weights:
         if (status) goto done;
     }
     if (d_bias) SFX(column_sums)(dz, T * B, G4, ldz, d_bias);
-    status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, ldz, kernel, G4, 0, dx_tm, I);
-    if (status) goto done;
-    SFX(scatter_dx)(d, dx_tm, dx, dxs);
+    if (dx) {
+        status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, ldz, kernel, G4, 0, dx_tm, I);
+        if (status) goto done;
+        SFX(scatter_dx)(d, dx_tm, dx, dxs);
+    }
 done:
     free(dz);
     free(dx_tm);

@@ -99,7 +99,7 @@ static void SFX(backward_prologue)(const frnn_dims *d, ptrdiff_t cols, ptrdiff_t
     memset(d_kernel, 0, (size_t)(I * cols) * sizeof(REAL));
     memset(d_recurrent, 0, (size_t)(H * cols) * sizeof(REAL));
     if (d_bias) memset(d_bias, 0, (size_t)bias_len * sizeof(REAL));
-    for (ptrdiff_t s = 0; s < T; ++s)
+    for (ptrdiff_t s = 0; dx && s < T; ++s)
         for (ptrdiff_t b = 0; b < B; ++b)
             memset(dx + b * dxs.stride_b + s * dxs.stride_t, 0, (size_t)I * sizeof(REAL));
 }

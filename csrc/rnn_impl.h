@@ -230,13 +230,13 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
      * many rows at once) */
     const ptrdiff_t ldz = frnn_spread_stride(H, sizeof(REAL));
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
-    REAL *dx_tm = frnn_alloc((size_t)(T * B * I), sizeof(REAL));
+    REAL *dx_tm = dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     /* recurrent dropout: per-step scratch, and h_{t-1}*m for all steps (for dU) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     REAL *packed_t = !frnn_use_blas_steps(B, B * H * H) ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
-    if (!dz || !dx_tm || (rec_mask && (!dh_step || !hp_dropped))
+    if (!dz || (dx && !dx_tm) || (rec_mask && (!dh_step || !hp_dropped))
         || (!frnn_use_blas_steps(B, B * H * H) && !packed_t)) {
         status = FRNN_ENOMEM;
         goto done;
@@ -304,9 +304,11 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         if (status) goto done;
     }
     if (d_bias) SFX(column_sums)(dz, TB, H, ldz, d_bias);
-    status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, ldz, kernel, H, 0, dx_tm, I);
-    if (status) goto done;
-    SFX(scatter_dx)(d, dx_tm, dx, dxs);
+    if (dx) {
+        status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, ldz, kernel, H, 0, dx_tm, I);
+        if (status) goto done;
+        SFX(scatter_dx)(d, dx_tm, dx, dxs);
+    }
 done:
     free(dz);
     free(dx_tm);

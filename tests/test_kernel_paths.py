@@ -262,3 +262,43 @@ def test_gru_gate_by_gate_paths_match_reference(rng, dropout, reset_after, batch
     for name in ("x", "kernel", "recurrent_kernel", "bias", "h0"):
         np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
                                    rtol=tol * 10, atol=tol * 10, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("dropout", [False, True], ids=["no_dropout", "dropout"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_backward_without_input_gradient(rng, cell, dropout, path, dtype):
+    """input_gradient=False skips the x gradient's GEMM (for a first layer fed with data):
+    x is None and every other gradient is bitwise the one computed with it; the NumPy
+    reference takes the same keyword."""
+    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
+    batch, steps, features, units = 5, 6, 3, 21
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, gates * units)) * 0.3
+    recurrent = rng.standard_normal((units, gates * units)) * 0.3
+    bias = rng.standard_normal((2, gates * units) if cell.startswith("gru")
+                               and extra["reset_after"] else (gates * units,))
+    mask = rng.random((batch, steps)) > 0.25
+    drop = (rng.random((batch, units)) > 0.3) / 0.7
+    d_out = rng.standard_normal((batch, steps, units))
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, drop, d_out)]
+    kwargs = dict(extra, mask=mask, training=True)
+    if dropout:
+        kwargs["recurrent_dropout_mask"] = arrays[4]
+    with kernel_paths(split_min_macs=0, **PATHS[path]):
+        out = fwd(*arrays[:4], **kwargs)
+        full = bwd(out.cache, arrays[5])
+        partial = bwd(out.cache, arrays[5], input_gradient=False)
+    assert full.x is not None and partial.x is None
+    for name in full._fields[1:]:
+        a, b = getattr(full, name), getattr(partial, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_array_equal(b, a, err_msg=name)
+    want = ref_fwd(*(a.astype(np.float64) for a in arrays[:4]),
+                   **{k: (v.astype(np.float64) if k == "recurrent_dropout_mask" else v)
+                      for k, v in kwargs.items()})
+    assert ref_bwd(want.cache, arrays[5].astype(np.float64), input_gradient=False).x is None
+    with pytest.raises(TypeError, match="input_gradient"):
+        bwd(out.cache, arrays[5], input_gradient="no")

@@ -339,6 +339,46 @@ def test_no_grad_runs_inference_kernels(torch, ft, monkeypatch):
     assert calls == [False, False] and not output.requires_grad
 
 
+@pytest.mark.parametrize("kind,op", [("LSTM", "lstm_backward"), ("GRU", "gru_backward"),
+                                     ("RNN", "simple_rnn_backward")])
+def test_input_gradient_only_when_autograd_needs_it(torch, ft, rng, monkeypatch, kind, op):
+    """Like torch.nn's RNNs, the first layer skips the gradient w.r.t. an input that does
+    not require grad (input_gradient=False: one GEMM less); the second layer, whose input
+    is the first's output, computes it; with x.requires_grad every layer does, and x.grad
+    matches torch.nn's."""
+    from fusedrnn import ops
+
+    calls = []
+    real_backward = getattr(ops, op)
+
+    def recording_backward(*args, **kwargs):
+        calls.append(kwargs["input_gradient"])
+        return real_backward(*args, **kwargs)
+
+    monkeypatch.setattr(ops, op, recording_backward)
+    dtype = torch.float64
+    reference, ours = make_pair(torch, ft, kind, 3, 5, dtype, num_layers=2, bidirectional=True)
+    data = rng.standard_normal((6, 2, 3))
+    for requires_grad in (False, True):
+        calls.clear()
+        grads = []
+        for module in (reference, ours):
+            module.zero_grad()
+            x = torch.tensor(data, dtype=dtype, requires_grad=requires_grad)
+            output, _ = module(x)
+            output.pow(2).sum().backward()
+            grads.append(([p.grad.clone() for p in module.parameters()], x.grad))
+        # backward runs layer 2's two directions, then layer 1's
+        assert calls == [True, True, requires_grad, requires_grad]
+        (ref_params, ref_dx), (our_params, our_dx) = grads
+        for expected, actual in zip(ref_params, our_params):
+            assert_close(actual.numpy(), expected.numpy(), 1e-9, name="parameter")
+        if requires_grad:
+            assert_close(our_dx.numpy(), ref_dx.numpy(), 1e-9, name="x")
+        else:
+            assert our_dx is None and ref_dx is None
+
+
 def test_double_and_float_conversions(torch, ft, rng):
     reference, ours = make_pair(torch, ft, "LSTM", 3, 4, torch.float32, num_layers=2)
     x = rng.standard_normal((6, 2, 3))

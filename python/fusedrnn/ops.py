@@ -34,7 +34,7 @@ class LSTMOutput(NamedTuple):
 
 
 class LSTMGradients(NamedTuple):
-    x: np.ndarray
+    x: Optional[np.ndarray]     # None when the backward pass was asked for no input gradient
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
     bias: Optional[np.ndarray]  # None when the forward pass had no bias
@@ -76,6 +76,12 @@ def _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_acti
         v.activation_code(activation, "activation"),
         v.activation_code(recurrent_activation, "recurrent_activation"),
     )
+
+
+def _input_gradient_flag(value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"input_gradient: expected True or False, got {type(value).__name__}")
+    return bool(value)
 
 
 def _upstream_gradients(cache, d_outputs, d_h_n):
@@ -134,10 +140,13 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     return LSTMOutput(outputs, h_n, c_n, cache)
 
 
-def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None) -> LSTMGradients:
+def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None, *,
+                  input_gradient: bool = True) -> LSTMGradients:
     """Gradients of a scalar loss w.r.t. every input of lstm_forward, given the loss's
     gradients w.r.t. its outputs (batch, time, units), h_n and c_n (batch, units).
-    None means zero.  The cache is not consumed: it may be used again."""
+    None means zero.  With input_gradient=False the gradient w.r.t. x is not computed
+    (one GEMM less; ``x`` is None), as for a first layer fed with data.  The cache is not
+    consumed: it may be used again."""
     if not isinstance(cache, LSTMCache):
         raise TypeError(
             "cache: expected the cache returned by lstm_forward(..., training=True), got "
@@ -148,7 +157,8 @@ def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None) -> L
     d_c_n = v.gradient_input(d_c_n, (batch, units), "d_c_n", "(batch, units)", cache.kernel.dtype)
     dx, dk, dr, db, dh0, dc0 = _lstm_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.c0,
-        cache.recurrent_dropout_mask, cache.arrays, d_outputs, d_h_n, d_c_n, *cache.options
+        cache.recurrent_dropout_mask, cache.arrays, d_outputs, d_h_n, d_c_n, *cache.options,
+        _input_gradient_flag(input_gradient)
     )
     return LSTMGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None,
                          dc0 if cache.c0 is not None else None)
@@ -173,7 +183,7 @@ class GRUOutput(NamedTuple):
 
 
 class GRUGradients(NamedTuple):
-    x: np.ndarray
+    x: Optional[np.ndarray]     # None when the backward pass was asked for no input gradient
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
     bias: Optional[np.ndarray]  # None when the forward pass had no bias; else its shape
@@ -300,16 +310,18 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     return GRUOutput(outputs, h_n, cache)
 
 
-def gru_backward(cache: GRUCache, d_outputs=None, d_h_n=None) -> GRUGradients:
+def gru_backward(cache: GRUCache, d_outputs=None, d_h_n=None, *,
+                 input_gradient: bool = True) -> GRUGradients:
     """Gradients of a scalar loss w.r.t. every input of gru_forward, given the loss's
     gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None means
-    zero.  The cache is not consumed: it may be used again."""
+    zero.  input_gradient=False skips the gradient w.r.t. x (``x`` is None).  The cache is
+    not consumed: it may be used again."""
     _check_cache(cache, GRUCache, "gru_forward")
     d_outputs, d_h_n = _upstream_gradients(cache, d_outputs, d_h_n)
     dx, dk, dr, db, dh0 = _gru_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
-        d_outputs, d_h_n, *cache.options
+        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient)
     )
     return GRUGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
 
@@ -323,7 +335,7 @@ class SimpleRNNOutput(NamedTuple):
 
 
 class SimpleRNNGradients(NamedTuple):
-    x: np.ndarray
+    x: Optional[np.ndarray]     # None when the backward pass was asked for no input gradient
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
     bias: Optional[np.ndarray]  # None when the forward pass had no bias
@@ -363,15 +375,17 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     return SimpleRNNOutput(outputs, h_n, cache)
 
 
-def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None) -> SimpleRNNGradients:
+def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None, *,
+                        input_gradient: bool = True) -> SimpleRNNGradients:
     """Gradients of a scalar loss w.r.t. every input of simple_rnn_forward, given the
     loss's gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None
-    means zero.  The cache is not consumed: it may be used again."""
+    means zero.  input_gradient=False skips the gradient w.r.t. x (``x`` is None).  The
+    cache is not consumed: it may be used again."""
     _check_cache(cache, SimpleRNNCache, "simple_rnn_forward")
     d_outputs, d_h_n = _upstream_gradients(cache, d_outputs, d_h_n)
     dx, dk, dr, db, dh0 = _simple_rnn_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
-        d_outputs, d_h_n, *cache.options
+        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient)
     )
     return SimpleRNNGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)

@@ -87,7 +87,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     return LSTMOutput(outputs, h, c, cache)
 
 
-def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None):
+def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None, *, input_gradient=True):
     batch, steps, features = cache.shape
     kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
     units = recurrent_kernel.shape[0]
@@ -126,7 +126,7 @@ def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None):
         dh = np.where(keep, dh_in, dh)
         dc = np.where(keep, dct * f, dc)
     return LSTMGradients(
-        dx, dk, dr, db if cache.has_bias else None,
+        dx if input_gradient else None, dk, dr, db if cache.has_bias else None,
         dh if cache.has_state else None, dc if cache.has_state else None,
     )
 
@@ -220,7 +220,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     return GRUOutput(outputs, h, cache)
 
 
-def gru_backward(cache, d_outputs=None, d_h_n=None):
+def gru_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=True):
     batch, steps, _ = cache.shape
     kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
     units = recurrent_kernel.shape[0]
@@ -270,7 +270,8 @@ def gru_backward(cache, d_outputs=None, d_h_n=None):
     db = None
     if cache.has_bias:
         db = np.stack([db_in, db_rec]) if cache.reset_after else db_in
-    return GRUGradients(dx, dk, dr, db, dh if cache.has_state else None)
+    return GRUGradients(dx if input_gradient else None, dk, dr, db,
+                        dh if cache.has_state else None)
 
 
 # ---------------------------------------------------------------------- SimpleRNN ----
@@ -312,7 +313,7 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     return SimpleRNNOutput(outputs, h, cache)
 
 
-def simple_rnn_backward(cache, d_outputs=None, d_h_n=None):
+def simple_rnn_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=True):
     batch, steps, _ = cache.shape
     kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
     units = recurrent_kernel.shape[0]
@@ -335,5 +336,6 @@ def simple_rnn_backward(cache, d_outputs=None, d_h_n=None):
         db += d_pre.sum(axis=0)
         dx[:, s] = d_pre @ kernel.T
         dh = np.where(keep, cache.dropout_mask * (d_pre @ recurrent_kernel.T), dh)
-    return SimpleRNNGradients(dx, dk, dr, db if cache.has_bias else None,
+    return SimpleRNNGradients(dx if input_gradient else None, dk, dr,
+                              db if cache.has_bias else None,
                               dh if cache.has_state else None)

@@ -94,8 +94,9 @@ class _LSTMCell(_SummedBiasCell):
         )
         return result.outputs, (result.h_n, result.c_n), result.cache
 
-    def backward(self, cache, d_outputs, d_states):
-        grads = _require_op("lstm_backward")(cache, d_outputs, d_states[0], d_states[1])
+    def backward(self, cache, d_outputs, d_states, input_gradient):
+        grads = _require_op("lstm_backward")(cache, d_outputs, d_states[0], d_states[1],
+                                             input_gradient=input_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0, grads.c0)
 
 
@@ -115,8 +116,9 @@ class _RNNCell(_SummedBiasCell):
         )
         return result.outputs, (result.h_n,), result.cache
 
-    def backward(self, cache, d_outputs, d_states):
-        grads = _require_op("simple_rnn_backward")(cache, d_outputs, d_states[0])
+    def backward(self, cache, d_outputs, d_states, input_gradient):
+        grads = _require_op("simple_rnn_backward")(cache, d_outputs, d_states[0],
+                                                   input_gradient=input_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
 
 
@@ -150,8 +152,9 @@ class _GRUCell:
         )
         return result.outputs, (result.h_n,), result.cache
 
-    def backward(self, cache, d_outputs, d_states):
-        grads = _require_op("gru_backward")(cache, d_outputs, d_states[0])
+    def backward(self, cache, d_outputs, d_states, input_gradient):
+        grads = _require_op("gru_backward")(cache, d_outputs, d_states[0],
+                                            input_gradient=input_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
 
     def torch_gradients(self, d_kernel, d_recurrent, d_bias):
@@ -203,13 +206,16 @@ class _FusedDirection(torch.autograd.Function):
         if d_out is not None and ctx.go_backwards:
             d_out = d_out[:, ::-1]  # the kernel wants processing order; a strided view
         d_states_np = tuple(_numpy(d) for d in d_states)
+        # x's gradient only when autograd asks for it (not for a first layer fed with data,
+        # like torch.nn's own RNNs): one GEMM less
+        need_dx = ctx.needs_input_grad[3]
         dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.backward(
-            ctx.cache, d_out, d_states_np)
+            ctx.cache, d_out, d_states_np, need_dx)
         d_w_ih, d_w_hh, d_b_ih, d_b_hh = ctx.cell.torch_gradients(d_kernel, d_recurrent,
                                                                   d_bias)
         d_initial_t = tuple(torch.from_numpy(d) for d in d_initial) if ctx.n_initial else ()
-        return (None, None, None, torch.from_numpy(dx), d_w_ih, d_w_hh, d_b_ih, d_b_hh,
-                *d_initial_t)
+        return (None, None, None, torch.from_numpy(dx) if need_dx else None, d_w_ih, d_w_hh,
+                d_b_ih, d_b_hh, *d_initial_t)
 
 
 def _run_direction(cell, x, weights, initial, mask, go_backwards):

@@ -107,8 +107,10 @@ def simple_rnn_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent,
 
 def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0,
                         rec_mask, tuple cache, d_outputs, d_h_n, bint go_backwards,
-                        bint zero_output_for_mask, int activation):
-    """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0)."""
+                        bint zero_output_for_mask, int activation,
+                        bint input_gradient=True):
+    """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0); dx is None, and not
+    computed, when input_gradient is false."""
     x_cache, h_states, mask_cache = cache
     cdef Py_ssize_t T = x_cache.shape[0], B = x_cache.shape[1], I = x_cache.shape[2]
     cdef Py_ssize_t H = recurrent.shape[0]
@@ -116,12 +118,16 @@ def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias
     cdef bint is_f32 = dtype == np.float32
     cdef frnn_dims d = make_rnn_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
     cdef frnn_blas blas = scipy_blas()
-    cdef cnp.ndarray dx = np.empty((B, T, I), dtype=dtype)
+    dx = np.empty((B, T, I), dtype=dtype) if input_gradient else None
     cdef cnp.ndarray d_kernel = np.empty((I, H), dtype=dtype)
     cdef cnp.ndarray d_recurrent = np.empty((H, H), dtype=dtype)
     d_bias = np.empty((H,), dtype=dtype) if has_bias else None
     cdef cnp.ndarray d_h0 = np.empty((B, H), dtype=dtype)
-    cdef frnn_seq_strides dxs = seq_strides(dx)
+    cdef frnn_seq_strides dxs
+    dxs.stride_b = 0
+    dxs.stride_t = 0
+    if dx is not None:
+        dxs = seq_strides(dx)
     cdef frnn_seq_strides dos
     dos.stride_b = 0
     dos.stride_t = 0
