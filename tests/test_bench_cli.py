@@ -67,7 +67,8 @@ def test_quick_run_markdown_table_has_one_row_per_measurement(quick_run):
         assert float(row[header.index("% peak")].rstrip("%")) > 0
         torch_cell = row[header.index("torch % peak")]
         if bench.torch_available():
-            assert float(torch_cell.rstrip("%")) > 0
+            # rounded to whole percents: torch's tiny quick-grid points may show 0%
+            assert torch_cell.endswith("%") and float(torch_cell.rstrip("%")) >= 0
         else:
             assert torch_cell == bench.NOT_AVAILABLE
 
