@@ -225,8 +225,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
      * gates in one tile pass (use_tiles); otherwise gate block by gate block (gate_tiles),
      * since reset_after=0 multiplies Uh by r*hp and recurrent dropout gives each block its
      * own input h*m_g.  Both split by rows or by units (gate_tiles then meet after h*m_g,
-     * after q and after h).  BLAS per step only
-     * without AVX2 and with many rows. */
+     * after q and after h).  BLAS per step only without AVX2 and with many rows. */
     const ptrdiff_t nb = SFX(unit_blocks_fwd)(H), nbg = SFX(unit_blocks)(H);
     const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
