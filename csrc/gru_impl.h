@@ -230,9 +230,11 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
     const int gate_tiles = tiles_ok && !use_tiles;
-    const frnn_split split = frnn_pick_split(B, use_tiles ? nb : nbg, B * H * G3,
-                                             frnn_row_split_min_rows(H));
-    const int nt = frnn_gru_threads(split, tiles_ok, gate_tiles, B * H * G3);
+    /* the gate-by-gate loop meets 2-3 times per step */
+    const frnn_split split = frnn_pick_split(
+        B, use_tiles ? nb : nbg, B * H * G3, frnn_row_split_min_rows(H),
+        gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
+    const int nt = tiles_ok ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
     /* the tiles' start (zeros): they store h U into rec instead of adding it */
     REAL *tile_zeros = use_tiles ? frnn_alloc((size_t)(nb * 3 * VWF), sizeof(REAL)) : NULL;
@@ -564,8 +566,11 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         status = FRNN_ENOMEM;
         goto done;
     }
-    const frnn_split split = frnn_pick_split(B, nb, B * H * G3, frnn_row_split_min_rows(H));
-    const int nt = frnn_gru_threads(split, tiles_ok, gate_tiles, B * H * G3);
+    /* the gate-by-gate loop meets twice per step */
+    const frnn_split split = frnn_pick_split(
+        B, nb, B * H * G3, frnn_row_split_min_rows(H),
+        gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
+    const int nt = tiles_ok ? split.threads : 1;
     if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, packed_t, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)
         SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, packed_gates_t + g * gate_stride, nt);

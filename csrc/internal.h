@@ -192,8 +192,12 @@ typedef struct {
     int by_rows;
 } frnn_split;
 
+/* The split of a time loop of `batch` rows, nb unit blocks and `macs` multiply-adds per
+ * step: by rows from min_rows rows per thread (frnn_row_split_min_rows), else by units
+ * from unit_min_macs per step (FRNN_PARALLEL_MIN_MACS; FRNN_GATE_SPLIT_MIN_MACS for loops
+ * that meet more than once per step), else one thread. */
 static inline frnn_split frnn_pick_split(ptrdiff_t batch, ptrdiff_t nb, ptrdiff_t macs,
-                                         ptrdiff_t min_rows) {
+                                         ptrdiff_t min_rows, ptrdiff_t unit_min_macs) {
     frnn_split s = {frnn_get_num_threads(), 1};
     const int forced_by = frnn_override_split_by();
     const long long forced_min = frnn_override_split_min_macs();
@@ -201,21 +205,9 @@ static inline frnn_split frnn_pick_split(ptrdiff_t batch, ptrdiff_t nb, ptrdiff_
     const ptrdiff_t most = s.by_rows ? batch / (forced_by == 1 ? 1 : min_rows) : nb;
     if (s.threads > most) s.threads = (int)most;
     const long long min_macs = forced_min >= 0 ? forced_min
-                               : s.by_rows ? FRNN_ROW_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS;
+                               : s.by_rows ? FRNN_ROW_SPLIT_MIN_MACS : unit_min_macs;
     if (macs < min_macs || s.threads < 1) s.threads = 1;
     return s;
-}
-
-/* Threads of a GRU time loop under split: one without the tiles (BLAS per step); the
- * gate-by-gate loop split by units only from FRNN_GATE_SPLIT_MIN_MACS per step
- * (override: split_min_macs). */
-static inline int frnn_gru_threads(frnn_split split, int tiles_ok, int gate_tiles,
-                                   ptrdiff_t macs) {
-    if (!tiles_ok) return 1;
-    const long long forced_min = frnn_override_split_min_macs();
-    const long long min_macs = forced_min >= 0 ? forced_min : FRNN_GATE_SPLIT_MIN_MACS;
-    if (gate_tiles && !split.by_rows && macs < min_macs) return 1;
-    return split.threads;
 }
 
 /* The share of thread tid (of team) under split s: rows [b0, b1) and unit blocks

@@ -92,7 +92,8 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     /* the per-step product runs on U packed once (recurrent_matmul.h), not BLAS.  With a
      * single gate, h U = h (U^T)^T is the backward kernel's product on U^T, whose 4-row x
      * 64-byte tiles measured 41 GFLOP/s against 11 for the one-gate forward tiles. */
-    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H));
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H),
+                                             FRNN_PARALLEL_MIN_MACS);
     const int nt = use_tiles ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * (fuse_input ? I + H : H) * VW), sizeof(REAL))
                              : NULL;
@@ -241,7 +242,8 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H));
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H),
+                                             FRNN_PARALLEL_MIN_MACS);
     const int nt = packed_t ? split.threads : 1;
     if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, packed_t, nt);
     if (packed_t) {
