@@ -688,10 +688,11 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
      * h_states[t-1]; the t = 0 term uses h0 and vanishes without it. */
     const ptrdiff_t TB = T * B;
     const ptrdiff_t zr_cols = reset_after ? 2 * H : G3; /* columns of dz that are d(xW) */
-    status = SFX(gemm_rm)(blas, 1, 0, I, zr_cols, TB, 1, x_cache, I, dz, G3, 0, d_kernel, G3);
+    status = SFX(weight_gradient_gemm)(blas, I, zr_cols, TB, x_cache, I, dz, G3, 0, d_kernel, G3);
     if (status) goto done;
     if (reset_after) {
-        status = SFX(gemm_rm)(blas, 1, 0, I, H, TB, 1, x_cache, I, dxh, H, 0, d_kernel + 2 * H, G3);
+        status = SFX(weight_gradient_gemm)(blas, I, H, TB, x_cache, I, dxh, H, 0, d_kernel + 2 * H,
+                                           G3);
         if (status) goto done;
     }
     /* dU: rows of hp against dR (reset_after=1: all 3H columns; else z, r only) */
@@ -705,22 +706,22 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 if (hp) SFX(gru_drop)(B * H, hp, m, dst);
                 else memset(dst, 0, (size_t)(B * H) * sizeof(REAL));
             }
-            status = SFX(gemm_rm)(blas, 1, 0, H, H, TB, 1, hp_dropped, H, dz + g * H, G3, 0,
-                                  d_recurrent + g * H, G3);
+            status = SFX(weight_gradient_gemm)(blas, H, H, TB, hp_dropped, H, dz + g * H, G3, 0,
+                                               d_recurrent + g * H, G3);
             if (status) goto done;
         }
     } else if (T > 1) {
-        status = SFX(gemm_rm)(blas, 1, 0, H, hp_cols, (T - 1) * B, 1, h_states, H, dz + B * G3, G3,
-                              0, d_recurrent, G3);
+        status = SFX(weight_gradient_gemm)(blas, H, hp_cols, (T - 1) * B, h_states, H, dz + B * G3,
+                                           G3, 0, d_recurrent, G3);
         if (status) goto done;
     }
     if (h0 && !rec_mask) {
-        status = SFX(gemm_rm)(blas, 1, 0, H, hp_cols, B, 1, h0, H, dz, G3, 1, d_recurrent, G3);
+        status = SFX(weight_gradient_gemm)(blas, H, hp_cols, B, h0, H, dz, G3, 1, d_recurrent, G3);
         if (status) goto done;
     }
     if (!reset_after) { /* dUh = q^T dz_h, q = r*hp cached per step */
-        status = SFX(gemm_rm)(blas, 1, 0, H, H, TB, 1, hr_cache, H, dz + 2 * H, G3, 0,
-                              d_recurrent + 2 * H, G3);
+        status = SFX(weight_gradient_gemm)(blas, H, H, TB, hr_cache, H, dz + 2 * H, G3, 0,
+                                           d_recurrent + 2 * H, G3);
         if (status) goto done;
     }
     if (d_bias) {

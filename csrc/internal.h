@@ -174,6 +174,9 @@ static inline ptrdiff_t frnn_spread_stride(ptrdiff_t cols, size_t elem_size) {
 
 /* Multiply-adds below which a GEMM outside the time loop stays on one thread (~5 us). */
 #define FRNN_GEMM_SPLIT_MIN_MACS ((ptrdiff_t)1 << 18)
+/* A GEMM outside the time loop splits its sum over k between the threads (gemm_rm_split_k)
+ * when k is at least this many times C's longer side. */
+#define FRNN_GEMM_SPLIT_K_RATIO 4
 
 /* Batch rows per thread below which a time loop is not split by rows, and per-step
  * multiply-adds below which it is not split by rows (a parallel region costs a few us). */

@@ -388,15 +388,16 @@ weights:
         h_prev_from_step1 = h_prev_dropped + B * H;
         h0_used = h_prev_dropped;
     }
-    status = SFX(gemm_rm)(blas, 1, 0, I, G4, T * B, 1, x_cache, I, dz, ldz, 0, d_kernel, G4);
+    status = SFX(weight_gradient_gemm)(blas, I, G4, T * B, x_cache, I, dz, ldz, 0, d_kernel, G4);
     if (status) goto done;
     if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t over t >= 1 ... */
-        status = SFX(gemm_rm)(blas, 1, 0, H, G4, (T - 1) * B, 1, h_prev_from_step1, H,
-                              dz + B * ldz, ldz, 0, d_recurrent, G4);
+        status = SFX(weight_gradient_gemm)(blas, H, G4, (T - 1) * B, h_prev_from_step1, H,
+                                           dz + B * ldz, ldz, 0, d_recurrent, G4);
         if (status) goto done;
     }
     if (h0) { /* ... plus the t = 0 term */
-        status = SFX(gemm_rm)(blas, 1, 0, H, G4, B, 1, h0_used, H, dz, ldz, 1, d_recurrent, G4);
+        status = SFX(weight_gradient_gemm)(blas, H, G4, B, h0_used, H, dz, ldz, 1, d_recurrent,
+                                           G4);
         if (status) goto done;
     }
     if (d_bias) SFX(column_sums)(dz, T * B, G4, ldz, d_bias);

@@ -28,6 +28,55 @@ static int SFX(gemm_rm_serial)(const frnn_blas *blas, int trans_a, int trans_b,
     return FRNN_OK;
 }
 
+/* C = alpha op(A) op(B) + beta C with the sum over k split into nt fixed bands: band 0
+ * accumulates into C, band i > 0 into its own m x n partial, and the partials are then
+ * added to C in band order (so results never depend on the team the runtime grants).
+ * For the weight gradients (k = T*B rows against a few hundred columns): split by rows or
+ * columns of C, every thread packs the whole of the other operand; split by k, nobody
+ * packs anything twice.  Returns FRNN_ENOMEM, having written nothing, when the partials
+ * do not fit. */
+static int SFX(gemm_rm_split_k)(const frnn_blas *blas, int nt, int trans_a, int trans_b,
+                                ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, REAL alpha,
+                                const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb,
+                                REAL beta, REAL *c, ptrdiff_t ldc) {
+    REAL *partials = frnn_alloc((size_t)(nt - 1) * (size_t)(m * n), sizeof(REAL));
+    if (!partials) return FRNN_ENOMEM;
+    int status = FRNN_OK;
+#pragma omp parallel num_threads(nt)
+    {
+        for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
+            const ptrdiff_t lo = k * band / nt, hi = k * (band + 1) / nt;
+            /* terms lo..hi of the sum: rows of A and B, or their columns when transposed */
+            const REAL *a_band = trans_a ? a + lo * lda : a + lo;
+            const REAL *b_band = trans_b ? b + lo : b + lo * ldb;
+            int st;
+            if (band == 0)
+                st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, n, hi - lo, alpha, a_band,
+                                         lda, b_band, ldb, beta, c, ldc);
+            else
+                st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, n, hi - lo, alpha, a_band,
+                                         lda, b_band, ldb, 0, partials + (band - 1) * m * n, n);
+            if (st) {
+#pragma omp atomic write
+                status = st;
+            }
+        }
+    }
+    if (status == FRNN_OK) {
+#pragma omp parallel num_threads(nt)
+        for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
+            for (ptrdiff_t i = m * band / nt; i < m * (band + 1) / nt; ++i)
+                for (int p = 0; p < nt - 1; ++p) {
+                    const REAL *FRNN_RESTRICT src = partials + p * m * n + i * n;
+                    REAL *FRNN_RESTRICT dst = c + i * ldc;
+                    for (ptrdiff_t j = 0; j < n; ++j) dst[j] += src[j];
+                }
+        }
+    }
+    free(partials);
+    return status;
+}
+
 /* gemm_rm_serial's product split over the kernels' threads: each thread computes a band
  * of C's rows (or, when C is wider than tall, of its columns) with a serial BLAS call.
  * Why not BLAS' own threads: the Python layer runs BLAS single-threaded during kernel
@@ -71,6 +120,22 @@ static int SFX(gemm_rm)(const frnn_blas *blas, int trans_a, int trans_b,
         }
     }
     return status;
+}
+
+/* A weight gradient: C = A^T B (beta 0) or C += A^T B (beta 1), summed over the k = T*B
+ * rows of A (k x m, row stride lda) and B (k x n, row stride ldb).  With k long against C
+ * the threads split the sum (gemm_rm_split_k), else C's rows or columns (gemm_rm). */
+static int SFX(weight_gradient_gemm)(const frnn_blas *blas, ptrdiff_t m, ptrdiff_t n,
+                                     ptrdiff_t k, const REAL *a, ptrdiff_t lda, const REAL *b,
+                                     ptrdiff_t ldb, REAL beta, REAL *c, ptrdiff_t ldc) {
+    const int nt = frnn_get_num_threads();
+    if (nt > 1 && (double)m * (double)n * (double)k >= (double)FRNN_GEMM_SPLIT_MIN_MACS
+        && k >= FRNN_GEMM_SPLIT_K_RATIO * (m > n ? m : n)) {
+        int status = SFX(gemm_rm_split_k)(blas, nt, 1, 0, m, n, k, 1, a, lda, b, ldb, beta,
+                                          c, ldc);
+        if (status != FRNN_ENOMEM) return status; /* no room for the partials: by bands */
+    }
+    return SFX(gemm_rm)(blas, 1, 0, m, n, k, 1, a, lda, b, ldb, beta, c, ldc);
 }
 
 /* Copy the input of processing steps [t0, t1) into a time-major (t1-t0, B, I) buffer. */

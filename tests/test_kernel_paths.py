@@ -302,3 +302,38 @@ def test_backward_without_input_gradient(rng, cell, dropout, path, dtype):
     assert ref_bwd(want.cache, arrays[5].astype(np.float64), input_gradient=False).x is None
     with pytest.raises(TypeError, match="input_gradient"):
         bwd(out.cache, arrays[5], input_gradient="no")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dtype):
+    """The weight gradients sum over T*B rows: when those outnumber the gradient's longer
+    side 4 times over, two threads split the sum itself (one partial each, added in a fixed
+    order) rather than the gradient's rows or columns.  Here T*B = 640 rows against at
+    most 52 columns, and the recurrent kernel's gradient (at least 13*52*640 or 31*31*640
+    multiply-adds) is past both thresholds (csrc/internal.h: FRNN_GEMM_SPLIT_K_RATIO,
+    FRNN_GEMM_SPLIT_MIN_MACS)."""
+    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
+    batch, steps, features = 16, 40, 11
+    units = 31 if cell == "simple_rnn" else 13
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, gates * units)) * 0.3
+    recurrent = rng.standard_normal((units, gates * units)) * 0.3
+    bias = rng.standard_normal((2, gates * units) if cell == "gru" else (gates * units,))
+    mask = rng.random((batch, steps)) > 0.25
+    d_out = rng.standard_normal((batch, steps, units))
+    kwargs = dict(extra, mask=mask, training=True)
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, d_out)]
+    with fusedrnn.threads(threads):
+        got = fwd(*arrays[:4], **kwargs)
+        grads = bwd(got.cache, arrays[4])
+        again = bwd(got.cache, arrays[4])
+    want = ref_fwd(*(a.astype(np.float64) for a in arrays[:4]), **kwargs)
+    want_grads = ref_bwd(want.cache, arrays[4].astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    for name in ("x", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_allclose(getattr(grads, name), getattr(want_grads, name),
+                                   rtol=tol, atol=tol * 10, err_msg=name)
+        # the same split every call: bitwise the same sums
+        np.testing.assert_array_equal(getattr(again, name), getattr(grads, name), err_msg=name)
