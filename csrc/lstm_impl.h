@@ -246,6 +246,8 @@ FRNN_CLONES static void SFX(lstm_step_backward_pointwise)(
     REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, REAL *FRNN_RESTRICT tc, REAL *FRNN_RESTRICT dtc,
     ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const int sigmoid_tanh =
+        d->recurrent_activation == FRNN_ACT_SIGMOID && d->activation == FRNN_ACT_TANH;
     for (ptrdiff_t b = 0; b < B; ++b) {
         REAL *FRNN_RESTRICT dhb = dh + b * H + j0, *FRNN_RESTRICT dcb = dc + b * H + j0;
         REAL *FRNN_RESTRICT dzb = dz + b * ldz;
@@ -264,6 +266,21 @@ FRNN_CLONES static void SFX(lstm_step_backward_pointwise)(
         const REAL *FRNN_RESTRICT cpb = c_prev ? c_prev + b * H + j0 : NULL;
         REAL *FRNN_RESTRICT dzi = dzb + j0, *FRNN_RESTRICT dzf = dzb + H + j0;
         REAL *FRNN_RESTRICT dzg = dzb + 2 * H + j0, *FRNN_RESTRICT dzo = dzb + 3 * H + j0;
+        if (sigmoid_tanh) { /* the usual activations: one pass, each value read once */
+            const REAL *FRNN_RESTRICT cb = c_t + b * H + j0;
+            for (ptrdiff_t j = 0; j < n; ++j) {
+                const REAL i = gi[j], f = gf[j], g = gg[j], o = go[j];
+                const REAL a = TANH1(cb[j]); /* a(c_t), recomputed rather than stored */
+                dzo[j] = (dhb[j] * a) * (o * ((REAL)1 - o));
+                const REAL dct = dcb[j] + (dhb[j] * o) * ((REAL)1 - a * a);
+                dzi[j] = (dct * g) * (i * ((REAL)1 - i));
+                dzf[j] = cpb ? (dct * cpb[j]) * (f * ((REAL)1 - f)) : (REAL)0;
+                dzg[j] = (dct * i) * ((REAL)1 - g * g);
+                dcb[j] = dct * f;
+                dhb[j] = 0;
+            }
+            continue;
+        }
         memcpy(tc, c_t + b * H + j0, (size_t)n * sizeof(REAL));
         ACTIVATE(d->activation, tc, n); /* a(c_t), recomputed rather than stored */
         for (ptrdiff_t j = 0; j < n; ++j) {
