@@ -430,6 +430,8 @@ FRNN_CLONES static void SFX(gru_step_after_backward_pointwise)(
     ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dr,
     REAL *FRNN_RESTRICT dxh, ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const int sigmoid_tanh =
+        d->recurrent_activation == FRNN_ACT_SIGMOID && d->activation == FRNN_ACT_TANH;
     for (ptrdiff_t b = 0; b < B; ++b) {
         REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
         REAL *FRNN_RESTRICT drz = dr + b * 3 * H + j0, *FRNN_RESTRICT drr = drz + H;
@@ -449,6 +451,18 @@ FRNN_CLONES static void SFX(gru_step_after_backward_pointwise)(
         const REAL *FRNN_RESTRICT gr = gz + H, *FRNN_RESTRICT gh = gz + 2 * H;
         const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H + j0 : NULL;
         const REAL *FRNN_RESTRICT rhb = hr_t + b * H + j0;
+        if (sigmoid_tanh) { /* the usual activations: one pass, each value read once */
+            for (ptrdiff_t j = 0; j < n; ++j) {
+                const REAL hp = hpb ? hpb[j] : (REAL)0, z = gz[j], r = gr[j], hh = gh[j];
+                const REAL dhh = (dhb[j] * ((REAL)1 - z)) * ((REAL)1 - hh * hh); /* d hh */
+                drz[j] = (dhb[j] * (hp - hh)) * (z * ((REAL)1 - z));             /* d z */
+                dhb[j] *= z; /* direct path h = z*hp + ... */
+                dxhb[j] = dhh;
+                drr[j] = (dhh * rhb[j]) * (r * ((REAL)1 - r)); /* d r */
+                drh[j] = dhh * r;                              /* d Rh */
+            }
+            continue;
+        }
         for (ptrdiff_t j = 0; j < n; ++j) {
             REAL hp = hpb ? hpb[j] : (REAL)0;
             dxhb[j] = dhb[j] * ((REAL)1 - gz[j]); /* d hh */
