@@ -201,6 +201,15 @@ FRNN_CLONES static void SFX(rnn_step_backward_pointwise)(
         REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
         REAL *FRNN_RESTRICT dzb = dz + b * ldz + j0;
         const int masked = mask_t && !mask_t[b];
+        if (!masked && d->activation == FRNN_ACT_TANH) { /* the usual case: one pass */
+            const REAL *FRNN_RESTRICT hb = h_t + b * H + j0;
+            const REAL *FRNN_RESTRICT db = dout ? dout + b * dout_stride_b + j0 : NULL;
+            for (ptrdiff_t j = 0; j < n; ++j) {
+                dzb[j] = (db ? dhb[j] + db[j] : dhb[j]) * ((REAL)1 - hb[j] * hb[j]);
+                dhb[j] = 0;
+            }
+            continue;
+        }
         if (dout && !(masked && d->zero_output_for_mask)) {
             const REAL *db = dout + b * dout_stride_b + j0;
             for (ptrdiff_t j = 0; j < n; ++j) dhb[j] += db[j];
