@@ -144,7 +144,10 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
  *     but B=8, H=256: 0.96-1.07; B=4, H=512: 1.02; B=1-2: 0.91-0.94.
  *   SimpleRNN inference: B=1 0.83-0.96; B=8 0.94-1.00; B=32 1.04-1.09 (I=1024, H=128:
  *     1.07); B=128 1.03-1.25.
- *     SimpleRNN training: 0.98-1.06, so it keeps the GEMM.
+ *     SimpleRNN training, with the tiles storing into the cold state cache: 0.98-1.06.
+ *     With one step's z kept in cache and h_t copied to the state cache from there
+ *     (Zen 4): B=8-32 0.94-1.01, B=64-128 1.04-1.06 (B=128, H=512: 1.06-1.23), so
+ *     training fuses from 64 rows.
  *   GRU keeps the GEMM: a fused tile (3 rows x z, r, input and recurrent parts of h, the
  *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128. */
 static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units) {
@@ -155,7 +158,7 @@ static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptr
 static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    return !training && batch >= 32;
+    return batch >= (training ? 64 : 32);
 }
 
 /* Row stride for a scratch matrix of `cols` columns whose rows a tile reads side by side

@@ -16,14 +16,16 @@
  *   h_prev (B,H): h_{t-1}, read.  h_next (B,H): h_t, written for the units; a different
  *     array, since with the units split another thread still reads h_prev.
  *   mask_t (B,) or NULL.   out: row b at out + b*out_stride_b, or NULL.
+ *   h_save (B,H) or NULL: h_t, for backward, when z is not itself the cache.
  *   rec_mask, h_next_dropped (B,H) or NULL: recurrent dropout; h_next * rec_mask is what
  *     the next step's product reads. */
 FRNN_CLONES static void SFX(rnn_step_pointwise)(const frnn_dims *d, REAL *FRNN_RESTRICT z,
                                                 const REAL *FRNN_RESTRICT h_prev,
                                                 REAL *FRNN_RESTRICT h_next, const uint8_t *mask_t,
                                                 REAL *out, ptrdiff_t out_stride_b,
-                                                int carry_into_z, const REAL *rec_mask,
-                                                REAL *h_next_dropped, ptrdiff_t j0, ptrdiff_t j1) {
+                                                int carry_into_z, REAL *h_save,
+                                                const REAL *rec_mask, REAL *h_next_dropped,
+                                                ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
     const size_t bytes = (size_t)n * sizeof(REAL);
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -43,6 +45,7 @@ FRNN_CLONES static void SFX(rnn_step_pointwise)(const frnn_dims *d, REAL *FRNN_R
             memcpy(hn, zb, bytes);
             if (ob) memcpy(ob, zb, bytes);
         }
+        if (h_save) memcpy(h_save + b * H + j0, hn, bytes);
         if (rec_mask) {
             const REAL *FRNN_RESTRICT m = rec_mask + b * H + j0;
             REAL *FRNN_RESTRICT hd = h_next_dropped + b * H + j0;
@@ -81,9 +84,12 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (chunk > T) chunk = T;
     }
     uint8_t *mask_tm = NULL;
-    /* inference: the pre-activations of a chunk of steps, or of one step when fused */
-    REAL *z_buf = training ? h_states
-                           : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * H), sizeof(REAL));
+    /* the pre-activations of one step when fused (training copies h_t to its cache from
+     * there); unfused, training projects every step into the cache and activates it in
+     * place, and inference projects a chunk of steps at once */
+    const int z_in_cache = training && !fuse_input;
+    REAL *z_buf = z_in_cache ? h_states
+                             : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * H), sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     /* h is double-buffered (h_n, h_alt): with the units split, h_{t-1} must stay readable
      * while h_t is written; likewise h*rec_mask. */
@@ -124,7 +130,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     for (ptrdiff_t t0 = 0; t0 < T; t0 += chunk) {
         ptrdiff_t t1 = t0 + chunk < T ? t0 + chunk : T;
         REAL *x_chunk = training ? x_buf + t0 * B * I : x_buf;
-        REAL *z_chunk = training ? z_buf + t0 * B * H : z_buf;
+        REAL *z_chunk = z_in_cache ? z_buf + t0 * B * H : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         if (!fuse_input) {
@@ -142,7 +148,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                 SFX(rnn_step_pointwise)(d, z_t, h_prev, h_buf[(t + 1) & 1],
                                         mask ? mask_tm + t * B : NULL,
                                         outputs ? outputs + t * os.stride_t : NULL, os.stride_b,
-                                        training, rec_mask, hd_buf[(t + 1) & 1], 0, H);
+                                        training, NULL, rec_mask, hd_buf[(t + 1) & 1], 0, H);
             }
             continue;
         }
@@ -151,9 +157,9 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = t0; t < t1; ++t) {
-                /* fused inference reuses one step's z: each thread rewrites only the rows
-                 * and units it reads back itself */
-                REAL *z_t = z_chunk + ((fuse_input && !training ? 0 : t - t0) * B + b0) * H;
+                /* fused, one step's z is reused: each thread rewrites only the rows and
+                 * units it reads back itself */
+                REAL *z_t = z_chunk + ((fuse_input ? 0 : t - t0) * B + b0) * H;
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
                 const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
                 /* unfused: no input rows and no bias, so z_t += h U over its projection */
@@ -165,7 +171,8 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                     &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
                     outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL, os.stride_b,
-                    training, rec_mask ? rec_mask + b0 * H : NULL,
+                    z_in_cache, training && !z_in_cache ? h_states + (t * B + b0) * H : NULL,
+                    rec_mask ? rec_mask + b0 * H : NULL,
                     rec_mask ? hd_buf[(t + 1) & 1] + b0 * H : NULL, j0, j1);
                 /* split by units: h_t needs every thread's units before the next step */
                 if (!split.by_rows) {
@@ -180,8 +187,8 @@ done:
     free(h_dropped);
     free(packed);
     free(packed_bias);
+    if (!z_in_cache) free(z_buf);
     if (!training) {
-        free(z_buf);
         free(x_buf);
         free(mask_tm);
     }
