@@ -47,6 +47,20 @@ def kernel_paths(split_min_macs=-1, split_by=-1, **choice):
         _kernels.set_path_overrides(*previous)
 
 
+def masked_problem(rng, cell, batch, steps, features, units, dtype):
+    """Random (x, kernel, recurrent_kernel, bias, d_outputs) in dtype and the forward's
+    keyword arguments (the cell's options, a mask, training) for a cell of CELLS."""
+    gates, *_, extra = CELLS[cell]
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, gates * units)) * 0.3
+    recurrent = rng.standard_normal((units, gates * units)) * 0.3
+    bias = rng.standard_normal((2, gates * units) if cell == "gru" else (gates * units,))
+    mask = rng.random((batch, steps)) > 0.25
+    d_out = rng.standard_normal((batch, steps, units))
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, d_out)]
+    return arrays, dict(extra, mask=mask, training=True)
+
+
 def test_this_machine_reports_its_simd_path():
     assert isinstance(_kernels.cpu_has_avx2_fma(), bool)
 
@@ -57,16 +71,8 @@ def test_this_machine_reports_its_simd_path():
 @pytest.mark.parametrize("batch,units", SHAPES)
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype):
-    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
-    steps, features = 5, 3
-    x = rng.standard_normal((batch, steps, features))
-    kernel = rng.standard_normal((features, gates * units)) * 0.3
-    recurrent = rng.standard_normal((units, gates * units)) * 0.3
-    bias = rng.standard_normal((2, gates * units) if cell == "gru" else (gates * units,))
-    mask = rng.random((batch, steps)) > 0.25
-    d_out = rng.standard_normal((batch, steps, units))
-    kwargs = dict(extra, mask=mask, training=True)
-    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, d_out)]
+    _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
+    arrays, kwargs = masked_problem(rng, cell, batch, 5, 3, units, dtype)
     threads, split_by = THREADING[threading]
     with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
                                                  **PATHS[path]):
@@ -314,17 +320,9 @@ def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dty
     most 52 columns, and the recurrent kernel's gradient (at least 13*52*640 or 31*31*640
     multiply-adds) is past both thresholds (csrc/internal.h: FRNN_GEMM_SPLIT_K_RATIO,
     FRNN_GEMM_SPLIT_MIN_MACS)."""
-    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
-    batch, steps, features = 16, 40, 11
+    _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     units = 31 if cell == "simple_rnn" else 13
-    x = rng.standard_normal((batch, steps, features))
-    kernel = rng.standard_normal((features, gates * units)) * 0.3
-    recurrent = rng.standard_normal((units, gates * units)) * 0.3
-    bias = rng.standard_normal((2, gates * units) if cell == "gru" else (gates * units,))
-    mask = rng.random((batch, steps)) > 0.25
-    d_out = rng.standard_normal((batch, steps, units))
-    kwargs = dict(extra, mask=mask, training=True)
-    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, bias, d_out)]
+    arrays, kwargs = masked_problem(rng, cell, 16, 40, 11, units, dtype)
     with fusedrnn.threads(threads):
         got = fwd(*arrays[:4], **kwargs)
         grads = bwd(got.cache, arrays[4])
