@@ -192,7 +192,8 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
      * inference projects a chunk of steps at once. */
     const int z_in_cache = training && !fuse_input;
     REAL *z_buf = z_in_cache ? gates
-                             : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * G4), sizeof(REAL));
+                             : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * G4),
+                                          sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (!packed || !scratch || !h_alt || !z_buf || !x_buf || (mask && !mask_tm)

@@ -89,7 +89,8 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
      * place, and inference projects a chunk of steps at once */
     const int z_in_cache = training && !fuse_input;
     REAL *z_buf = z_in_cache ? h_states
-                             : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * H), sizeof(REAL));
+                             : frnn_alloc((size_t)((fuse_input ? 1 : chunk) * B * H),
+                                          sizeof(REAL));
     REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     /* h is double-buffered (h_n, h_alt): with the units split, h_{t-1} must stay readable
      * while h_t is written; likewise h*rec_mask. */
