@@ -488,6 +488,8 @@ FRNN_CLONES static void SFX(gru_step_before_backward_zh)(
     const uint8_t *mask_t, const REAL *dout, ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh,
     REAL *FRNN_RESTRICT dz, ptrdiff_t j0, ptrdiff_t j1) {
     const ptrdiff_t B = d->batch, H = d->units, n = j1 - j0;
+    const int sigmoid_tanh =
+        d->recurrent_activation == FRNN_ACT_SIGMOID && d->activation == FRNN_ACT_TANH;
     for (ptrdiff_t b = 0; b < B; ++b) {
         REAL *FRNN_RESTRICT dhb = dh + b * H + j0;
         REAL *FRNN_RESTRICT dzz = dz + b * 3 * H + j0, *FRNN_RESTRICT dzh = dzz + 2 * H;
@@ -502,6 +504,15 @@ FRNN_CLONES static void SFX(gru_step_before_backward_zh)(
         }
         const REAL *FRNN_RESTRICT gz = gates_t + b * 3 * H + j0, *FRNN_RESTRICT gh = gz + 2 * H;
         const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H + j0 : NULL;
+        if (sigmoid_tanh) { /* the usual activations: one pass */
+            for (ptrdiff_t j = 0; j < n; ++j) {
+                const REAL hp = hpb ? hpb[j] : (REAL)0, z = gz[j], hh = gh[j];
+                dzh[j] = (dhb[j] * ((REAL)1 - z)) * ((REAL)1 - hh * hh);
+                dzz[j] = (dhb[j] * (hp - hh)) * (z * ((REAL)1 - z));
+                dhb[j] *= z;
+            }
+            continue;
+        }
         for (ptrdiff_t j = 0; j < n; ++j) {
             REAL hp = hpb ? hpb[j] : (REAL)0;
             dzh[j] = dhb[j] * ((REAL)1 - gz[j]);
@@ -529,6 +540,14 @@ FRNN_CLONES static void SFX(gru_step_before_backward_r)(
         const REAL *FRNN_RESTRICT dqb = dq + b * H + j0;
         const REAL *FRNN_RESTRICT hpb = h_prev ? h_prev + b * H + j0 : NULL;
         const REAL *FRNN_RESTRICT mb = m_h ? m_h + b * H + j0 : NULL;
+        if (d->recurrent_activation == FRNN_ACT_SIGMOID) { /* the usual case: one pass */
+            for (ptrdiff_t j = 0; j < n; ++j) {
+                const REAL dqm = mb ? dqb[j] * mb[j] : dqb[j], r = gr[j]; /* d(r*hp) */
+                dzr[j] = (hpb ? dqm * hpb[j] : (REAL)0) * (r * ((REAL)1 - r));
+                dhb[j] += dqm * r;
+            }
+            continue;
+        }
         for (ptrdiff_t j = 0; j < n; ++j) {
             REAL dqm = mb ? dqb[j] * mb[j] : dqb[j]; /* d(r*hp) */
             dzr[j] = hpb ? dqm * hpb[j] : (REAL)0;
