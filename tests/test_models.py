@@ -104,6 +104,50 @@ def test_tensor_used_twice_accumulates_gradients(rng):
     _check_model_gradients(model, x, y)
 
 
+def _record_backward_calls(layer, calls):
+    backward = layer.backward
+
+    def recording(tape, d_outputs, **kwargs):
+        calls.append((layer.name, kwargs.get("input_gradient", True)))
+        return backward(tape, d_outputs, **kwargs)
+    layer.backward = recording
+
+
+@pytest.mark.parametrize("first", ["lstm", "bidirectional"])
+def test_layers_fed_by_model_inputs_skip_their_input_gradient(rng, first):
+    """Training discards the gradient w.r.t. the model's inputs, so a recurrent layer fed
+    straight by them is asked not to compute it (input_gradient=False: one GEMM less), as
+    Keras' and torch's autodiff compute no gradient nobody uses; a layer fed by another
+    layer still computes it, and the weight gradients are bitwise those of a run where the
+    first layer computes its input's gradient too."""
+    inputs = engine.Input((6, 3), dtype=F64)
+    if first == "lstm":
+        layer = L.LSTM(5, return_sequences=True, dtype=F64)
+    else:
+        layer = L.Bidirectional(L.SimpleRNN(5, return_sequences=True, dtype=F64))
+    inner = L.Bidirectional(L.GRU(4, dtype=F64))
+    model = models.Model(inputs, L.Dense(2, dtype=F64)(inner(layer(inputs))))
+    _perturb_weights(model, rng)
+    model.compile("sgd", "mse")
+    x, y = rng.standard_normal((7, 6, 3)), rng.standard_normal((7, 2))
+    calls = []
+    for each in (layer, inner):
+        _record_backward_calls(each, calls)
+    loss, grads = model.loss_and_gradients(x, y)
+    assert calls == [(inner.name, True), (layer.name, False)]
+    layer._skips_input_gradient = False  # this instance: compute it like any other layer
+    calls.clear()
+    loss_full, grads_full = model.loss_and_gradients(x, y)
+    assert calls == [(inner.name, True), (layer.name, True)]
+    assert loss_full == loss
+    for g, g_full in zip(grads, grads_full):
+        np.testing.assert_array_equal(g, g_full)
+    del layer._skips_input_gradient
+    calls.clear()
+    model.fit(x, y, batch_size=7, epochs=1, verbose=0)
+    assert calls == [(inner.name, True), (layer.name, False)]
+
+
 # -- training ------------------------------------------------------------------------------
 
 def _sign_task(rng, n=240, steps=8):

@@ -266,9 +266,13 @@ class Model:
         return ([values[id(t)] for t in self.outputs], [masks[id(t)] for t in self.outputs],
                 records)
 
-    def _backward(self, records, output_grads):
+    def _backward(self, records, output_grads, input_gradients=True):
         """Reverse pass.  output_grads: list aligned with self.outputs (None = 0).
-        Returns gradients aligned with trainable_weights and with the model inputs."""
+        Returns gradients aligned with trainable_weights and with the model inputs; with
+        input_gradients=False the latter are not wanted, so a recurrent layer fed straight
+        by model inputs skips its input's gradient (one GEMM less, as in Keras and torch,
+        whose autodiff computes no gradient nobody asks for) and they come back None."""
+        model_inputs = {id(t) for t in self.inputs}
         grads = {}
         for tensor, g in zip(self.outputs, output_grads):
             _accumulate(grads, id(tensor), g)
@@ -278,8 +282,13 @@ class Model:
             if all(g is None for g in d_outs):
                 continue  # nothing downstream of this call reaches the loss
             d_outputs = d_outs if node.returns_list else d_outs[0]
-            d_inputs, d_state, d_weights = node.layer.backward(tape, d_outputs)
             in_tensors = node.inputs if isinstance(node.inputs, list) else [node.inputs]
+            if (not input_gradients and getattr(node.layer, "_skips_input_gradient", False)
+                    and all(id(t) in model_inputs for t in in_tensors)):
+                d_inputs, d_state, d_weights = node.layer.backward(tape, d_outputs,
+                                                                   input_gradient=False)
+            else:
+                d_inputs, d_state, d_weights = node.layer.backward(tape, d_outputs)
             d_in_list = d_inputs if isinstance(node.inputs, list) else [d_inputs]
             for tensor, g in zip(in_tensors, d_in_list):
                 _accumulate(grads, id(tensor), g)
@@ -408,7 +417,7 @@ class Model:
         targets = self._standardize_targets(y)
         outputs, masks, records = self._run(arrays, training=True)
         loss, _, output_grads = self._loss_and_output_grads(targets, outputs, masks)
-        weight_grads, _ = self._backward(records, output_grads)
+        weight_grads, _ = self._backward(records, output_grads, input_gradients=False)
         return loss, weight_grads
 
     # -- metrics bookkeeping --------------------------------------------------------------
@@ -536,7 +545,7 @@ class Model:
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"fit: the loss became {loss} at epoch "
                                              f"{epoch + 1}, batch {step + 1}")
-                weight_grads, _ = self._backward(records, output_grads)
+                weight_grads, _ = self._backward(records, output_grads, input_gradients=False)
                 del records  # release the tapes before the update
                 self.optimizer.apply(weight_grads, self.trainable_weights)
                 self._update_trackers(len(index), loss, per_output,

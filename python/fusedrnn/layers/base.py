@@ -267,6 +267,10 @@ class Layer:
     def backward(self, tape, d_outputs):
         raise NotImplementedError
 
+    # Layers whose backward takes input_gradient=False (then returns None for the input's
+    # gradient and skips computing it); a model passes it where its input is model data.
+    _skips_input_gradient = False
+
     def _check_no_initial_state(self, initial_state):
         if initial_state is not None:
             raise ValueError(f"{self.name}: initial_state is only accepted by recurrent layers")

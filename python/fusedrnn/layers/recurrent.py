@@ -284,7 +284,11 @@ class _RNN(Layer):
             tape = _RNNTape(result.cache, input_dropout, user_state, steps)
         return outputs, tape
 
-    def backward(self, tape, d_outputs):
+    _skips_input_gradient = True
+
+    def backward(self, tape, d_outputs, input_gradient=True):
+        """Gradients of one forward call: (d_inputs, d_initial_state, d_weights).  With
+        input_gradient=False the kernels skip the input's gradient (d_inputs is None)."""
         self._check_tape(tape, self)
         _, backward_op = self._kernel_functions()
         count = len(self._state_names)
@@ -310,9 +314,9 @@ class _RNN(Layer):
             else:
                 # without zero_output_for_mask, the last output *is* the final h
                 d_states[0] = d_output if d_states[0] is None else d_states[0] + d_output
-        grads = backward_op(tape.cache, d_sequence, *d_states)
+        grads = backward_op(tape.cache, d_sequence, *d_states, input_gradient=input_gradient)
         d_inputs = grads.x
-        if tape.input_dropout is not None:
+        if d_inputs is not None and tape.input_dropout is not None:
             d_inputs = d_inputs * tape.input_dropout[:, None, :]
         d_initial = None
         if tape.user_state:

@@ -168,7 +168,9 @@ class Bidirectional(Layer):
             tape = (tape_fw, tape_bw, y, y_rev, initial_state is not None)
         return outputs, tape
 
-    def backward(self, tape, d_outputs):
+    _skips_input_gradient = True
+
+    def backward(self, tape, d_outputs, input_gradient=True):
         self._check_tape(tape, self)
         tape_fw, tape_bw, y, y_rev, had_state = tape
         n_out = 2 if self.merge_mode is None else 1
@@ -200,11 +202,11 @@ class Bidirectional(Layer):
             d_bw = [d_y_rev, *d_states[n_fw:]]
         else:
             d_fw, d_bw = d_y, d_y_rev
-        dx_fw, d_init_fw, dw_fw = self.forward_layer.backward(tape_fw, d_fw)
-        dx_bw, d_init_bw, dw_bw = self.backward_layer.backward(tape_bw, d_bw)
+        dx_fw, d_init_fw, dw_fw = self.forward_layer.backward(tape_fw, d_fw, input_gradient)
+        dx_bw, d_init_bw, dw_bw = self.backward_layer.backward(tape_bw, d_bw, input_gradient)
         d_initial = (list(d_init_fw) + list(d_init_bw)) if had_state else None
         d_weights = (dw_fw + dw_bw) if self.trainable else []
-        return dx_fw + dx_bw, d_initial, d_weights
+        return (dx_fw + dx_bw) if input_gradient else None, d_initial, d_weights
 
     def get_config(self):
         config = super().get_config()
