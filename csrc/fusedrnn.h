@@ -87,7 +87,9 @@ int frnn_get_num_threads(void);
  *   split_min_macs: per-step multiply-adds from which a time loop is split over the threads;
  *   split_by: 1 splits time loops by batch rows, 0 by units;
  *   fuse_input: 1 adds each step's input projection x_t W in the recurrent tiles (LSTM
- *     and SimpleRNN forward), 0 computes it for many steps at once with a BLAS GEMM.
+ *     and SimpleRNN forward) and computes each step's input gradient dz_t W^T in the
+ *     backward's time loop (every cell), 0 computes them for many steps at once with BLAS
+ *     GEMMs.
  *   Process-wide, like the thread count. */
 void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
                              int fuse_input);

@@ -578,7 +578,6 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     REAL *dz = frnn_alloc((size_t)(T * B * G3), sizeof(REAL));
     REAL *dxh = reset_after ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
     REAL *dq = reset_after ? NULL : frnn_alloc((size_t)(B * H), sizeof(REAL));
-    REAL *dx_tm = dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     /* recurrent dropout: per-step scratch, and h_{t-1}*m_g for all steps (dU, gate by gate) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
@@ -593,17 +592,34 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     /* gate block g's U_g^T at packed_gates_t + g * gate_stride */
     const ptrdiff_t gate_stride = nb * H * VW;
     REAL *packed_gates_t = gate_tiles ? frnn_alloc((size_t)(3 * gate_stride), sizeof(REAL)) : NULL;
-    if (!dz || (dx && !dx_tm) || (reset_after ? !dxh : !dq)
-        || (rec_mask && (!dh_step || !hp_dropped)) || (use_tiles && !packed_t)
-        || (gate_tiles && !packed_gates_t)) {
-        status = FRNN_ENOMEM;
-        goto done;
-    }
     /* the gate-by-gate loop meets twice per step */
     const frnn_split split = frnn_pick_split(
         B, nb, B * H * G3, frnn_row_split_min_rows(H),
         gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
     const int nt = tiles_ok ? split.threads : 1;
+    /* dx_t = d(x_t W) W^T in the time loop while the step's gradients are in cache, or
+     * GEMMs after it.  d(x_t W) is dz_t (reset_after=0), or dz_t's z, r blocks and dxh_t. */
+    const int fuse_dx = dx && tiles_ok && frnn_fuses_input_gradient(B, nt);
+    const ptrdiff_t nbx = SFX(unit_blocks)(I);
+    const ptrdiff_t zr_cols = reset_after ? 2 * H : G3; /* columns of dz that are d(xW) */
+    REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
+    REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * G3 * VW), sizeof(REAL)) : NULL;
+    REAL *zeros = fuse_dx ? frnn_alloc((size_t)(nbx * VW), sizeof(REAL)) : NULL;
+    if (!dz || (dx && !fuse_dx && !dx_tm) || (fuse_dx && (!packed_wt || !zeros))
+        || (reset_after ? !dxh : !dq) || (rec_mask && (!dh_step || !hp_dropped))
+        || (use_tiles && !packed_t) || (gate_tiles && !packed_gates_t)) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (fuse_dx) {
+        SFX(pack_recurrent_t)(kernel, G3, I, G3, packed_wt, nt);
+        memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
+    }
+/* dx_t for rows [b0, b0 + rows) from dz_t (row stride G3) and dxh_t (row stride H), both
+ * starting at row b0 */
+#define FRNN_GRU_STEP_DX(t, b0, rows, dz_t, dxh_t)                                          \
+    SFX(step_input_gradient)(d, split, packed_wt, zr_cols, dz_t, G3, reset_after ? H : 0,    \
+                             reset_after ? (dxh_t) : (dz_t), H, rows, zeros, t, b0, dx, dxs)
     if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, packed_t, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)
         SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, packed_gates_t + g * gate_stride, nt);
@@ -653,6 +669,8 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                                             dz_t + g * H, G3,
                                             rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh, H,
                                             p.jb0, p.jb1);
+                if (fuse_dx)
+                    FRNN_GRU_STEP_DX(t, b0, R, dz_t, reset_after ? dxh + (t * B + b0) * H : NULL);
             }
         }
     } else if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
@@ -674,6 +692,8 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 }
                 SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
                                         d_h0 + b0 * H, H, p.jb0, p.jb1);
+                if (fuse_dx)
+                    FRNN_GRU_STEP_DX(t, b0, p.rows.batch, dz_t, dxh + (t * B + b0) * H);
             }
         }
     } else { /* one thread */
@@ -714,13 +734,14 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                                           d_h0, H);
                 if (status) goto done;
             }
+            if (fuse_dx) FRNN_GRU_STEP_DX(t, 0, B, dz_t, reset_after ? dxh + t * B * H : NULL);
         }
     }
+#undef FRNN_GRU_STEP_DX
 
     /* Weight gradients: large GEMMs over all T*B rows.  h_{t-1} for t >= 1 is
      * h_states[t-1]; the t = 0 term uses h0 and vanishes without it. */
     const ptrdiff_t TB = T * B;
-    const ptrdiff_t zr_cols = reset_after ? 2 * H : G3; /* columns of dz that are d(xW) */
     status = SFX(weight_gradient_gemm)(blas, I, zr_cols, TB, x_cache, I, dz, G3, 0, d_kernel, G3);
     if (status) goto done;
     if (reset_after) {
@@ -764,7 +785,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
             SFX(column_sums)(dxh, TB, H, H, d_bias + 2 * H);
         }
     }
-    if (dx) {
+    if (dx && !fuse_dx) {
         status = SFX(gemm_rm)(blas, 0, 1, TB, I, zr_cols, 1, dz, G3, kernel, G3, 0, dx_tm, I);
         if (status) goto done;
         if (reset_after) {
@@ -779,6 +800,8 @@ done:
     free(dxh);
     free(dq);
     free(dx_tm);
+    free(packed_wt);
+    free(zeros);
     free(dh_step);
     free(hp_dropped);
     free(packed_t);

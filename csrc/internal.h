@@ -161,6 +161,21 @@ static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
     return batch >= (training ? 64 : 32);
 }
 
+/* Whether a backward computes each step's input gradient dz_t W^T in its time loop (the
+ * transposed tiles over W^T packed once, while dz_t is still in cache, written straight
+ * to dx) instead of one BLAS GEMM over all steps after the loop (which packs dZ again).
+ * Same override as the forward's input fusion (fuse_input).  Measured on the Zen 4,
+ * backward, 2 threads, T=100, in-loop over GEMM (in-process A/B):
+ *   64-128 rows: LSTM 1.02-1.08, GRU 1.03-1.06, SimpleRNN 1.03-1.06;
+ *   32 rows: LSTM 0.99-1.01, GRU 1.00-1.09, SimpleRNN 1.01-1.04;
+ *   16 rows: GRU 0.98, SimpleRNN 0.97; 8 rows: LSTM 0.97-1.03; 1 row: LSTM 0.92.
+ * So from 16 rows per thread. */
+static inline int frnn_fuses_input_gradient(ptrdiff_t batch, int threads) {
+    int forced = frnn_override_fuse_input();
+    if (forced >= 0) return forced;
+    return batch >= 16 * (ptrdiff_t)threads;
+}
+
 /* Row stride for a scratch matrix of `cols` columns whose rows a tile reads side by side
  * (the backward's dZ: 6 rows broadcast in one loop).  A stride that is a multiple
  * of 2 KiB puts those rows in a few L1 sets (4 KiB apart map to the same one of an 8-way

@@ -13,7 +13,8 @@
  * 1.01-1.10x over tiles storing into the cold cache and activating it in place).  h is
  * double-buffered so nobody overwrites the h_{t-1} another thread is still reading.
  * Backward: per step the fused gate-gradient pass for the owned units, a barrier, then
- * dh_{t-1} += dZ_t U^T for the owned units; the weight gradients are large BLAS GEMMs
+ * dh_{t-1} += dZ_t U^T for the owned units and, with enough rows, dx_t = dZ_t W^T while
+ * dZ_t is in cache (frnn_fuses_input_gradient); the weight gradients are large BLAS GEMMs
  * after the loop. */
 
 /* Steps of input projection computed at once during inference: bounds the scratch to
@@ -391,14 +392,20 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
      * many rows at once) */
     const ptrdiff_t ldz = frnn_spread_stride(G4, sizeof(REAL));
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
-    REAL *dx_tm = dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
+    /* dx_t = dZ_t W^T in the time loop while dZ_t is in cache, or one GEMM after it */
+    const int fuse_dx = dx && !blas_steps && frnn_fuses_input_gradient(B, nt);
+    const ptrdiff_t nbx = SFX(unit_blocks)(I);
+    REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
+    REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * G4 * VW), sizeof(REAL)) : NULL;
+    REAL *zeros = fuse_dx ? frnn_alloc((size_t)(nbx * VW), sizeof(REAL)) : NULL;
     /* the BLAS path needs dZ_t U^T in a scratch when it is masked by recurrent dropout */
     REAL *packed_t = blas_steps ? frnn_alloc((size_t)(rec_mask ? B * H : 1), sizeof(REAL))
                                 : frnn_alloc((size_t)(nb * G4 * VW), sizeof(REAL));
     REAL *scratch = frnn_alloc((size_t)(2 * nt * nb * VW), sizeof(REAL));
     /* with recurrent dropout: h_{t-1} as the recurrent GEMM saw it, for dU */
     REAL *h_prev_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
-    if (!dz || (dx && !dx_tm) || !packed_t || !scratch || (rec_mask && !h_prev_dropped)) {
+    if (!dz || (dx && !fuse_dx && !dx_tm) || (fuse_dx && (!packed_wt || !zeros)) || !packed_t
+        || !scratch || (rec_mask && !h_prev_dropped)) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -424,6 +431,10 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         goto weights;
     }
     SFX(pack_recurrent_t)(recurrent, G4, H, G4, packed_t, nt);
+    if (fuse_dx) {
+        SFX(pack_recurrent_t)(kernel, G4, I, G4, packed_wt, nt);
+        memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
+    }
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -448,6 +459,8 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
             SFX(recurrent_matmul_t)(packed_t, H, G4, p.rows.batch, dz_t, ldz,
                                     rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
                                     p.jb0, p.jb1);
+            if (fuse_dx) SFX(step_input_gradient)(d, split, packed_wt, 0, NULL, 0, G4, dz_t,
+                                                  ldz, p.rows.batch, zeros, t, b0, dx, dxs);
         }
     }
 
@@ -478,7 +491,7 @@ weights:
         if (status) goto done;
     }
     if (d_bias) SFX(column_sums)(dz, T * B, G4, ldz, d_bias);
-    if (dx) {
+    if (dx && !fuse_dx) {
         status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, ldz, kernel, G4, 0, dx_tm, I);
         if (status) goto done;
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
@@ -486,6 +499,8 @@ weights:
 done:
     free(dz);
     free(dx_tm);
+    free(packed_wt);
+    free(zeros);
     free(packed_t);
     free(scratch);
     free(h_prev_dropped);

@@ -609,6 +609,22 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t)(const REAL *packed_t, ptrdiff_t 
     FRNN_PICK(recurrent_matmul_t, packed_t, 0, dz, 0, H, GH, B, dz, ldz, NULL, keep, dh, ldh,
               jb0, jb1);
 }
+/* The input gradient of one step, for all rows b < B and the input columns i of blocks
+ * [ib0, ib1), from one or two row-aligned parts of the gate gradients:
+ *   dx[b, i] = sum_{c<K1} a1[b, c] W[i, c] + sum_{c<K2} a2[b, c] W[i, K1 + c]  (overwritten)
+ * packed_wt: W (I rows of K1 + K2 columns) packed by pack_recurrent_t with K = K1 + K2.
+ * a1 (B, K1) row stride ld1, unread when K1 = 0; a2 (B, K2) row stride ld2.
+ * zeros: at least ib1 * VW zeros (the sums' start, which makes the tiles store).
+ * dx (B, I) row stride ldx, must not alias a1 or a2. */
+FRNN_UNUSED static void SFX(input_gradient_matmul)(const REAL *packed_wt, ptrdiff_t I,
+                                                  ptrdiff_t K1, const REAL *a1, ptrdiff_t ld1,
+                                                  ptrdiff_t K2, const REAL *a2, ptrdiff_t ld2,
+                                                  ptrdiff_t B, const REAL *zeros, REAL *dx,
+                                                  ptrdiff_t ldx, ptrdiff_t ib0, ptrdiff_t ib1) {
+    if (K1 == 0) a1 = a2, ld1 = 0; /* never read */
+    FRNN_PICK(recurrent_matmul_t, packed_wt, K1, a1, ld1, I, K2, B, a2, ld2, zeros, NULL, dx,
+              ldx, ib0, ib1);
+}
 /* SimpleRNN's whole step: z = bias + x_t W + h_{t-1} U (W over U and the bias packed in
  * blocks of VW units by pack_input_recurrent; see recurrent_matmul_t_generic).  With I = 0
  * and no bias: z += h_{t-1} U over U packed alone (pack_recurrent, width VW). */
@@ -621,3 +637,25 @@ FRNN_UNUSED static void SFX(input_recurrent_matmul_t)(const REAL *packed, ptrdif
               jb0, jb1);
 }
 #undef FRNN_PICK
+
+/* dx rows [b0, b0 + rows) of processing step t, straight into the caller's layout, from
+ * the step's gate gradients (a1, a2: see input_gradient_matmul, rows from b0).  Called by
+ * every thread of a fused backward loop once the step's gate gradients are complete: split
+ * by rows, each thread computes its rows; by units, each a share of the input columns. */
+FRNN_UNUSED static void SFX(step_input_gradient)(const frnn_dims *d, frnn_split split,
+                                                 const REAL *packed_wt, ptrdiff_t K1,
+                                                 const REAL *a1, ptrdiff_t ld1, ptrdiff_t K2,
+                                                 const REAL *a2, ptrdiff_t ld2, ptrdiff_t rows,
+                                                 const REAL *zeros, ptrdiff_t t, ptrdiff_t b0,
+                                                 REAL *dx, frnn_seq_strides dxs) {
+    const ptrdiff_t I = d->input_size, nbx = SFX(unit_blocks)(I);
+    ptrdiff_t ib0 = 0, ib1 = nbx;
+    if (!split.by_rows) {
+        const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
+        ib0 = nbx * tid / team;
+        ib1 = nbx * (tid + 1) / team;
+    }
+    REAL *dst = dx + frnn_input_step(d, t) * dxs.stride_t + b0 * dxs.stride_b;
+    SFX(input_gradient_matmul)(packed_wt, I, K1, a1, ld1, K2, a2, ld2, rows, zeros, dst,
+                               dxs.stride_b, ib0, ib1);
+}

@@ -248,21 +248,30 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
      * many rows at once) */
     const ptrdiff_t ldz = frnn_spread_stride(H, sizeof(REAL));
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
-    REAL *dx_tm = dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
+    const ptrdiff_t nb = SFX(unit_blocks)(H), nbx = SFX(unit_blocks)(I);
+    const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H),
+                                             FRNN_PARALLEL_MIN_MACS);
+    const int nt = use_tiles ? split.threads : 1;
+    /* dx_t = dz_t W^T in the time loop while dz_t is in cache, or one GEMM after it */
+    const int fuse_dx = dx && use_tiles && frnn_fuses_input_gradient(B, nt);
+    REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
+    REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * H * VW), sizeof(REAL)) : NULL;
+    REAL *zeros = fuse_dx ? frnn_alloc((size_t)(nbx * VW), sizeof(REAL)) : NULL;
     /* recurrent dropout: per-step scratch, and h_{t-1}*m for all steps (for dU) */
     REAL *dh_step = rec_mask ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
     REAL *hp_dropped = rec_mask ? frnn_alloc((size_t)(T * B * H), sizeof(REAL)) : NULL;
-    const ptrdiff_t nb = SFX(unit_blocks)(H);
-    REAL *packed_t = !frnn_use_blas_steps(B, B * H * H) ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
-    if (!dz || (dx && !dx_tm) || (rec_mask && (!dh_step || !hp_dropped))
-        || (!frnn_use_blas_steps(B, B * H * H) && !packed_t)) {
+    REAL *packed_t = use_tiles ? frnn_alloc((size_t)(nb * H * VW), sizeof(REAL)) : NULL;
+    if (!dz || (dx && !fuse_dx && !dx_tm) || (fuse_dx && (!packed_wt || !zeros))
+        || (rec_mask && (!dh_step || !hp_dropped)) || (use_tiles && !packed_t)) {
         status = FRNN_ENOMEM;
         goto done;
     }
-    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H),
-                                             FRNN_PARALLEL_MIN_MACS);
-    const int nt = packed_t ? split.threads : 1;
     if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, packed_t, nt);
+    if (fuse_dx) {
+        SFX(pack_recurrent_t)(kernel, H, I, H, packed_wt, nt);
+        memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
+    }
     if (packed_t) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
@@ -283,6 +292,8 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                 SFX(recurrent_matmul_t)(packed_t, H, H, p.rows.batch, dz_t, ldz,
                                         rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
                                         p.jb0, p.jb1);
+                if (fuse_dx) SFX(step_input_gradient)(d, split, packed_wt, 0, NULL, 0, H, dz_t,
+                                                      ldz, p.rows.batch, zeros, t, b0, dx, dxs);
             }
         }
     } else { /* many rows without AVX2: BLAS' GEMM per step, one thread */
@@ -324,7 +335,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         if (status) goto done;
     }
     if (d_bias) SFX(column_sums)(dz, TB, H, ldz, d_bias);
-    if (dx) {
+    if (dx && !fuse_dx) {
         status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, ldz, kernel, H, 0, dx_tm, I);
         if (status) goto done;
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
@@ -332,6 +343,8 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
 done:
     free(dz);
     free(dx_tm);
+    free(packed_wt);
+    free(zeros);
     free(dh_step);
     free(hp_dropped);
     free(packed_t);

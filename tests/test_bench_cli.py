@@ -312,16 +312,30 @@ def test_peak_loop_reports_a_rate_per_thread_and_rejects_bad_arguments():
     # ~4 ms per thread and the best of 5: a thread's start-up (seen once as a tenth of the
     # rate on a 0.4 ms run) must not decide the result
     iterations = 2_000_000
-    one = max(_kernels.measure_peak(1, iterations) for _ in range(5))
-    two = max(_kernels.measure_peak(2, iterations) for _ in range(5))
-    assert np.isfinite(one) and one > 1e8          # FLOP/s of any CPU this runs on
-    # each thread's rate is measured on its own CPU time: two threads report about twice
-    # one thread's rate (with OpenMP), however busy the machine is
     expected = 2 if _kernels.has_openmp() else 1
-    assert 0.6 * expected * one < two < 1.4 * expected * one
-    # float64 lanes are half as many on the AVX2 path, as many on the generic one
-    f64 = max(_kernels.measure_peak(1, iterations, True) for _ in range(3))
-    assert 0.3 * one < f64 < 1.4 * one
+
+    def rates():
+        one = max(_kernels.measure_peak(1, iterations) for _ in range(5))
+        two = max(_kernels.measure_peak(2, iterations) for _ in range(5))
+        f64 = max(_kernels.measure_peak(1, iterations, True) for _ in range(3))
+        return one, two, f64
+
+    def consistent(one, two, f64):
+        # each thread's rate is measured on its own CPU time: two threads report about
+        # twice one thread's rate (with OpenMP); float64 lanes are half as many on the
+        # AVX2 path, as many on the generic one
+        return (0.6 * expected * one < two < 1.4 * expected * one
+                and 0.3 * one < f64 < 1.4 * one)
+
+    # CPU time still counts while a shared machine's host runs someone else on this
+    # virtual CPU, so a burst of that can skew one measurement (seen once in ~20 runs):
+    # the relations must hold in one of three measurements
+    for _ in range(3):
+        one, two, f64 = rates()
+        if consistent(one, two, f64):
+            break
+    assert np.isfinite(one) and one > 1e8          # FLOP/s of any CPU this runs on
+    assert consistent(one, two, f64), (one, two, f64)
     assert bench.measure_peak_gflops(1, seconds=0.002, repeats=2) > 0
     with pytest.raises(ValueError, match="threads"):
         _kernels.measure_peak(0, 10)

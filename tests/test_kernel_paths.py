@@ -271,6 +271,49 @@ def test_gru_gate_by_gate_paths_match_reference(rng, dropout, reset_after, batch
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("fused", [0, 1], ids=["gemm_after_loop", "in_loop"])
+@pytest.mark.parametrize("threading", sorted(THREADING))
+@pytest.mark.parametrize("features", [1, 17, 67])
+@pytest.mark.parametrize("options", [{}, dict(go_backwards=True, dropout=True)],
+                         ids=["default", "reversed_dropout"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_input_gradient_paths_match_reference(rng, cell, options, features, threading, fused,
+                                              dtype):
+    """The input gradient dx_t = dz_t W^T is either one GEMM after the time loop or
+    computed in the loop, step by step, on W^T packed like U^T (fused, the default from 16
+    rows per thread), written straight to dx's (reversed, under go_backwards) step.  Both,
+    split by rows or by units (each thread a share of the input columns), with widths that
+    leave a partial last block, masks, and recurrent dropout (GRU's block-by-block loop)."""
+    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
+    batch, steps, units = 9, 7, 19
+    options = dict(options)
+    dropout = options.pop("dropout", False)
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, gates * units)) * 0.3
+    recurrent = rng.standard_normal((units, gates * units)) * 0.3
+    mask_shape = (3, batch, units) if cell.startswith("gru") else (batch, units)
+    drop = (rng.random(mask_shape) > 0.3) / 0.7
+    mask = rng.random((batch, steps)) > 0.25
+    d_out = rng.standard_normal((batch, steps, units))
+    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, drop, d_out)]
+    kwargs = dict(extra, mask=mask, training=True, **options)
+    threads, split_by = THREADING[threading]
+    with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
+                                                 blas_steps=0, fuse_input=fused):
+        got = fwd(*arrays[:3], recurrent_dropout_mask=arrays[3] if dropout else None,
+                  **kwargs)
+        got_grads = bwd(got.cache, arrays[4])
+    want = ref_fwd(*(a.astype(np.float64) for a in arrays[:3]),
+                   recurrent_dropout_mask=arrays[3].astype(np.float64) if dropout else None,
+                   **kwargs)
+    want_grads = ref_bwd(want.cache, arrays[4].astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    for name in ("x", "kernel", "recurrent_kernel"):
+        np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
+                                   rtol=tol, atol=tol * 10, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("dropout", [False, True], ids=["no_dropout", "dropout"])
 @pytest.mark.parametrize("cell", sorted(CELLS))

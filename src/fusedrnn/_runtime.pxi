@@ -47,7 +47,8 @@ def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=
     split_min_macs: per-step multiply-adds from which a time loop splits its units over the
     threads (0 = always).  split_by: 1 splits time loops by batch rows (down to one row per
     thread), 0 by units.  fuse_input: 1 adds each step's input projection in the tiles
-    (LSTM and SimpleRNN forward), 0 computes it with one BLAS GEMM for many steps.
+    (LSTM and SimpleRNN forward) and computes each step's input gradient in the backward's
+    time loop (every cell), 0 computes them with BLAS GEMMs over many steps.
     Returns the previous settings as a tuple, for restoring."""
     previous = (frnn_override_simd(), frnn_override_blas_steps(),
                 frnn_override_split_min_macs(), frnn_override_split_by(),
