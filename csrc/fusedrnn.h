@@ -98,6 +98,19 @@ int frnn_override_split_by(void);
 int frnn_override_simd(void);
 int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);
+/* The buffer pool (csrc/pool.c).  frnn_alloc: count*size bytes (a valid pointer for
+ * zero), 64-byte aligned, uninitialised, or NULL when out of memory or on overflow; from
+ * the pool's kept blocks when one fits.  frnn_free: gives back a pointer from frnn_alloc
+ * (NULL is ignored); blocks of FRNN_POOL_MIN_BYTES and more are kept for reuse while the
+ * pool retains at most its limit.  frnn_set_pool_limit: the most bytes the pool keeps
+ * (0: none; lowering it releases the excess at once).  Thread-safe. */
+#define FRNN_POOL_MIN_BYTES ((size_t)256 << 10)
+void *frnn_alloc(size_t count, size_t size);
+void frnn_free(void *ptr);
+void frnn_set_pool_limit(size_t bytes);
+size_t frnn_pool_limit(void);
+size_t frnn_pool_retained(void);
+
 /* 1 when this CPU runs the AVX2+FMA kernels (the build has them and CPUID reports both). */
 int frnn_cpu_has_avx2_fma(void);
 

@@ -401,17 +401,17 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     }
     if (double_buffer && (T & 1)) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T */
 done:
-    free(rec);
-    free(packed);
-    free(tile_zeros);
-    free(packed_gates);
-    free(h_alt);
-    free(h_dropped);
-    free(in_bias);
+    frnn_free(rec);
+    frnn_free(packed);
+    frnn_free(tile_zeros);
+    frnn_free(packed_gates);
+    frnn_free(h_alt);
+    frnn_free(h_dropped);
+    frnn_free(in_bias);
     if (!training) {
-        free(z_buf);
-        free(x_buf);
-        free(mask_tm);
+        frnn_free(z_buf);
+        frnn_free(x_buf);
+        frnn_free(mask_tm);
     }
     return status;
 }
@@ -796,15 +796,15 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
     }
 done:
-    free(dz);
-    free(dxh);
-    free(dq);
-    free(dx_tm);
-    free(packed_wt);
-    free(zeros);
-    free(dh_step);
-    free(hp_dropped);
-    free(packed_t);
-    free(packed_gates_t);
+    frnn_free(dz);
+    frnn_free(dxh);
+    frnn_free(dq);
+    frnn_free(dx_tm);
+    frnn_free(packed_wt);
+    frnn_free(zeros);
+    frnn_free(dh_step);
+    frnn_free(hp_dropped);
+    frnn_free(packed_t);
+    frnn_free(packed_gates_t);
     return status;
 }

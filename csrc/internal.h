@@ -50,25 +50,8 @@ static inline int frnn_use_avx2(void) { return 0; }
 #define FRNN_HUGE_PAGE ((size_t)2 << 20)
 #define FRNN_HUGE_ALLOC_BYTES ((size_t)2 << 20)
 
-/* Allocation that reports failure instead of crashing; zero size gives a valid pointer. */
-static inline void *frnn_alloc(size_t count, size_t size) {
-    if (count != 0 && size > ((size_t)-1) / count) return NULL;
-    size_t bytes = count * size;
-    if (bytes == 0) bytes = 64;
-    /* 64-byte alignment keeps gate rows on cache-line boundaries when H*4 is a multiple of 16. */
-    void *p = NULL;
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes >= FRNN_HUGE_ALLOC_BYTES) {
-        size_t rounded = (bytes + FRNN_HUGE_PAGE - 1) & ~(size_t)(FRNN_HUGE_PAGE - 1);
-        p = aligned_alloc(FRNN_HUGE_PAGE, rounded);
-        if (p) madvise(p, rounded, MADV_HUGEPAGE); /* advice only: failure changes nothing */
-        return p;
-    }
-#endif
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    p = aligned_alloc(64, rounded);
-    return p;
-}
+/* frnn_alloc / frnn_free (fusedrnn.h, csrc/pool.c): kernel scratch comes from the buffer
+ * pool, which keeps freed blocks of FRNN_POOL_MIN_BYTES and more for reuse. */
 
 static inline int frnn_fits_int(ptrdiff_t v) { return v >= 0 && v <= INT_MAX; }
 

@@ -281,15 +281,15 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     }
     if (T & 1) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T landed in h_alt */
 done:
-    free(packed);
-    free(packed_bias);
-    free(scratch);
-    free(h_alt);
-    free(h_dropped);
-    if (!z_in_cache) free(z_buf);
+    frnn_free(packed);
+    frnn_free(packed_bias);
+    frnn_free(scratch);
+    frnn_free(h_alt);
+    frnn_free(h_dropped);
+    if (!z_in_cache) frnn_free(z_buf);
     if (!training) {
-        free(x_buf);
-        free(mask_tm);
+        frnn_free(x_buf);
+        frnn_free(mask_tm);
     }
     return status;
 }
@@ -497,12 +497,12 @@ weights:
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
     }
 done:
-    free(dz);
-    free(dx_tm);
-    free(packed_wt);
-    free(zeros);
-    free(packed_t);
-    free(scratch);
-    free(h_prev_dropped);
+    frnn_free(dz);
+    frnn_free(dx_tm);
+    frnn_free(packed_wt);
+    frnn_free(zeros);
+    frnn_free(packed_t);
+    frnn_free(scratch);
+    frnn_free(h_prev_dropped);
     return status;
 }

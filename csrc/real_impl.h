@@ -73,7 +73,7 @@ static int SFX(gemm_rm_split_k)(const frnn_blas *blas, int nt, int trans_a, int 
                 }
         }
     }
-    free(partials);
+    frnn_free(partials);
     return status;
 }
 

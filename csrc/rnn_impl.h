@@ -184,14 +184,14 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     }
     if (T & 1) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T landed in h_alt */
 done:
-    free(h_alt);
-    free(h_dropped);
-    free(packed);
-    free(packed_bias);
-    if (!z_in_cache) free(z_buf);
+    frnn_free(h_alt);
+    frnn_free(h_dropped);
+    frnn_free(packed);
+    frnn_free(packed_bias);
+    if (!z_in_cache) frnn_free(z_buf);
     if (!training) {
-        free(x_buf);
-        free(mask_tm);
+        frnn_free(x_buf);
+        frnn_free(mask_tm);
     }
     return status;
 }
@@ -341,12 +341,12 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
     }
 done:
-    free(dz);
-    free(dx_tm);
-    free(packed_wt);
-    free(zeros);
-    free(dh_step);
-    free(hp_dropped);
-    free(packed_t);
+    frnn_free(dz);
+    frnn_free(dx_tm);
+    frnn_free(packed_wt);
+    frnn_free(zeros);
+    frnn_free(dh_step);
+    frnn_free(hp_dropped);
+    frnn_free(packed_t);
     return status;
 }

@@ -11,7 +11,10 @@ seconds to a minute per cell depending on the machine's load).  CI runs:
   - 2,000 calls of a one-row problem with 128 units on one thread, where every per-call
     buffer of the kernels or the glue is at least 1 KiB (a leak: > 2 MiB);
   - 30 calls of a problem big enough for the fused time loop to run on two threads
-    (per-thread scratch), whose leaked results or cache would be > 8 MiB."""
+    (per-thread scratch), whose leaked results or cache would be > 8 MiB;
+  - 40 calls of a problem whose outputs, caches, scratch and gradients come from the buffer
+    pool (csrc/pool.c: blocks of 256 KiB and more, kept for reuse): a block the pool lost
+    track of, or kept beside an equal one instead of reusing it, would be > 10 MiB."""
 from __future__ import annotations
 
 import json
@@ -101,6 +104,13 @@ def test_repeated_calls_do_not_grow(name):
 def test_two_thread_path_does_not_grow(name):
     growth = rss_growth(name, 30, batch=32, steps=4, features=8, units=64, threads=2)
     assert growth < 1 * MiB, f"RSS grew {growth / MiB:.2f} MiB over 30 calls"
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_pooled_buffers_do_not_grow(name):
+    # float64: the gate cache alone is 32 * 40 * 4 * 96 * 8 bytes = 3.9 MB
+    growth = rss_growth(name, 40, batch=32, steps=40, features=16, units=96, threads=2)
+    assert growth < 1 * MiB, f"RSS grew {growth / MiB:.2f} MiB over 40 calls"
 
 
 @pytest.mark.slow

@@ -78,7 +78,10 @@ def _largest_stall(work) -> tuple[float, float]:
 def test_kernels_release_the_gil(cell, phase, rng):
     """If the kernel held the GIL, the counter thread would stall for the whole call.
     With it released the counter only waits for the Python switch interval (5 ms) around
-    the short Python parts.  BLAS is capped to one thread so the counter has a core."""
+    the short Python parts.  BLAS is capped to one thread so the counter has a core.
+    On a shared machine the host may also stop the counter's CPU for a while (seen once in
+    ~20 runs), so the call is timed up to three times: a kernel holding the GIL stalls
+    the counter every time."""
     with _threads.threads(1):
         problem = _long_problem(cell, rng)
         if phase == "forward":
@@ -87,8 +90,13 @@ def test_kernels_release_the_gil(cell, phase, rng):
             out = forward(cell, problem, training=True)
             grads = upstream_gradients(cell, out, rng)
             work = lambda: cell.backward(out.cache, **grads)  # noqa: E731
-        stall, duration = _largest_stall(work)
-    assert duration > 0.1, f"the kernel ran only {duration:.3f} s: make the problem longer"
+        for _ in range(3):
+            stall, duration = _largest_stall(work)
+            if duration > 0.05 and stall < 0.5 * duration:
+                break
+    # ten switch intervals at least (the problem is sized for ~0.2 s; a calibration under
+    # load can leave it shorter)
+    assert duration > 0.05, f"the kernel ran only {duration:.3f} s: make the problem longer"
     assert stall < 0.5 * duration, (
         f"the counter thread stalled {stall:.3f} s of a {duration:.3f} s kernel call: "
         "the GIL is held while the kernel runs"

@@ -32,6 +32,13 @@ cdef extern from "fusedrnn.h" nogil:
         Py_ssize_t stride_t
     int FRNN_OK, FRNN_ENOMEM, FRNN_EINVAL, FRNN_EOVERFLOW
 
+    size_t FRNN_POOL_MIN_BYTES
+    void *frnn_alloc(size_t count, size_t size) noexcept
+    void frnn_free(void *ptr) noexcept
+    void frnn_set_pool_limit(size_t n_bytes) noexcept
+    size_t frnn_pool_limit() noexcept
+    size_t frnn_pool_retained() noexcept
+
     void frnn_activate_f32(frnn_activation act, float *v, Py_ssize_t n) noexcept
     void frnn_activate_f64(frnn_activation act, double *v, Py_ssize_t n) noexcept
     void frnn_activation_grad_f32(frnn_activation act, const float *y, float *dv, Py_ssize_t n) noexcept

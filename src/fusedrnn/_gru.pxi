@@ -63,16 +63,16 @@ def gru_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, 
     cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
                                  recurrent_activation)
     cdef frnn_blas blas = scipy_blas()
-    cdef cnp.ndarray outputs = np.empty((B, T, H), dtype=dtype)
-    cdef cnp.ndarray h_n = np.empty((B, H), dtype=dtype)
+    cdef cnp.ndarray outputs = pooled_empty((B, T, H), dtype)
+    cdef cnp.ndarray h_n = pooled_empty((B, H), dtype)
     x_cache = gates = hr_cache = h_states = mask_cache = None
     if training:
-        x_cache = np.empty((T, B, I), dtype=dtype)
-        gates = np.empty((T, B, 3 * H), dtype=dtype)
-        hr_cache = np.empty((T, B, H), dtype=dtype)
-        h_states = np.empty((T, B, H), dtype=dtype)
+        x_cache = pooled_empty((T, B, I), dtype)
+        gates = pooled_empty((T, B, 3 * H), dtype)
+        hr_cache = pooled_empty((T, B, H), dtype)
+        h_states = pooled_empty((T, B, H), dtype)
         if mask is not None:
-            mask_cache = np.empty((T, B), dtype=np.uint8)
+            mask_cache = pooled_empty((T, B), np.uint8)
     cdef frnn_seq_strides xs = seq_strides(x), os = seq_strides(outputs)
     cdef frnn_seq_strides ms
     ms.stride_b = 0
@@ -128,16 +128,16 @@ def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, r
     cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
                                  recurrent_activation)
     cdef frnn_blas blas = scipy_blas()
-    dx = np.empty((B, T, I), dtype=dtype) if input_gradient else None
-    cdef cnp.ndarray d_kernel = np.empty((I, 3 * H), dtype=dtype)
-    cdef cnp.ndarray d_recurrent = np.empty((H, 3 * H), dtype=dtype)
+    dx = pooled_empty((B, T, I), dtype) if input_gradient else None
+    cdef cnp.ndarray d_kernel = pooled_empty((I, 3 * H), dtype)
+    cdef cnp.ndarray d_recurrent = pooled_empty((H, 3 * H), dtype)
     d_bias = None
     if has_bias:
         if reset_after:
-            d_bias = np.empty((2, 3 * H), dtype=dtype)  # [input row; recurrent row]
+            d_bias = pooled_empty((2, 3 * H), dtype)  # [input row; recurrent row]
         else:
-            d_bias = np.empty((3 * H,), dtype=dtype)
-    cdef cnp.ndarray d_h0 = np.empty((B, H), dtype=dtype)
+            d_bias = pooled_empty((3 * H,), dtype)
+    cdef cnp.ndarray d_h0 = pooled_empty((B, H), dtype)
     cdef frnn_seq_strides dxs
     dxs.stride_b = 0
     dxs.stride_t = 0

@@ -59,14 +59,14 @@ def simple_rnn_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent,
         raise ValueError("x: the feature axis must be contiguous")
     cdef frnn_dims d = make_rnn_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
     cdef frnn_blas blas = scipy_blas()
-    cdef cnp.ndarray outputs = np.empty((B, T, H), dtype=dtype)
-    cdef cnp.ndarray h_n = np.empty((B, H), dtype=dtype)
+    cdef cnp.ndarray outputs = pooled_empty((B, T, H), dtype)
+    cdef cnp.ndarray h_n = pooled_empty((B, H), dtype)
     x_cache = h_states = mask_cache = None
     if training:
-        x_cache = np.empty((T, B, I), dtype=dtype)
-        h_states = np.empty((T, B, H), dtype=dtype)
+        x_cache = pooled_empty((T, B, I), dtype)
+        h_states = pooled_empty((T, B, H), dtype)
         if mask is not None:
-            mask_cache = np.empty((T, B), dtype=np.uint8)
+            mask_cache = pooled_empty((T, B), np.uint8)
     cdef frnn_seq_strides xs = seq_strides(x), os = seq_strides(outputs)
     cdef frnn_seq_strides ms
     ms.stride_b = 0
@@ -118,11 +118,11 @@ def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias
     cdef bint is_f32 = dtype == np.float32
     cdef frnn_dims d = make_rnn_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
     cdef frnn_blas blas = scipy_blas()
-    dx = np.empty((B, T, I), dtype=dtype) if input_gradient else None
-    cdef cnp.ndarray d_kernel = np.empty((I, H), dtype=dtype)
-    cdef cnp.ndarray d_recurrent = np.empty((H, H), dtype=dtype)
-    d_bias = np.empty((H,), dtype=dtype) if has_bias else None
-    cdef cnp.ndarray d_h0 = np.empty((B, H), dtype=dtype)
+    dx = pooled_empty((B, T, I), dtype) if input_gradient else None
+    cdef cnp.ndarray d_kernel = pooled_empty((I, H), dtype)
+    cdef cnp.ndarray d_recurrent = pooled_empty((H, H), dtype)
+    d_bias = pooled_empty((H,), dtype) if has_bias else None
+    cdef cnp.ndarray d_h0 = pooled_empty((B, H), dtype)
     cdef frnn_seq_strides dxs
     dxs.stride_b = 0
     dxs.stride_t = 0

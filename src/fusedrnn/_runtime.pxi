@@ -16,6 +16,65 @@ cdef extern from "fusedrnn.h" nogil:
                           double *flops_per_second) noexcept
 
 
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+
+cdef class _PoolBlock:
+    """Owns one block of the kernels' buffer pool (csrc/pool.c) on behalf of the arrays that
+    view it, and gives it back to the pool when the last of them goes."""
+    cdef void *data
+
+    def __dealloc__(self):
+        frnn_free(self.data)
+
+
+cdef object pooled_empty(tuple shape, object dtype):
+    """np.empty(shape, dtype) in C order, taken from the buffer pool when it is large: a
+    training step's outputs, caches and gradients then reuse the previous step's memory
+    instead of fresh pages that fault on first touch (csrc/pool.c says what that costs)."""
+    cdef cnp.dtype descr = np.dtype(dtype)
+    cdef Py_ssize_t nd = len(shape), i
+    cdef cnp.npy_intp dims[8]
+    nbytes = descr.itemsize
+    for i in range(nd):
+        dims[i] = shape[i]
+        nbytes *= shape[i]
+    if nbytes < FRNN_POOL_MIN_BYTES or nd > 8:
+        return np.empty(shape, dtype=descr)
+    cdef _PoolBlock owner = _PoolBlock.__new__(_PoolBlock)
+    owner.data = frnn_alloc(nbytes, 1)
+    if owner.data == NULL:
+        raise MemoryError(f"out of memory allocating an array of {nbytes} bytes")
+    array = cnp.PyArray_SimpleNewFromData(<int>nd, dims, descr.type_num, owner.data)
+    cnp.set_array_base(array, owner)
+    return array
+
+
+def pooled_array(shape, dtype):
+    """pooled_empty for tests: an uninitialised C-order array, pooled when large."""
+    return pooled_empty(tuple(int(n) for n in shape), dtype)
+
+
+def set_pool_limit(n_bytes):
+    """The most bytes the buffer pool keeps for reuse (0 keeps none and frees what it
+    holds).  Returns the previous limit."""
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int):
+        raise TypeError(f"n_bytes: expected an int, got {type(n_bytes).__name__}")
+    if n_bytes < 0:
+        raise ValueError(f"n_bytes: expected a byte count >= 0, got {n_bytes}")
+    previous = frnn_pool_limit()
+    frnn_set_pool_limit(<size_t>min(n_bytes, <size_t>-1))
+    return previous
+
+
+def pool_info():
+    """(bytes kept for reuse, limit) of the buffer pool."""
+    return frnn_pool_retained(), frnn_pool_limit()
+
+
 def set_kernel_threads(int n):
     """Threads for the fused time loops (0 = one per core).  Does not touch BLAS."""
     if n < 0:
