@@ -61,6 +61,20 @@ def masked_problem(rng, cell, batch, steps, features, units, dtype):
     return arrays, dict(extra, mask=mask, training=True)
 
 
+def dropout_problem(rng, cell, batch, steps, features, units, dtype):
+    """Random (x, kernel, recurrent_kernel, recurrent dropout mask, d_outputs) in dtype and
+    a step mask, for a cell of CELLS (GRU: one dropout mask per gate block)."""
+    gates = CELLS[cell][0]
+    x = rng.standard_normal((batch, steps, features))
+    kernel = rng.standard_normal((features, gates * units)) * 0.3
+    recurrent = rng.standard_normal((units, gates * units)) * 0.3
+    mask_shape = (3, batch, units) if cell.startswith("gru") else (batch, units)
+    drop = (rng.random(mask_shape) > 0.3) / 0.7
+    mask = rng.random((batch, steps)) > 0.25
+    d_out = rng.standard_normal((batch, steps, units))
+    return [a.astype(dtype) for a in (x, kernel, recurrent, drop, d_out)], mask
+
+
 def test_this_machine_reports_its_simd_path():
     assert isinstance(_kernels.cpu_has_avx2_fma(), bool)
 
@@ -98,16 +112,8 @@ def test_recurrent_dropout_on_the_tiles_matches_reference(rng, cell, batch, unit
     """Recurrent dropout runs on the packed tiles, split like the rest: LSTM and SimpleRNN
     double-buffer the dropped-out state h*m with h when the units are split; GRU (one mask
     per gate block) runs its blocks one by one, split by rows."""
-    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
-    steps, features = 6, 3
-    x = rng.standard_normal((batch, steps, features))
-    kernel = rng.standard_normal((features, gates * units)) * 0.3
-    recurrent = rng.standard_normal((units, gates * units)) * 0.3
-    mask_shape = (3, batch, units) if cell.startswith("gru") else (batch, units)
-    drop = (rng.random(mask_shape) > 0.3) / 0.7
-    mask = rng.random((batch, steps)) > 0.25
-    d_out = rng.standard_normal((batch, steps, units))
-    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, drop, d_out)]
+    _, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
+    arrays, mask = dropout_problem(rng, cell, batch, 6, 3, units, dtype)
     threads, split_by = THREADING[threading]
     kwargs = dict(extra, mask=mask, training=True)
     with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
@@ -284,18 +290,10 @@ def test_input_gradient_paths_match_reference(rng, cell, options, features, thre
     rows per thread), written straight to dx's (reversed, under go_backwards) step.  Both,
     split by rows or by units (each thread a share of the input columns), with widths that
     leave a partial last block, masks, and recurrent dropout (GRU's block-by-block loop)."""
-    gates, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
-    batch, steps, units = 9, 7, 19
+    _, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
     options = dict(options)
     dropout = options.pop("dropout", False)
-    x = rng.standard_normal((batch, steps, features))
-    kernel = rng.standard_normal((features, gates * units)) * 0.3
-    recurrent = rng.standard_normal((units, gates * units)) * 0.3
-    mask_shape = (3, batch, units) if cell.startswith("gru") else (batch, units)
-    drop = (rng.random(mask_shape) > 0.3) / 0.7
-    mask = rng.random((batch, steps)) > 0.25
-    d_out = rng.standard_normal((batch, steps, units))
-    arrays = [a.astype(dtype) for a in (x, kernel, recurrent, drop, d_out)]
+    arrays, mask = dropout_problem(rng, cell, 9, 7, features, 19, dtype)
     kwargs = dict(extra, mask=mask, training=True, **options)
     threads, split_by = THREADING[threading]
     with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
