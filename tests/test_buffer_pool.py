@@ -57,6 +57,14 @@ def test_the_limit_bounds_what_is_kept(pool_limit):
     assert fusedrnn.buffer_pool_info().retained_bytes == 0
 
 
+@pytest.mark.parametrize("shape", [(2**30, 2**20), (2**40, 2**40)])
+def test_impossible_sizes_raise_like_numpy(shape):
+    """Too large for memory: MemoryError from the pool; too large to address: NumPy's own
+    ValueError (the pool is not asked)."""
+    with pytest.raises((MemoryError, ValueError)):
+        _kernels.pooled_array(shape, np.float32)
+
+
 @pytest.mark.parametrize("value,error", [(-1, ValueError), (1.5, TypeError), (True, TypeError),
                                          ("1", TypeError)])
 def test_bad_limits_are_rejected(value, error, pool_limit):

@@ -17,6 +17,7 @@ cdef extern from "fusedrnn.h" nogil:
 
 
 cimport numpy as cnp
+from cpython.pyport cimport PY_SSIZE_T_MAX
 import numpy as np
 
 cnp.import_array()
@@ -39,11 +40,13 @@ cdef object pooled_empty(tuple shape, object dtype):
     cdef Py_ssize_t nd = len(shape), i
     cdef cnp.npy_intp dims[8]
     nbytes = descr.itemsize
+    for n in shape:
+        nbytes *= n
+    # small, or too large to address: NumPy allocates (and reports the error) as usual
+    if nbytes < FRNN_POOL_MIN_BYTES or nd > 8 or nbytes > PY_SSIZE_T_MAX:
+        return np.empty(shape, dtype=descr)
     for i in range(nd):
         dims[i] = shape[i]
-        nbytes *= shape[i]
-    if nbytes < FRNN_POOL_MIN_BYTES or nd > 8:
-        return np.empty(shape, dtype=descr)
     cdef _PoolBlock owner = _PoolBlock.__new__(_PoolBlock)
     owner.data = frnn_alloc(nbytes, 1)
     if owner.data == NULL:
