@@ -569,7 +569,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     if (status) return status;
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G3 = 3 * H;
     SFX(backward_prologue)(d, G3, (reset_after ? 2 : 1) * G3, d_h_n, d_h0, d_kernel, d_recurrent,
-                           d_bias, dx, dxs);
+                           d_bias);
     if (T == 0 || B == 0) return FRNN_OK;
 
     /* dz: gradient w.r.t. the recurrent projection R (reset_after=1) or w.r.t. all gate

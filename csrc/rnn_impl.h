@@ -241,7 +241,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     int status = frnn_check_dims(d, 1);
     if (status) return status;
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
-    SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias, dx, dxs);
+    SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (T == 0 || B == 0) return FRNN_OK;
 
     /* dz of every step, rows ldz apart (frnn_spread_stride: the transposed tiles read
