@@ -123,6 +123,16 @@ int frnn_measure_peak(int threads, long long iterations, int use_f64,
                       double *flops_per_second);
 int frnn_has_openmp(void);
 
+/* C (m x n, row stride ldc) = A^T B, or C += A^T B with accumulate, over the k rows of A
+ * (k x m, row stride lda) and B (k x n, row stride ldb), on the calling thread with the
+ * AVX2 tiles of weight_gradient.c (the weight gradients' product); C must not overlap A
+ * or B.  FRNN_ENOMEM (nothing written) without its scratch; FRNN_EINVAL for negative
+ * sizes or where the AVX2 kernels are off (no AVX2, or the simd override): callers use
+ * BLAS there. */
+int frnn_weight_gradient_tiles_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                                   ptrdiff_t lda, const float *b, ptrdiff_t ldb, int accumulate,
+                                   float *c, ptrdiff_t ldc);
+
 /* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */
 void frnn_activate_f32(frnn_activation act, float *v, ptrdiff_t n);
 void frnn_activate_f64(frnn_activation act, double *v, ptrdiff_t n);

@@ -10,6 +10,14 @@ static int SFX(gemm_rm_serial)(const frnn_blas *blas, int trans_a, int trans_b,
                         const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb,
                         REAL beta, REAL *c, ptrdiff_t ldc) {
     if (m == 0 || n == 0) return FRNN_OK;
+#if FRNN_F32
+    /* A^T B, the weight gradients' product: SciPy's OpenBLAS is slow at it (weight_gradient.c) */
+    if (trans_a && !trans_b && alpha == 1 && (beta == 0 || beta == 1) && frnn_use_avx2()) {
+        const int status = frnn_weight_gradient_tiles_f32(m, n, k, a, lda, b, ldb, beta == 1,
+                                                          c, ldc);
+        if (status != FRNN_ENOMEM) return status; /* no room for its scratch: BLAS */
+    }
+#endif
     if (!frnn_fits_int(n) || !frnn_fits_int(k) || !frnn_fits_int(lda) || !frnn_fits_int(ldb)
         || !frnn_fits_int(ldc))
         return FRNN_EOVERFLOW;

@@ -14,6 +14,9 @@ cdef extern from "fusedrnn.h" nogil:
     int frnn_cpu_has_avx2_fma() noexcept
     int frnn_measure_peak(int threads, long long iterations, int use_f64,
                           double *flops_per_second) noexcept
+    int frnn_weight_gradient_tiles_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                                       Py_ssize_t lda, const float *b, Py_ssize_t ldb,
+                                       int accumulate, float *c, Py_ssize_t ldc) noexcept
 
 
 cimport numpy as cnp
@@ -134,3 +137,28 @@ def measure_peak(int threads, long long iterations, bint float64=False):
     if status != 0:
         raise RuntimeError(f"frnn_measure_peak failed with status {status}")
     return rate
+
+
+def weight_gradient_tiles(const float[:, :] a, const float[:, :] b, float[:, :] c,
+                          bint accumulate):
+    """c = a.T @ b, or c += a.T @ b, with the backward's weight-gradient tiles
+    (csrc/weight_gradient.c), for tests: a (k, m), b (k, n) and c (m, n) float32 with
+    contiguous rows (any row stride).  RuntimeError where this CPU has no AVX2 tiles."""
+    cdef Py_ssize_t k = a.shape[0], m = a.shape[1], n = b.shape[1]
+    cdef int status
+    if b.shape[0] != k:
+        raise ValueError(f"b: expected {k} rows like a, got {b.shape[0]}")
+    if c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(f"c: expected shape ({m}, {n}), got ({c.shape[0]}, {c.shape[1]})")
+    for name, view in (("a", a), ("b", b), ("c", c)):
+        if view.shape[1] > 1 and view.strides[1] != 4:
+            raise ValueError(f"{name}: expected contiguous rows")
+    # row strides in elements; empty operands are never read
+    cdef const float *pa = &a[0, 0] if k and m else NULL
+    cdef const float *pb = &b[0, 0] if k and n else NULL
+    cdef float *pc = &c[0, 0] if m and n else NULL
+    cdef Py_ssize_t lda = a.strides[0] // 4, ldb = b.strides[0] // 4, ldc = c.strides[0] // 4
+    with nogil:
+        status = frnn_weight_gradient_tiles_f32(m, n, k, pa, lda, pb, ldb, accumulate, pc, ldc)
+    if status != 0:
+        raise RuntimeError(f"frnn_weight_gradient_tiles_f32 failed with status {status}")
