@@ -126,12 +126,13 @@ int frnn_has_openmp(void);
 /* C (m x n, row stride ldc) = A^T B, or C += A^T B with accumulate, over the k rows of A
  * (k x m, row stride lda) and B (k x n, row stride ldb), on the calling thread with the
  * AVX2 tiles of weight_gradient.c (the weight gradients' product); C must not overlap A
- * or B.  FRNN_ENOMEM (nothing written) without its scratch; FRNN_EINVAL for negative
- * sizes or where the AVX2 kernels are off (no AVX2, or the simd override): callers use
- * BLAS there. */
+ * or B.  b_sums (n floats, or NULL): B's column sums (a bias gradient), likewise stored or
+ * added.  FRNN_ENOMEM (nothing written) without its scratch; FRNN_EINVAL for m < 1, other
+ * negative sizes, or where the AVX2 kernels are off (no AVX2, or the simd override):
+ * callers use BLAS there. */
 int frnn_weight_gradient_tiles_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                    ptrdiff_t lda, const float *b, ptrdiff_t ldb, int accumulate,
-                                   float *c, ptrdiff_t ldc);
+                                   float *c, ptrdiff_t ldc, float *b_sums);
 
 /* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */
 void frnn_activate_f32(frnn_activation act, float *v, ptrdiff_t n);

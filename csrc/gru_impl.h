@@ -742,11 +742,16 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     /* Weight gradients: large GEMMs over all T*B rows.  h_{t-1} for t >= 1 is
      * h_states[t-1]; the t = 0 term uses h0 and vanishes without it. */
     const ptrdiff_t TB = T * B;
-    status = SFX(weight_gradient_gemm)(blas, I, zr_cols, TB, x_cache, I, dz, G3, 0, d_kernel, G3);
+    /* the bias gradients are column sums of dz and dxh, taken while the products read them:
+     * reset_after=1: the recurrent row's z, r blocks (copied to the input row below) and the
+     * input row's h block; else all of the one bias */
+    REAL *zr_sums = d_bias ? (reset_after ? d_bias + G3 : d_bias) : NULL;
+    status = SFX(weight_gradient_gemm)(blas, I, zr_cols, TB, x_cache, I, dz, G3, 0, d_kernel, G3,
+                                       zr_sums);
     if (status) goto done;
     if (reset_after) {
         status = SFX(weight_gradient_gemm)(blas, I, H, TB, x_cache, I, dxh, H, 0, d_kernel + 2 * H,
-                                           G3);
+                                           G3, d_bias ? d_bias + 2 * H : NULL);
         if (status) goto done;
     }
     /* dU: rows of hp against dR (reset_after=1: all 3H columns; else z, r only) */
@@ -761,29 +766,27 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 else memset(dst, 0, (size_t)(B * H) * sizeof(REAL));
             }
             status = SFX(weight_gradient_gemm)(blas, H, H, TB, hp_dropped, H, dz + g * H, G3, 0,
-                                               d_recurrent + g * H, G3);
+                                               d_recurrent + g * H, G3, NULL);
             if (status) goto done;
         }
     } else if (T > 1) {
         status = SFX(weight_gradient_gemm)(blas, H, hp_cols, (T - 1) * B, h_states, H, dz + B * G3,
-                                           G3, 0, d_recurrent, G3);
+                                           G3, 0, d_recurrent, G3, NULL);
         if (status) goto done;
     }
     if (h0 && !rec_mask) {
-        status = SFX(weight_gradient_gemm)(blas, H, hp_cols, B, h0, H, dz, G3, 1, d_recurrent, G3);
+        status = SFX(weight_gradient_gemm)(blas, H, hp_cols, B, h0, H, dz, G3, 1, d_recurrent, G3,
+                                           NULL);
         if (status) goto done;
     }
     if (!reset_after) { /* dUh = q^T dz_h, q = r*hp cached per step */
         status = SFX(weight_gradient_gemm)(blas, H, H, TB, hr_cache, H, dz + 2 * H, G3, 0,
-                                           d_recurrent + 2 * H, G3);
+                                           d_recurrent + 2 * H, G3, NULL);
         if (status) goto done;
     }
-    if (d_bias) {
-        SFX(column_sums)(dz, TB, G3, G3, reset_after ? d_bias + G3 : d_bias);
-        if (reset_after) { /* input row: z, r as the recurrent row, h from dxh */
-            memcpy(d_bias, d_bias + G3, (size_t)(2 * H) * sizeof(REAL));
-            SFX(column_sums)(dxh, TB, H, H, d_bias + 2 * H);
-        }
+    if (d_bias && reset_after) { /* recurrent row h: dR_h's sums; input row z, r: as recurrent */
+        SFX(column_sums)(dz + 2 * H, TB, H, G3, d_bias + G3 + 2 * H);
+        memcpy(d_bias, d_bias + G3, (size_t)(2 * H) * sizeof(REAL));
     }
     if (dx && !fuse_dx) {
         status = SFX(gemm_rm)(blas, 0, 1, TB, I, zr_cols, 1, dz, G3, kernel, G3, 0, dx_tm, I);

@@ -478,19 +478,20 @@ weights:
         h_prev_from_step1 = h_prev_dropped + B * H;
         h0_used = h_prev_dropped;
     }
-    status = SFX(weight_gradient_gemm)(blas, I, G4, T * B, x_cache, I, dz, ldz, 0, d_kernel, G4);
+    /* d_bias = dZ's column sums, taken while the first product reads dZ */
+    status = SFX(weight_gradient_gemm)(blas, I, G4, T * B, x_cache, I, dz, ldz, 0, d_kernel, G4,
+                                       d_bias);
     if (status) goto done;
     if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t over t >= 1 ... */
         status = SFX(weight_gradient_gemm)(blas, H, G4, (T - 1) * B, h_prev_from_step1, H,
-                                           dz + B * ldz, ldz, 0, d_recurrent, G4);
+                                           dz + B * ldz, ldz, 0, d_recurrent, G4, NULL);
         if (status) goto done;
     }
     if (h0) { /* ... plus the t = 0 term */
         status = SFX(weight_gradient_gemm)(blas, H, G4, B, h0_used, H, dz, ldz, 1, d_recurrent,
-                                           G4);
+                                           G4, NULL);
         if (status) goto done;
     }
-    if (d_bias) SFX(column_sums)(dz, T * B, G4, ldz, d_bias);
     if (dx && !fuse_dx) {
         status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, ldz, kernel, G4, 0, dx_tm, I);
         if (status) goto done;

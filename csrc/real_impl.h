@@ -14,7 +14,7 @@ static int SFX(gemm_rm_serial)(const frnn_blas *blas, int trans_a, int trans_b,
     /* A^T B, the weight gradients' product: SciPy's OpenBLAS is slow at it (weight_gradient.c) */
     if (trans_a && !trans_b && alpha == 1 && (beta == 0 || beta == 1) && frnn_use_avx2()) {
         const int status = frnn_weight_gradient_tiles_f32(m, n, k, a, lda, b, ldb, beta == 1,
-                                                          c, ldc);
+                                                          c, ldc, NULL);
         if (status != FRNN_ENOMEM) return status; /* no room for its scratch: BLAS */
     }
 #endif
@@ -34,55 +34,6 @@ static int SFX(gemm_rm_serial)(const frnn_blas *blas, int trans_a, int trans_b,
              c + row * ldc, &ldc_i);
     }
     return FRNN_OK;
-}
-
-/* C = alpha op(A) op(B) + beta C with the sum over k split into nt fixed bands: band 0
- * accumulates into C, band i > 0 into its own m x n partial, and the partials are then
- * added to C in band order (so results never depend on the team the runtime grants).
- * For the weight gradients (k = T*B rows against a few hundred columns): split by rows or
- * columns of C, every thread packs the whole of the other operand; split by k, nobody
- * packs anything twice.  Returns FRNN_ENOMEM, having written nothing, when the partials
- * do not fit. */
-static int SFX(gemm_rm_split_k)(const frnn_blas *blas, int nt, int trans_a, int trans_b,
-                                ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, REAL alpha,
-                                const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb,
-                                REAL beta, REAL *c, ptrdiff_t ldc) {
-    REAL *partials = frnn_alloc((size_t)(nt - 1) * (size_t)(m * n), sizeof(REAL));
-    if (!partials) return FRNN_ENOMEM;
-    int status = FRNN_OK;
-#pragma omp parallel num_threads(nt)
-    {
-        for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
-            const ptrdiff_t lo = k * band / nt, hi = k * (band + 1) / nt;
-            /* terms lo..hi of the sum: rows of A and B, or their columns when transposed */
-            const REAL *a_band = trans_a ? a + lo * lda : a + lo;
-            const REAL *b_band = trans_b ? b + lo : b + lo * ldb;
-            int st;
-            if (band == 0)
-                st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, n, hi - lo, alpha, a_band,
-                                         lda, b_band, ldb, beta, c, ldc);
-            else
-                st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, n, hi - lo, alpha, a_band,
-                                         lda, b_band, ldb, 0, partials + (band - 1) * m * n, n);
-            if (st) {
-#pragma omp atomic write
-                status = st;
-            }
-        }
-    }
-    if (status == FRNN_OK) {
-#pragma omp parallel num_threads(nt)
-        for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
-            for (ptrdiff_t i = m * band / nt; i < m * (band + 1) / nt; ++i)
-                for (int p = 0; p < nt - 1; ++p) {
-                    const REAL *FRNN_RESTRICT src = partials + p * m * n + i * n;
-                    REAL *FRNN_RESTRICT dst = c + i * ldc;
-                    for (ptrdiff_t j = 0; j < n; ++j) dst[j] += src[j];
-                }
-        }
-    }
-    frnn_free(partials);
-    return status;
 }
 
 /* gemm_rm_serial's product split over the kernels' threads: each thread computes a band
@@ -130,20 +81,102 @@ static int SFX(gemm_rm)(const frnn_blas *blas, int trans_a, int trans_b,
     return status;
 }
 
+/* Column sums of a (rows, cols) matrix, rows ld apart, into out (overwritten). */
+static void SFX(column_sums)(const REAL *m, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t ld,
+                            REAL *FRNN_RESTRICT out) {
+    memset(out, 0, (size_t)cols * sizeof(REAL));
+    for (ptrdiff_t r = 0; r < rows; ++r) {
+        const REAL *row = m + r * ld;
+        for (ptrdiff_t j = 0; j < cols; ++j) out[j] += row[j];
+    }
+}
+
+/* One thread's weight gradient: C = A^T B (beta 0) or C += A^T B (beta 1), A k x m, B
+ * k x n; with beta 0, b_sums (n, or NULL) = B's column sums.  The AVX2 tiles where they
+ * run (they take the sums while packing B), else BLAS and a pass over B. */
+static int SFX(weight_gradient_serial)(const frnn_blas *blas, ptrdiff_t m, ptrdiff_t n,
+                                       ptrdiff_t k, const REAL *a, ptrdiff_t lda, const REAL *b,
+                                       ptrdiff_t ldb, REAL beta, REAL *c, ptrdiff_t ldc,
+                                       REAL *b_sums) {
+#if FRNN_F32
+    if (frnn_use_avx2()) {
+        const int status = frnn_weight_gradient_tiles_f32(m, n, k, a, lda, b, ldb, beta == 1,
+                                                          c, ldc, b_sums);
+        if (status != FRNN_ENOMEM) return status; /* no room for its scratch: BLAS */
+    }
+#endif
+    const int status = SFX(gemm_rm_serial)(blas, 1, 0, m, n, k, 1, a, lda, b, ldb, beta, c, ldc);
+    if (status == FRNN_OK && b_sums) SFX(column_sums)(b, k, n, ldb, b_sums);
+    return status;
+}
+
+/* weight_gradient_serial with the sum over k split into nt fixed bands: band 0
+ * accumulates into C (and b_sums), band i > 0 into its own partial (m x n, then n sums),
+ * and the partials are then added in band order (so results never depend on the team the
+ * runtime grants).  For the weight gradients (k = T*B rows against a few hundred
+ * columns): split by rows or columns of C, every thread packs the whole of the other
+ * operand; split by k, nobody packs anything twice.  Returns FRNN_ENOMEM, having written
+ * nothing, when the partials do not fit. */
+static int SFX(weight_gradient_split_k)(const frnn_blas *blas, int nt, ptrdiff_t m, ptrdiff_t n,
+                                        ptrdiff_t k, const REAL *a, ptrdiff_t lda, const REAL *b,
+                                        ptrdiff_t ldb, REAL beta, REAL *c, ptrdiff_t ldc,
+                                        REAL *b_sums) {
+    const ptrdiff_t part = (m + 1) * n; /* a partial C and its sums */
+    REAL *partials = frnn_alloc((size_t)(nt - 1) * (size_t)part, sizeof(REAL));
+    if (!partials) return FRNN_ENOMEM;
+    int status = FRNN_OK;
+#pragma omp parallel num_threads(nt)
+    {
+        for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
+            const ptrdiff_t lo = k * band / nt, hi = k * (band + 1) / nt;
+            REAL *mine = band > 0 ? partials + (band - 1) * part : NULL;
+            const int st =
+                band == 0 ? SFX(weight_gradient_serial)(blas, m, n, hi - lo, a, lda, b, ldb, beta,
+                                                        c, ldc, b_sums)
+                          : SFX(weight_gradient_serial)(blas, m, n, hi - lo, a + lo * lda, lda,
+                                                        b + lo * ldb, ldb, 0, mine, n,
+                                                        b_sums ? mine + m * n : NULL);
+            if (st) {
+#pragma omp atomic write
+                status = st;
+            }
+        }
+    }
+    if (status == FRNN_OK) {
+        const ptrdiff_t rows = b_sums ? m + 1 : m; /* the sums as C's row m */
+#pragma omp parallel num_threads(nt)
+        for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
+            for (ptrdiff_t i = rows * band / nt; i < rows * (band + 1) / nt; ++i)
+                for (int p = 0; p < nt - 1; ++p) {
+                    const REAL *FRNN_RESTRICT src = partials + p * part + i * n;
+                    REAL *FRNN_RESTRICT dst = i < m ? c + i * ldc : b_sums;
+                    for (ptrdiff_t j = 0; j < n; ++j) dst[j] += src[j];
+                }
+        }
+    }
+    frnn_free(partials);
+    return status;
+}
+
 /* A weight gradient: C = A^T B (beta 0) or C += A^T B (beta 1), summed over the k = T*B
- * rows of A (k x m, row stride lda) and B (k x n, row stride ldb).  With k long against C
- * the threads split the sum (gemm_rm_split_k), else C's rows or columns (gemm_rm). */
+ * rows of A (k x m, row stride lda) and B (k x n, row stride ldb); with beta 0, b_sums
+ * (n, or NULL) = B's column sums, a bias gradient, taken on the way.  With k long against
+ * C the threads split the sum (weight_gradient_split_k), else C's rows or columns
+ * (gemm_rm). */
 static int SFX(weight_gradient_gemm)(const frnn_blas *blas, ptrdiff_t m, ptrdiff_t n,
                                      ptrdiff_t k, const REAL *a, ptrdiff_t lda, const REAL *b,
-                                     ptrdiff_t ldb, REAL beta, REAL *c, ptrdiff_t ldc) {
+                                     ptrdiff_t ldb, REAL beta, REAL *c, ptrdiff_t ldc,
+                                     REAL *b_sums) {
     const int nt = frnn_get_num_threads();
     if (nt > 1 && (double)m * (double)n * (double)k >= (double)FRNN_GEMM_SPLIT_MIN_MACS
         && k >= FRNN_GEMM_SPLIT_K_RATIO * (m > n ? m : n)) {
-        int status = SFX(gemm_rm_split_k)(blas, nt, 1, 0, m, n, k, 1, a, lda, b, ldb, beta,
-                                          c, ldc);
+        int status = SFX(weight_gradient_split_k)(blas, nt, m, n, k, a, lda, b, ldb, beta, c,
+                                                  ldc, b_sums);
         if (status != FRNN_ENOMEM) return status; /* no room for the partials: by bands */
     }
-    return SFX(gemm_rm)(blas, 1, 0, m, n, k, 1, a, lda, b, ldb, beta, c, ldc);
+    const int status = SFX(gemm_rm)(blas, 1, 0, m, n, k, 1, a, lda, b, ldb, beta, c, ldc);
+    if (status == FRNN_OK && b_sums) SFX(column_sums)(b, k, n, ldb, b_sums);
+    return status;
 }
 
 /* Copy the input of processing steps [t0, t1) into a time-major (t1-t0, B, I) buffer. */
@@ -211,12 +244,3 @@ static int SFX(input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrdiff_
     return SFX(gemm_rm)(blas, 0, 0, rows, cols, in, 1, xrows, in, w, cols, beta, z, cols);
 }
 
-/* Column sums of a (rows, cols) matrix, rows ld apart, into out (overwritten). */
-static void SFX(column_sums)(const REAL *m, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t ld,
-                            REAL *FRNN_RESTRICT out) {
-    memset(out, 0, (size_t)cols * sizeof(REAL));
-    for (ptrdiff_t r = 0; r < rows; ++r) {
-        const REAL *row = m + r * ld;
-        for (ptrdiff_t j = 0; j < cols; ++j) out[j] += row[j];
-    }
-}

@@ -314,7 +314,9 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         }
     }
     const ptrdiff_t TB = T * B;
-    status = SFX(weight_gradient_gemm)(blas, I, H, TB, x_cache, I, dz, ldz, 0, d_kernel, H);
+    /* d_bias = dz's column sums, taken while the first product reads dz */
+    status = SFX(weight_gradient_gemm)(blas, I, H, TB, x_cache, I, dz, ldz, 0, d_kernel, H,
+                                       d_bias);
     if (status) goto done;
     if (rec_mask) { /* dU = sum_t (h_{t-1}*m)^T dz_t */
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -323,18 +325,18 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
             for (ptrdiff_t k = 0; k < B * H; ++k) dst[k] = hp ? hp[k] * rec_mask[k] : (REAL)0;
         }
         status = SFX(weight_gradient_gemm)(blas, H, H, TB, hp_dropped, H, dz, ldz, 0, d_recurrent,
-                                           H);
+                                           H, NULL);
         if (status) goto done;
     } else if (T > 1) { /* dU = sum_t h_{t-1}^T dz_t, t >= 1 ... */
         status = SFX(weight_gradient_gemm)(blas, H, H, (T - 1) * B, h_states, H, dz + B * ldz, ldz,
-                                           0, d_recurrent, H);
+                                           0, d_recurrent, H, NULL);
         if (status) goto done;
     }
     if (h0 && !rec_mask) { /* ... plus the t = 0 term */
-        status = SFX(weight_gradient_gemm)(blas, H, H, B, h0, H, dz, ldz, 1, d_recurrent, H);
+        status = SFX(weight_gradient_gemm)(blas, H, H, B, h0, H, dz, ldz, 1, d_recurrent, H,
+                                           NULL);
         if (status) goto done;
     }
-    if (d_bias) SFX(column_sums)(dz, TB, H, ldz, d_bias);
     if (dx && !fuse_dx) {
         status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, ldz, kernel, H, 0, dx_tm, I);
         if (status) goto done;

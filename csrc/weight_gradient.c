@@ -78,11 +78,13 @@ FRNN_AVX2_TARGET static void wg_tile_f32(const float *FRNN_RESTRICT strip,
 }
 
 /* C (m x n, row stride ldc) = A^T B, or C += A^T B with accumulate; A is k x m (row
- * stride lda), B k x n (row stride ldb); C must not overlap A or B.  One thread.
+ * stride lda), B k x n (row stride ldb); C must not overlap A or B.  b_sums (n, or NULL)
+ * = B's column sums, or += with accumulate.  One thread.
  * Returns FRNN_ENOMEM, having written nothing, when its 400 KiB of scratch is not there. */
 FRNN_AVX2_TARGET static int wg_avx2_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                         const float *a, ptrdiff_t lda, const float *b,
-                                        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc) {
+                                        ptrdiff_t ldb, int accumulate, float *c, ptrdiff_t ldc,
+                                        float *b_sums) {
     /* A's columns in blocks of equal size: two of 258 and 254, not 384 and 128 */
     const ptrdiff_t m_blocks = (m + WG_MC - 1) / WG_MC;
     const ptrdiff_t m_block = ((m + m_blocks - 1) / m_blocks + WG_MR - 1) / WG_MR * WG_MR;
@@ -96,6 +98,7 @@ FRNN_AVX2_TARGET static int wg_avx2_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
     float *panel = strips + (m_block / WG_MR * strip_len + 7) / 8 * 8;
     if (k == 0 && !accumulate)
         for (ptrdiff_t i = 0; i < m; ++i) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+    if (b_sums && !accumulate) memset(b_sums, 0, (size_t)n * sizeof(float));
     for (ptrdiff_t k0 = 0; k0 < k; k0 += WG_KC) {
         const ptrdiff_t kc = k - k0 < WG_KC ? k - k0 : WG_KC;
         const int add = accumulate || k0 > 0;
@@ -119,15 +122,30 @@ FRNN_AVX2_TARGET static int wg_avx2_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
             }
             for (ptrdiff_t n0 = 0; n0 < n; n0 += WG_NR) {
                 const int cols = n - n0 < WG_NR ? (int)(n - n0) : WG_NR;
-                /* panel[kk*16 + j] = B[k0 + kk, n0 + j], zero past column n */
+                /* panel[kk*16 + j] = B[k0 + kk, n0 + j], zero past column n; B's column
+                 * sums (the bias gradient) on the way, once (in the first block of A) */
+                __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
                 for (ptrdiff_t kk = 0; kk < kc; ++kk) {
                     const float *src = b + (k0 + kk) * ldb + n0;
                     float *dst = panel + kk * WG_NR;
                     if (cols == WG_NR) {
-                        _mm256_store_ps(dst, _mm256_loadu_ps(src));
-                        _mm256_store_ps(dst + 8, _mm256_loadu_ps(src + 8));
+                        const __m256 v0 = _mm256_loadu_ps(src), v1 = _mm256_loadu_ps(src + 8);
+                        _mm256_store_ps(dst, v0);
+                        _mm256_store_ps(dst + 8, v1);
+                        sum0 = _mm256_add_ps(sum0, v0);
+                        sum1 = _mm256_add_ps(sum1, v1);
                     } else {
                         for (int j = 0; j < WG_NR; ++j) dst[j] = j < cols ? src[j] : 0.0f;
+                    }
+                }
+                if (b_sums && m0 == 0) {
+                    if (cols == WG_NR) {
+                        _mm256_storeu_ps(b_sums + n0, _mm256_add_ps(_mm256_loadu_ps(b_sums + n0), sum0));
+                        _mm256_storeu_ps(b_sums + n0 + 8,
+                                         _mm256_add_ps(_mm256_loadu_ps(b_sums + n0 + 8), sum1));
+                    } else {
+                        for (ptrdiff_t kk = 0; kk < kc; ++kk)
+                            for (int j = 0; j < cols; ++j) b_sums[n0 + j] += panel[kk * WG_NR + j];
                     }
                 }
                 /* the rows of the next panel (or of the next block's first one) come from
@@ -155,15 +173,15 @@ FRNN_AVX2_TARGET static int wg_avx2_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
 
 int frnn_weight_gradient_tiles_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                    ptrdiff_t lda, const float *b, ptrdiff_t ldb, int accumulate,
-                                   float *c, ptrdiff_t ldc) {
-    if (m < 0 || n < 0 || k < 0) return FRNN_EINVAL;
+                                   float *c, ptrdiff_t ldc, float *b_sums) {
+    if (m < 1 || n < 0 || k < 0) return FRNN_EINVAL;
 #if FRNN_AVX2_KERNELS
     if (frnn_use_avx2())
-        return m == 0 || n == 0 ? FRNN_OK
-                                : wg_avx2_f32(m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+        return n == 0 ? FRNN_OK
+                      : wg_avx2_f32(m, n, k, a, lda, b, ldb, accumulate, c, ldc, b_sums);
 #else
     (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b; (void)ldb; (void)accumulate;
-    (void)c; (void)ldc;
+    (void)c; (void)ldc; (void)b_sums;
 #endif
     return FRNN_EINVAL; /* no AVX2 tiles here: callers check frnn_use_avx2() first */
 }

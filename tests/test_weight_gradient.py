@@ -1,5 +1,5 @@
-"""The weight gradients' product, C = A^T B or C += A^T B (csrc/weight_gradient.c), against
-float64 NumPy: every edge of its blocking (partial 6-row strips and 16-column panels,
+"""The weight gradients' product, C = A^T B or C += A^T B, and B's column sums (the bias
+gradient) taken on the way (csrc/weight_gradient.c), against float64 NumPy: every edge of its blocking (partial 6-row strips and 16-column panels,
 sums longer than one 256-row block, A wider than one 384-column block), row strides wider
 than the rows, and the operands left as they were.  The backward tests cover the same
 product inside every cell's gradients."""
@@ -32,17 +32,31 @@ def test_tiles_match_float64(m, n, k, pad, accumulate):
     a, a_base = _strided(rng, k, m, pad)
     b, b_base = _strided(rng, k, n, pad)
     c, c_base = _strided(rng, m, n, pad)
-    a_before, b_before, c_before = a_base.copy(), b_base.copy(), c_base.copy()
-    _kernels.weight_gradient_tiles(a, b, c, accumulate)
+    sums = rng.standard_normal(n).astype(np.float32)
+    a_before, b_before, c_before, sums_before = a_base.copy(), b_base.copy(), c_base.copy(), sums.copy()
+    _kernels.weight_gradient_tiles(a, b, c, accumulate, sums)
     expected = a.astype(np.float64).T @ b.astype(np.float64)
+    expected_sums = b.astype(np.float64).sum(axis=0)
     if accumulate:
         expected += c_before[:, :n]
+        expected_sums += sums_before
     scale = np.sqrt(max(k, 1)) * 4
     np.testing.assert_allclose(c, expected, rtol=0, atol=2e-6 * scale)
+    np.testing.assert_allclose(sums, expected_sums, rtol=0, atol=2e-6 * scale)
     np.testing.assert_array_equal(a_base, a_before)
     np.testing.assert_array_equal(b_base, b_before)
     # the columns past n in C's rows are not C's
     np.testing.assert_array_equal(c_base[:, n:], c_before[:, n:])
+
+
+def test_the_sums_are_optional_and_leave_the_product_alone():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((300, 7)).astype(np.float32)
+    b = rng.standard_normal((300, 33)).astype(np.float32)
+    with_sums, without = np.empty((7, 33), np.float32), np.empty((7, 33), np.float32)
+    _kernels.weight_gradient_tiles(a, b, with_sums, False, np.empty(33, np.float32))
+    _kernels.weight_gradient_tiles(a, b, without, False)
+    np.testing.assert_array_equal(with_sums, without)
 
 
 def test_bad_operands_are_rejected():
@@ -54,6 +68,9 @@ def test_bad_operands_are_rejected():
     with pytest.raises(ValueError, match="a: expected contiguous rows"):
         _kernels.weight_gradient_tiles(np.zeros((4, 6), np.float32)[:, ::2], np.zeros((4, 2), np.float32),
                                        np.zeros((3, 2), np.float32), False)
+    with pytest.raises(ValueError, match=r"b_sums: expected shape \(2,\)"):
+        _kernels.weight_gradient_tiles(a, np.zeros((4, 2), np.float32), np.zeros((3, 2), np.float32), False,
+                                       np.zeros(3, np.float32))
 
 
 def test_the_simd_override_sends_the_product_to_blas():

@@ -3,8 +3,9 @@
 The kernels own their threads: one OpenMP team (when built with OpenMP) runs
   - the big GEMMs (the input projection of many steps at once, the weight gradients after
     the time loop), each split into bands of rows or columns with one serial BLAS call per
-    thread (scipy's OpenBLAS in the wheels); a weight gradient summed over many more rows
-    (T*B) than it has columns splits the sum instead, each thread summing its share of them;
+    thread (scipy's OpenBLAS in the wheels; the float32 weight gradients run the kernels'
+    own AVX2 tiles where the CPU has them); a weight gradient summed over at least as many
+    rows (T*B) as it has columns splits the sum instead, each thread summing its share;
   - the fused time loop: with enough batch rows each thread runs the whole loop for its own
     rows (rows never interact, so the threads never wait for each other); with fewer than
     4 rows and large steps each owns a range of units and they meet at a barrier per step;

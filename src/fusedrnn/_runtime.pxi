@@ -16,7 +16,8 @@ cdef extern from "fusedrnn.h" nogil:
                           double *flops_per_second) noexcept
     int frnn_weight_gradient_tiles_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                                        Py_ssize_t lda, const float *b, Py_ssize_t ldb,
-                                       int accumulate, float *c, Py_ssize_t ldc) noexcept
+                                       int accumulate, float *c, Py_ssize_t ldc,
+                                       float *b_sums) noexcept
 
 
 cimport numpy as cnp
@@ -140,16 +141,19 @@ def measure_peak(int threads, long long iterations, bint float64=False):
 
 
 def weight_gradient_tiles(const float[:, :] a, const float[:, :] b, float[:, :] c,
-                          bint accumulate):
+                          bint accumulate, float[::1] b_sums=None):
     """c = a.T @ b, or c += a.T @ b, with the backward's weight-gradient tiles
     (csrc/weight_gradient.c), for tests: a (k, m), b (k, n) and c (m, n) float32 with
-    contiguous rows (any row stride).  RuntimeError where this CPU has no AVX2 tiles."""
+    contiguous rows (any row stride); b_sums (n,), if given, gets b's column sums (or
+    they are added).  RuntimeError where this CPU has no AVX2 tiles."""
     cdef Py_ssize_t k = a.shape[0], m = a.shape[1], n = b.shape[1]
     cdef int status
     if b.shape[0] != k:
         raise ValueError(f"b: expected {k} rows like a, got {b.shape[0]}")
     if c.shape[0] != m or c.shape[1] != n:
         raise ValueError(f"c: expected shape ({m}, {n}), got ({c.shape[0]}, {c.shape[1]})")
+    if b_sums is not None and b_sums.shape[0] != n:
+        raise ValueError(f"b_sums: expected shape ({n},), got ({b_sums.shape[0]},)")
     for name, view in (("a", a), ("b", b), ("c", c)):
         if view.shape[1] > 1 and view.strides[1] != 4:
             raise ValueError(f"{name}: expected contiguous rows")
@@ -157,8 +161,10 @@ def weight_gradient_tiles(const float[:, :] a, const float[:, :] b, float[:, :] 
     cdef const float *pa = &a[0, 0] if k and m else NULL
     cdef const float *pb = &b[0, 0] if k and n else NULL
     cdef float *pc = &c[0, 0] if m and n else NULL
+    cdef float *ps = &b_sums[0] if b_sums is not None and n else NULL
     cdef Py_ssize_t lda = a.strides[0] // 4, ldb = b.strides[0] // 4, ldc = c.strides[0] // 4
     with nogil:
-        status = frnn_weight_gradient_tiles_f32(m, n, k, pa, lda, pb, ldb, accumulate, pc, ldc)
+        status = frnn_weight_gradient_tiles_f32(m, n, k, pa, lda, pb, ldb, accumulate, pc, ldc,
+                                                ps)
     if status != 0:
         raise RuntimeError(f"frnn_weight_gradient_tiles_f32 failed with status {status}")
