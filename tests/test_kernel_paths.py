@@ -351,20 +351,23 @@ def test_backward_without_input_gradient(rng, cell, dropout, path, dtype):
         bwd(out.cache, arrays[5], input_gradient="no")
 
 
+@pytest.mark.parametrize("simd", [-1, 0], ids=["tiles", "blas"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dtype):
-    """The weight gradients sum over T*B rows: when those outnumber the gradient's longer
-    side 4 times over, two threads split the sum itself (one partial each, added in a fixed
-    order) rather than the gradient's rows or columns.  Here T*B = 640 rows against at
-    most 52 columns, and the recurrent kernel's gradient (at least 13*52*640 or 31*31*640
-    multiply-adds) is past both thresholds (csrc/internal.h: FRNN_GEMM_SPLIT_K_RATIO,
-    FRNN_GEMM_SPLIT_MIN_MACS)."""
+def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dtype, simd):
+    """The weight gradients sum over T*B rows: when those are at least as many as the
+    gradient's longer side, two threads split the sum itself (one partial each, added in a
+    fixed order) rather than the gradient's rows or columns.  Here T*B = 640 rows against
+    at most 52 columns, and the recurrent kernel's gradient (at least 13*52*640 or
+    31*31*640 multiply-adds) is past both thresholds (csrc/internal.h:
+    FRNN_GEMM_SPLIT_K_RATIO, FRNN_GEMM_SPLIT_MIN_MACS).  float32 runs the AVX2 tiles of
+    csrc/weight_gradient.c, which take the bias gradient while they pack dZ, and BLAS
+    with a pass of column sums (simd=0, as on CPUs without AVX2); float64 always BLAS."""
     _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     units = 31 if cell == "simple_rnn" else 13
     arrays, kwargs = masked_problem(rng, cell, 16, 40, 11, units, dtype)
-    with fusedrnn.threads(threads):
+    with fusedrnn.threads(threads), kernel_paths(simd=simd):
         got = fwd(*arrays[:4], **kwargs)
         grads = bwd(got.cache, arrays[4])
         again = bwd(got.cache, arrays[4])
