@@ -82,7 +82,8 @@ void frnn_set_num_threads(int n);
 int frnn_get_num_threads(void);
 
 /* Overrides of the kernels' automatic path choices, for tests and benchmarks (-1 = auto):
- *   simd: 0 runs the generic C tiles even on an AVX2 CPU (1 = AVX2 where the CPU has it);
+ *   simd: 0 runs the generic C tiles even on an AVX2 CPU, 1 the AVX2 tiles only, 2 (as
+ *     automatic) also the AVX-512VL ones where the CPU has them;
  *   blas_steps: 1 computes each step's recurrent product with a BLAS GEMM, 0 with the tiles;
  *   split_min_macs: per-step multiply-adds from which a time loop is split over the threads;
  *   split_by: 1 splits time loops by batch rows, 0 by units;
@@ -113,6 +114,9 @@ size_t frnn_pool_retained(void);
 
 /* 1 when this CPU runs the AVX2+FMA kernels (the build has them and CPUID reports both). */
 int frnn_cpu_has_avx2_fma(void);
+/* 1 when it also runs the AVX-512VL variant of the LSTM forward tiles (CPUID: AVX-512F
+ * and VL). */
+int frnn_cpu_has_avx512vl(void);
 
 /* The floating-point peak as the kernels' SIMD path reaches it: `threads` threads each run
  * `iterations` rounds of independent multiply-adds on registers (float64 if use_f64).

@@ -35,7 +35,7 @@ void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs,
                              int fuse_input) {
     frnn_fuse_input_choice = fuse_input < 0 ? -1 : fuse_input != 0;
     frnn_split_by_choice = split_by < 0 ? -1 : split_by != 0;
-    frnn_simd_choice = simd < 0 ? -1 : simd != 0;
+    frnn_simd_choice = simd < 0 ? -1 : simd > 2 ? 2 : simd;
     frnn_blas_steps_choice = blas_steps < 0 ? -1 : blas_steps != 0;
     frnn_split_min_choice = split_min_macs < 0 ? -1 : split_min_macs;
 }
@@ -44,6 +44,22 @@ int frnn_override_fuse_input(void) { return frnn_fuse_input_choice; }
 int frnn_override_split_by(void) { return frnn_split_by_choice; }
 int frnn_override_blas_steps(void) { return frnn_blas_steps_choice; }
 long long frnn_override_split_min_macs(void) { return frnn_split_min_choice; }
+
+int frnn_cpu_has_avx512vl(void) {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRNN_NO_SIMD)
+    static _Atomic int cached = -1;
+    int has = cached;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = frnn_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f")
+              && __builtin_cpu_supports("avx512vl");
+        cached = has;
+    }
+    return has;
+#else
+    return 0;
+#endif
+}
 
 int frnn_cpu_has_avx2_fma(void) {
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRNN_NO_SIMD)

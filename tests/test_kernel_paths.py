@@ -1,5 +1,6 @@
 """Every per-step product path of every cell agrees with the reference: the packed tiles
-(AVX2+FMA micro-kernels where the CPU has them, and the generic C tiles, forced), the BLAS
+(AVX2+FMA micro-kernels where the CPU has them, with or without their AVX-512VL variant,
+and the generic C tiles, forced), the BLAS
 GEMM per step (forced: on AVX2 CPUs the tiles are always chosen), each with the time loop
 on one thread, split over two threads by batch rows, and split by units (the splits forced
 from the smallest size)."""
@@ -27,6 +28,8 @@ CELLS = {
 # name -> set_path_overrides arguments
 PATHS = {
     "tiles": dict(simd=-1, blas_steps=0),
+    # AVX2 only: without the AVX-512VL variant of the LSTM forward tiles (4-row tails)
+    "avx2_tiles": dict(simd=1, blas_steps=0),
     "generic_tiles": dict(simd=0, blas_steps=0),
     "blas_steps": dict(simd=-1, blas_steps=1),
 }
@@ -77,6 +80,28 @@ def dropout_problem(rng, cell, batch, steps, features, units, dtype):
 
 def test_this_machine_reports_its_simd_path():
     assert isinstance(_kernels.cpu_has_avx2_fma(), bool)
+    assert isinstance(_kernels.cpu_has_avx512vl(), bool)
+    assert _kernels.cpu_has_avx2_fma() or not _kernels.cpu_has_avx512vl()
+
+
+@pytest.mark.parametrize("batch", [4, 7, 16])
+def test_lstm_forward_tail_rows_take_the_avx512vl_tile(rng, batch):
+    """With AVX-512VL the LSTM forward's last 4 rows run in one 4-row tile instead of a
+    3-row and a 1-row one (csrc/recurrent_matmul.h): the rows before are bitwise those of
+    the AVX2 tiles (same tiles), the last 4 agree to rounding, and the 1-row tile's two
+    partial sums make the last row differ in its last bits, which shows the variant ran."""
+    if not _kernels.cpu_has_avx512vl():
+        pytest.skip("no AVX-512VL on this CPU: the AVX2 tiles run (test_paths_match_reference)")
+    arrays, _ = masked_problem(rng, "lstm", batch, 6, 3, 40, np.float32)
+    with fusedrnn.threads(1):
+        with kernel_paths(simd=1, fuse_input=1):
+            avx2 = ops.lstm_forward(*arrays[:4]).outputs
+        with kernel_paths(simd=2, fuse_input=1):
+            vl = ops.lstm_forward(*arrays[:4]).outputs
+    want = reference.lstm_forward(*(a.astype(np.float64) for a in arrays[:4])).outputs
+    np.testing.assert_array_equal(vl[:batch - 4], avx2[:batch - 4])
+    np.testing.assert_allclose(vl, want, rtol=2e-5, atol=2e-5)
+    assert not np.array_equal(vl[-1], avx2[-1])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -12,6 +12,7 @@ cdef extern from "fusedrnn.h" nogil:
     int frnn_override_blas_steps() noexcept
     long long frnn_override_split_min_macs() noexcept
     int frnn_cpu_has_avx2_fma() noexcept
+    int frnn_cpu_has_avx512vl() noexcept
     int frnn_measure_peak(int threads, long long iterations, int use_f64,
                           double *flops_per_second) noexcept
     int frnn_weight_gradient_tiles_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
@@ -104,12 +105,19 @@ def cpu_has_avx2_fma():
     return bool(frnn_cpu_has_avx2_fma())
 
 
+def cpu_has_avx512vl():
+    """Whether they also run the AVX-512VL variant of the LSTM forward tiles here."""
+    return bool(frnn_cpu_has_avx512vl())
+
+
 def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=-1,
                        int split_by=-1, int fuse_input=-1):
     """Force the kernels' automatic path choices, for tests and benchmarks; -1 = automatic.
 
-    simd: 0 runs the generic C tiles even where AVX2 is available.  blas_steps: 1 computes
-    every step's recurrent product with a BLAS GEMM, 0 with the packed tiles.
+    simd: 0 runs the generic C tiles even where AVX2 is available, 1 the AVX2 tiles only
+    (not their AVX-512VL variant), 2 (as automatic) every variant the CPU has.
+    blas_steps: 1 computes every step's recurrent product with a BLAS GEMM, 0 with the
+    packed tiles.
     split_min_macs: per-step multiply-adds from which a time loop splits its units over the
     threads (0 = always).  split_by: 1 splits time loops by batch rows (down to one row per
     thread), 0 by units.  fuse_input: 1 adds each step's input projection in the tiles
