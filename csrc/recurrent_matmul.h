@@ -417,12 +417,14 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
     FRNN_DEFINE_FWD_TILE(GN, 2)                                                         \
     FRNN_DEFINE_FWD_TILE(GN, 3)                                                         \
     FRNN_DEFINE_FWD_TILE(GN, 4)                                                         \
+    FRNN_DEFINE_FWD_TILE(GN, 5)                                                         \
+    FRNN_DEFINE_FWD_TILE(GN, 6)                                                         \
     FRNN_AVX2_TARGET static void SFX(recurrent_matmul_g##GN##_avx2)(FRNN_RECMM_PARAMS) {   \
         FRNN_RECMM_BODY(GN, RMAX, B - B % (RMAX))                                       \
     }
 
 /* Its arguments, and its body: per unit block, tiles of RMAX rows over the first `full`
- * rows, then one tile of the rest (up to 4 rows). */
+ * rows, then one tile of the rest (up to 6 rows). */
 #define FRNN_RECMM_PARAMS                                                                 \
     const REAL *FRNN_RESTRICT packed, ptrdiff_t I, const REAL *FRNN_RESTRICT x, ptrdiff_t ldx, \
         ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h,                          \
@@ -438,6 +440,8 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
         for (; b < full; b += (RMAX))                                                   \
             SFX(fwd_tile_g##GN##_r##RMAX)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n);   \
         switch (B - b) {                                                                \
+        case 6: SFX(fwd_tile_g##GN##_r6)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+        case 5: SFX(fwd_tile_g##GN##_r5)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
         case 4: SFX(fwd_tile_g##GN##_r4)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
         case 3: SFX(fwd_tile_g##GN##_r3)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
         case 2: SFX(fwd_tile_g##GN##_r2)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
@@ -449,15 +453,19 @@ FRNN_DEFINE_RECMM_AVX2(3, 4)
 FRNN_DEFINE_RECMM_AVX2(4, 3)
 #undef FRNN_DEFINE_RECMM_AVX2
 
-/* The LSTM tiles compiled for AVX-512VL: with 32 vector registers a 4-row tile (16
- * accumulators) fits, and takes the last 4 rows where 3-row tiles would leave one (4, 16
- * or 64 rows per thread: batch 8, 32, 128 on two threads).  A 1-row tile does a third of
- * a 3-row tile's multiply-adds but loads the same weights, in about half its time; one
- * 4-row tile instead of 3 + 1 measured LSTM inference 1.15-1.18x at batch 8 (2 threads,
- * H=128 and 256), 1.02-1.08x at batch 32-128, training 1.04-1.08x at batch 8 (Zen 4,
- * A/B in one process). */
+/* The LSTM tiles compiled for AVX-512VL, whose 32 vector registers hold 4-row tiles (16
+ * accumulators, every weight in a register: 8 loads per 16 multiply-adds, against 9 per
+ * 12 for the AVX2 3-row tile, which reads one weight from memory) and 5- or 6-row ones
+ * for the rest of a batch (rows % 4 == 1 or 2).  The AVX2 tiles leave one row at 4, 16
+ * and 64 rows per thread (batch 8, 32 and 128 on two threads), and a 1-row tile loads
+ * the same weights as a 3-row one for a third of the work, in about half its time.
+ * Measured on a Zen 4 (A/B in one process, 2 threads, T=100): inference 1.11-1.18x at
+ * batch 8 (4 rows per thread), 1.19x at batch 8 with 512 units (8 rows per thread,
+ * split by units), 1.04-1.08x at batch 32, 1.02x at batch 128; training 1.04-1.08x at
+ * batch 8; one thread, 5 and 6 rows: 1.10 and 1.02x.  Tiles of 6 rows throughout
+ * measured 0.91-1.01x of these 4-row ones. */
 FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g4_avx512vl)(FRNN_RECMM_PARAMS) {
-    FRNN_RECMM_BODY(4, 3, B % 3 == 1 && B > 3 ? B - 4 : B - B % 3)
+    FRNN_RECMM_BODY(4, 4, B % 4 == 1 && B > 4 ? B - 5 : B % 4 == 2 && B > 4 ? B - 6 : B - B % 4)
 }
 #undef FRNN_RECMM_PARAMS
 #undef FRNN_RECMM_BODY
