@@ -45,33 +45,25 @@ int frnn_override_split_by(void) { return frnn_split_by_choice; }
 int frnn_override_blas_steps(void) { return frnn_blas_steps_choice; }
 long long frnn_override_split_min_macs(void) { return frnn_split_min_choice; }
 
-int frnn_cpu_has_avx512vl(void) {
+/* The CPUID features the kernels dispatch on, probed once: bit 0 AVX2 and FMA, bit 1
+ * also AVX-512F and VL. */
+static int frnn_cpu_features(void) {
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRNN_NO_SIMD)
     static _Atomic int cached = -1;
-    int has = cached;
-    if (has < 0) {
+    int features = cached;
+    if (features < 0) {
         __builtin_cpu_init();
-        has = frnn_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f")
-              && __builtin_cpu_supports("avx512vl");
-        cached = has;
+        const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        const int avx512vl =
+            avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+        features = avx2 | avx512vl << 1;
+        cached = features;
     }
-    return has;
+    return features;
 #else
     return 0;
 #endif
 }
 
-int frnn_cpu_has_avx2_fma(void) {
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRNN_NO_SIMD)
-    static _Atomic int cached = -1;
-    int has = cached;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        cached = has;
-    }
-    return has;
-#else
-    return 0;
-#endif
-}
+int frnn_cpu_has_avx2_fma(void) { return frnn_cpu_features() & 1; }
+int frnn_cpu_has_avx512vl(void) { return frnn_cpu_features() >> 1 & 1; }

@@ -40,27 +40,19 @@ FRNN_AVX2_TARGET static void wg_tile_f32(const float *FRNN_RESTRICT strip,
         const __m256 b0 = _mm256_load_ps(panel + kk * WG_NR);
         const __m256 b1 = _mm256_load_ps(panel + kk * WG_NR + 8);
         const float *a = strip + kk * WG_MR;
-        __m256 t;
-        t = _mm256_broadcast_ss(a + 0);
-        c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
-        t = _mm256_broadcast_ss(a + 1);
-        c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
-        t = _mm256_broadcast_ss(a + 2);
-        c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
-        t = _mm256_broadcast_ss(a + 3);
-        c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
-        t = _mm256_broadcast_ss(a + 4);
-        c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
-        t = _mm256_broadcast_ss(a + 5);
-        c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
+#define WG_ROW(i)                                                                         \
+    do {                                                                                  \
+        const __m256 t = _mm256_broadcast_ss(a + i);                                      \
+        c##i##0 = _mm256_fmadd_ps(t, b0, c##i##0);                                        \
+        c##i##1 = _mm256_fmadd_ps(t, b1, c##i##1);                                        \
+    } while (0)
+        WG_ROW(0); WG_ROW(1); WG_ROW(2); WG_ROW(3); WG_ROW(4); WG_ROW(5);
+#undef WG_ROW
     }
     float tile[WG_MR][WG_NR] __attribute__((aligned(32)));
-    _mm256_store_ps(tile[0], c00); _mm256_store_ps(tile[0] + 8, c01);
-    _mm256_store_ps(tile[1], c10); _mm256_store_ps(tile[1] + 8, c11);
-    _mm256_store_ps(tile[2], c20); _mm256_store_ps(tile[2] + 8, c21);
-    _mm256_store_ps(tile[3], c30); _mm256_store_ps(tile[3] + 8, c31);
-    _mm256_store_ps(tile[4], c40); _mm256_store_ps(tile[4] + 8, c41);
-    _mm256_store_ps(tile[5], c50); _mm256_store_ps(tile[5] + 8, c51);
+#define WG_SPILL(i) _mm256_store_ps(tile[i], c##i##0), _mm256_store_ps(tile[i] + 8, c##i##1)
+    WG_SPILL(0); WG_SPILL(1); WG_SPILL(2); WG_SPILL(3); WG_SPILL(4); WG_SPILL(5);
+#undef WG_SPILL
     for (int i = 0; i < rows; ++i) {
         float *ci = c + i * ldc;
         if (cols == WG_NR) {
