@@ -296,12 +296,15 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  * with constant indices, fully unrolled), the weights are loaded once per k and reused by
  * every row of the tile.  Same packed layouts and contracts as the generic versions.
  *
- * No AVX-512 variant: on an AMD Zen 4 (AVX-512, 1 MiB L2 per core) the same tiles built
- * for AVX-512VL, whose 32 registers hold twice the rows (LSTM 6, GRU 8, transposed 12),
+ * AVX-512: on an AMD Zen 4 (AVX-512, 1 MiB L2 per core) the same tiles built for
+ * AVX-512VL, whose 32 registers hold twice the rows (LSTM 6, GRU 8, transposed 12),
  * measured 0.96-1.09 of these (2 threads, T=100, LSTM/GRU/SimpleRNN forward and training,
  * B=1-128, H=128-512; within the run-to-run noise), and 512-bit FMAs do no more work per
  * cycle there (117 GFLOP/s per core either way).  The large tiles are FMA-bound, the small
- * ones bound by L2/L3 bandwidth, which wider registers do not change. */
+ * ones bound by L2/L3 bandwidth, which wider registers do not change.  One exception, the
+ * LSTM forward, whose 3-row tiles leave a 1-row tile at the usual batch sizes:
+ * recurrent_matmul_g4_avx512vl below (4-row tiles; GRU 6-row tiles measured 1.00-1.07,
+ * within the noise, and stay AVX2). */
 #if FRNN_AVX2_KERNELS
 #include <immintrin.h>
 #if FRNN_F32
