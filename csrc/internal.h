@@ -30,8 +30,8 @@ static inline int frnn_use_avx2(void) {
     if (forced == 0) return 0;
     return frnn_cpu_has_avx2_fma();
 }
-/* The same tiles compiled for AVX-512VL, whose 32 vector registers hold a taller tile
- * (recurrent_matmul.h: the LSTM forward's last 4 rows in one tile). */
+/* The same tiles compiled for AVX-512VL, whose 32 vector registers hold taller tiles
+ * (recurrent_matmul.h: the LSTM forward's 4-row tiles). */
 #define FRNN_AVX512VL_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl")))
 static inline int frnn_use_avx512vl(void) {
     int forced = frnn_override_simd();
