@@ -182,6 +182,14 @@ static inline ptrdiff_t frnn_spread_stride(ptrdiff_t cols, size_t elem_size) {
     return bytes % 2048 == 0 ? cols + (ptrdiff_t)(64 / elem_size) : cols;
 }
 
+/* Start of band `band` of nt fixed bands over len rows or columns (band nt: len).  Bands
+ * start on multiples of 16 elements so column bands stay cache-line aligned; a band may be
+ * empty.  nt fixed bands whatever team the runtime grants (it may grant fewer threads when
+ * several Python threads run kernels at once): results never depend on timing. */
+static inline ptrdiff_t frnn_band_start(ptrdiff_t len, int band, int nt) {
+    return band >= nt ? len : (len * band / nt) & ~(ptrdiff_t)15;
+}
+
 /* Multiply-adds below which a GEMM outside the time loop stays on one thread (~5 us). */
 #define FRNN_GEMM_SPLIT_MIN_MACS ((ptrdiff_t)1 << 18)
 /* A weight gradient splits its sum over k between the threads (weight_gradient_split_k)

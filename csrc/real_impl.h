@@ -10,14 +10,6 @@ static int SFX(gemm_rm_serial)(const frnn_blas *blas, int trans_a, int trans_b,
                         const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb,
                         REAL beta, REAL *c, ptrdiff_t ldc) {
     if (m == 0 || n == 0) return FRNN_OK;
-#if FRNN_F32
-    /* A^T B, the weight gradients' product: SciPy's OpenBLAS is slow at it (weight_gradient.c) */
-    if (trans_a && !trans_b && alpha == 1 && (beta == 0 || beta == 1) && frnn_use_avx2()) {
-        const int status = frnn_weight_gradient_tiles_f32(m, n, k, a, lda, b, ldb, beta == 1,
-                                                          c, ldc, NULL);
-        if (status != FRNN_ENOMEM) return status; /* no room for its scratch: BLAS */
-    }
-#endif
     if (!frnn_fits_int(n) || !frnn_fits_int(k) || !frnn_fits_int(lda) || !frnn_fits_int(ldb)
         || !frnn_fits_int(ldc))
         return FRNN_EOVERFLOW;
@@ -55,12 +47,9 @@ static int SFX(gemm_rm)(const frnn_blas *blas, int trans_a, int trans_b,
     int status = FRNN_OK;
 #pragma omp parallel num_threads(nt)
     {
-        /* nt fixed bands whatever team the runtime grants (it may grant fewer threads when
-         * several Python threads run kernels at once): results never depend on timing. */
         for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
-            /* bands start on multiples of 16 elements so column bands stay cache-line aligned */
-            const ptrdiff_t lo = (len * band / nt) & ~(ptrdiff_t)15;
-            const ptrdiff_t hi = band + 1 == nt ? len : (len * (band + 1) / nt) & ~(ptrdiff_t)15;
+            const ptrdiff_t lo = frnn_band_start(len, band, nt);
+            const ptrdiff_t hi = frnn_band_start(len, band + 1, nt);
             int st = FRNN_OK;
             if (hi > lo) {
                 if (by_rows)
@@ -161,21 +150,34 @@ static int SFX(weight_gradient_split_k)(const frnn_blas *blas, int nt, ptrdiff_t
 /* A weight gradient: C = A^T B (beta 0) or C += A^T B (beta 1), summed over the k = T*B
  * rows of A (k x m, row stride lda) and B (k x n, row stride ldb); with beta 0, b_sums
  * (n, or NULL) = B's column sums, a bias gradient, taken on the way.  With k long against
- * C the threads split the sum (weight_gradient_split_k), else C's rows or columns
- * (gemm_rm). */
+ * C the threads split the sum (weight_gradient_split_k), else C's columns (nt fixed bands,
+ * as gemm_rm). */
 static int SFX(weight_gradient_gemm)(const frnn_blas *blas, ptrdiff_t m, ptrdiff_t n,
                                      ptrdiff_t k, const REAL *a, ptrdiff_t lda, const REAL *b,
                                      ptrdiff_t ldb, REAL beta, REAL *c, ptrdiff_t ldc,
                                      REAL *b_sums) {
     const int nt = frnn_get_num_threads();
-    if (nt > 1 && (double)m * (double)n * (double)k >= (double)FRNN_GEMM_SPLIT_MIN_MACS
-        && k >= FRNN_GEMM_SPLIT_K_RATIO * (m > n ? m : n)) {
+    if (nt < 2 || (double)m * (double)n * (double)k < (double)FRNN_GEMM_SPLIT_MIN_MACS)
+        return SFX(weight_gradient_serial)(blas, m, n, k, a, lda, b, ldb, beta, c, ldc, b_sums);
+    if (k >= FRNN_GEMM_SPLIT_K_RATIO * (m > n ? m : n)) {
         int status = SFX(weight_gradient_split_k)(blas, nt, m, n, k, a, lda, b, ldb, beta, c,
                                                   ldc, b_sums);
         if (status != FRNN_ENOMEM) return status; /* no room for the partials: by bands */
     }
-    const int status = SFX(gemm_rm)(blas, 1, 0, m, n, k, 1, a, lda, b, ldb, beta, c, ldc);
-    if (status == FRNN_OK && b_sums) SFX(column_sums)(b, k, n, ldb, b_sums);
+    /* else bands of C's columns: each thread all of A, its columns of B and their sums */
+    int status = FRNN_OK;
+#pragma omp parallel num_threads(nt)
+    for (int band = frnn_thread_id(); band < nt; band += frnn_team_size()) {
+        const ptrdiff_t lo = frnn_band_start(n, band, nt), hi = frnn_band_start(n, band + 1, nt);
+        const int st = hi > lo ? SFX(weight_gradient_serial)(blas, m, hi - lo, k, a, lda, b + lo,
+                                                             ldb, beta, c + lo, ldc,
+                                                             b_sums ? b_sums + lo : NULL)
+                               : FRNN_OK;
+        if (st) {
+#pragma omp atomic write
+            status = st;
+        }
+    }
     return status;
 }
 
