@@ -138,6 +138,15 @@ int frnn_weight_gradient_tiles_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const 
                                    ptrdiff_t lda, const float *b, ptrdiff_t ldb, int accumulate,
                                    float *c, ptrdiff_t ldc, float *b_sums);
 
+/* dst (cols x rows, row stride ldd) = src^T for src (rows x cols, row stride lds), in
+ * cache-sized tiles, split over the kernel threads when large (fusedrnn.torch's weight
+ * layouts).  dst must not overlap src.  FRNN_EINVAL for negative sizes, a NULL array or
+ * a row stride shorter than its row; nothing to do for an empty matrix. */
+int frnn_transpose_f32(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdiff_t lds,
+                       float *dst, ptrdiff_t ldd);
+int frnn_transpose_f64(ptrdiff_t rows, ptrdiff_t cols, const double *src, ptrdiff_t lds,
+                       double *dst, ptrdiff_t ldd);
+
 /* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */
 void frnn_activate_f32(frnn_activation act, float *v, ptrdiff_t n);
 void frnn_activate_f64(frnn_activation act, double *v, ptrdiff_t n);

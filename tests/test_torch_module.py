@@ -199,6 +199,24 @@ def test_parity_long_packed_bidirectional_sequence(torch, ft, rng, kind, dtype_n
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_parity_with_weights_large_enough_to_transpose_on_two_threads(torch, ft, rng, kind,
+                                                                      dtype_name):
+    """Weight and gradient matrices of 2^17 elements and more: the layout transposes
+    (csrc/transpose.c) split them between the kernel threads; GRU's gate blocks included."""
+    import fusedrnn
+
+    dtype = getattr(torch, dtype_name)
+    hidden_size = 420 if kind == "RNN" else 300  # weight_hh: 176,400 / 270,000 / 360,000
+    reference, ours = make_pair(torch, ft, kind, 211, hidden_size, dtype, batch_first=True)
+    make_input = input_maker(torch, rng, layout="tensor", steps=3, batch=2, input_size=211,
+                             batch_first=True, dtype=dtype)
+    hx = random_hx(torch, rng, kind, 1, 2, hidden_size, dtype)
+    with fusedrnn.threads(2):
+        assert_parity(torch, reference, ours, make_input, hx, dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_packed_sorted_input_and_padding_outputs(torch, ft, rng, kind):
     """enforce_sorted=True input (no sorted_indices), and the padded view of the output
     is zero past each length, as torch's."""

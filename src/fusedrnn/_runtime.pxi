@@ -19,6 +19,10 @@ cdef extern from "fusedrnn.h" nogil:
                                        Py_ssize_t lda, const float *b, Py_ssize_t ldb,
                                        int accumulate, float *c, Py_ssize_t ldc,
                                        float *b_sums) noexcept
+    int frnn_transpose_f32(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t lds,
+                           float *dst, Py_ssize_t ldd) noexcept
+    int frnn_transpose_f64(Py_ssize_t rows, Py_ssize_t cols, const double *src,
+                           Py_ssize_t lds, double *dst, Py_ssize_t ldd) noexcept
 
 
 cimport numpy as cnp
@@ -62,7 +66,8 @@ cdef object pooled_empty(tuple shape, object dtype):
 
 
 def pooled_array(shape, dtype):
-    """pooled_empty for tests: an uninitialised C-order array, pooled when large."""
+    """pooled_empty from Python: an uninitialised C-order array, pooled when large
+    (fusedrnn.torch's transposed weights and gradients; tests)."""
     return pooled_empty(tuple(int(n) for n in shape), dtype)
 
 
@@ -176,3 +181,58 @@ def weight_gradient_tiles(const float[:, :] a, const float[:, :] b, float[:, :] 
                                                 ps)
     if status != 0:
         raise RuntimeError(f"frnn_weight_gradient_tiles_f32 failed with status {status}")
+
+
+def transpose_into(src, dst):
+    """dst[...] = src.T, in cache-sized tiles on the kernel threads (csrc/transpose.c):
+    NumPy's np.ascontiguousarray(src.T) reads src column by column, 5-15x slower once src
+    outgrows L2.  src (r, c) and dst (c, r): NumPy arrays of one dtype, float32 or float64,
+    each with contiguous rows (any row stride: column slices of a wider matrix work);
+    dst writeable and not overlapping src."""
+    for name, array in (("src", src), ("dst", dst)):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name}: expected a NumPy array, got {type(array).__name__}")
+        if array.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
+    if src.dtype != dst.dtype or src.dtype not in (np.float32, np.float64):
+        raise TypeError(f"src, dst: expected both float32 or both float64, got {src.dtype} "
+                        f"and {dst.dtype}")
+    cdef Py_ssize_t rows = src.shape[0], cols = src.shape[1]
+    if dst.shape != (cols, rows):
+        raise ValueError(f"dst: expected shape {(cols, rows)} (src's transposed), got "
+                         f"{dst.shape}")
+    if not dst.flags.writeable:
+        raise ValueError("dst: expected a writeable array")
+    if rows == 0 or cols == 0:
+        return
+    cdef Py_ssize_t item = src.itemsize
+    for name, array in (("src", src), ("dst", dst)):
+        if array.shape[1] > 1 and array.strides[1] != item:
+            raise ValueError(f"{name}: expected contiguous rows (a column stride of {item} "
+                             f"bytes), got strides {array.strides}")
+        if array.shape[0] > 1 and (array.strides[0] <= 0 or array.strides[0] % item
+                                   or array.strides[0] < array.shape[1] * item):
+            raise ValueError(f"{name}: expected a positive row stride of at least a row, "
+                             f"got strides {array.strides}")
+    if np.may_share_memory(src, dst):
+        raise ValueError("dst: must not overlap src")
+    # row strides in elements (a single row's is never used)
+    cdef Py_ssize_t lds = src.strides[0] // item if rows > 1 else cols
+    cdef Py_ssize_t ldd = dst.strides[0] // item if cols > 1 else rows
+    cdef const float[:, :] src32
+    cdef float[:, :] dst32
+    cdef const double[:, :] src64
+    cdef double[:, :] dst64
+    cdef int status
+    if src.dtype == np.float32:
+        src32 = src
+        dst32 = dst
+        with nogil:
+            status = frnn_transpose_f32(rows, cols, &src32[0, 0], lds, &dst32[0, 0], ldd)
+    else:
+        src64 = src
+        dst64 = dst
+        with nogil:
+            status = frnn_transpose_f64(rows, cols, &src64[0, 0], lds, &dst64[0, 0], ldd)
+    if status != 0:
+        raise RuntimeError(f"frnn_transpose failed with status {status}")
