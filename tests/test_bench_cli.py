@@ -133,6 +133,55 @@ def test_quick_run_training_loop_section(quick_run):
     assert loop["final_loss"]["fusedrnn"] == pytest.approx(loop["final_loss"]["torch"], rel=1e-3)
 
 
+def test_quick_run_drop_in_section(quick_run):
+    drop_in = quick_run["json"]["drop_in"]
+    if not bench.drop_in_available():
+        assert drop_in == []
+        pytest.skip("fusedrnn.torch is not available")
+    assert "## Drop-in modules: fusedrnn.torch vs torch.nn" in quick_run["stdout"]
+    # the LSTM-only quick run: both modes at the quick drop-in point, in the table too
+    point = dataclasses.asdict(bench.QUICK_DROP_IN_POINTS[0])
+    assert [(r["cell"], r["mode"]) for r in drop_in] == [("lstm", "forward"), ("lstm", "train")]
+    for r in drop_in:
+        assert {k: r[k] for k in point} == point
+        medians = {name: r["timings"][name]["median_ms"] for name in ("fusedrnn.torch", "torch")}
+        assert all(_finite_positive(m) for m in medians.values())
+        assert r["ratio_torch_over_fusedrnn_torch"] == pytest.approx(
+            medians["torch"] / medians["fusedrnn.torch"])
+        assert f"| lstm | {r['mode']} | {point['batch']} | {point['steps']} |" in quick_run["stdout"]
+
+
+def test_no_drop_in_leaves_the_section_out(tmp_path):
+    json_path = tmp_path / "bench.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = cli.main(["bench", "--quick", "--cells", "rnn", "--modes", "forward",
+                           "--repeat", "1", "--budget", "0.001", "--threads", "1",
+                           "--no-loop", "--no-drop-in", "--json", str(json_path)])
+    assert status == 0
+    assert "Drop-in modules" not in stdout.getvalue()
+    assert json.loads(json_path.read_text())["drop_in"] == []
+
+
+@pytest.mark.parametrize("cell", bench.CELLS)
+def test_drop_in_cases_time_the_same_work_in_both_modules(cell, request):
+    """fusedrnn.torch's module is loaded with torch.nn's weights: in both modes the two
+    cases return the same outputs, and in training the same input and weight gradients."""
+    require("torch", request)
+    if not bench.drop_in_available(cell):
+        pytest.skip(f"fusedrnn.torch has no {cell} module")
+    for mode in bench.MODES:
+        cases = bench.make_drop_in_cases(cell, mode, bench.Point(3, 5, 4, 6), dtype=np.float64,
+                                         seed=2)
+        assert set(cases) == set(bench.DROP_IN_IMPLEMENTATIONS)
+        ours, theirs = cases["fusedrnn.torch"].run(), cases["torch"].run()
+        if mode == "forward":  # (outputs, final state(s))
+            ours, theirs = [ours[0]], [theirs[0]]
+        assert len(ours) == len(theirs)
+        for k, (a, e) in enumerate(zip(ours, theirs)):
+            assert_close(a.detach().numpy(), e.detach().numpy(), 1e-10, name=f"{mode} {k}")
+
+
 def test_flops_follow_the_per_step_formulas():
     point = bench.Point(batch=2, steps=3, features=4, units=5)
     # per step: LSTM 8*B*H*(I+H), GRU 6*B*H*(I+H), RNN 2*B*H*(I+H); B*H*(I+H) = 90
@@ -268,6 +317,23 @@ def _synthetic_results():
                          marks={"numpy": bench.SKIPPED},
                          saved_bytes={"fusedrnn": 100 * 2048, "torch": None})
     return [forward, train]
+
+
+def test_report_lists_the_drop_in_modules_with_their_ratio():
+    point = bench.Point(1, 100, 256, 512)
+    result = bench.DropInResult("gru", "train", point,
+                                {"fusedrnn.torch": bench.Timing([0.002, 0.004, 0.003]),
+                                 "torch": bench.Timing([0.009])})
+    assert result.ratio == pytest.approx(3.0)
+    env = {"fusedrnn": "x", "python": "3", "numpy": "2", "scipy": "1", "torch": None,
+           "torch_missing": True, "cpu": "cpu", "logical_cpus_available": 2,
+           "threadpools": [], "peak_gflops": None}
+    config = {"dtype": "float32", "min_repeats": 3, "warmup": 1, "budget": 0.3,
+              "elapsed_seconds": 1.0, "load_before": None, "load_after": None}
+    report = bench.format_markdown(env, config, [], None, [], [result])
+    assert "| gru | train | 1 | 100 | 256 | 512 | 3.00 | 9.00 | 3.00x |" in report
+    assert bench.to_json(env, config, [], None, [], [result])["drop_in"][0][
+        "ratio_torch_over_fusedrnn_torch"] == pytest.approx(3.0)
 
 
 def test_report_computes_ratios_gflops_and_footnotes():

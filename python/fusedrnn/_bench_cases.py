@@ -130,15 +130,20 @@ def implementation_available(implementation: str, cell: str) -> bool:
     raise ValueError(f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
 
 
-def drop_in_lstm_available() -> bool:
-    """True when fusedrnn.torch (the PyTorch drop-in) with an LSTM class can be imported."""
+def drop_in_available(cell: str = "lstm") -> bool:
+    """True when fusedrnn.torch (the PyTorch drop-in) with `cell`'s class can be imported."""
     if not torch_available() or importlib.util.find_spec("fusedrnn.torch") is None:
         return False
     try:
         module = importlib.import_module("fusedrnn.torch")
     except ImportError:
         return False
-    return hasattr(module, "LSTM")
+    return hasattr(module, TORCH_CLASSES[cell])
+
+
+def drop_in_lstm_available() -> bool:
+    """True when fusedrnn.torch (the PyTorch drop-in) with an LSTM class can be imported."""
+    return drop_in_available("lstm")
 
 
 # --------------------------------------------------------------------------------------
@@ -293,9 +298,14 @@ def torch_saved_bytes(module, x) -> int:
 
 
 def _torch_case(problem: Problem, mode: str) -> tuple:
+    return _module_case(build_torch_module(problem), problem, mode)
+
+
+def _module_case(module, problem: Problem, mode: str) -> tuple:
+    """run / saved_bytes for a torch module (torch.nn's or fusedrnn.torch's): forward under
+    no_grad, or forward + the gradients of the input and every parameter."""
     import torch
 
-    module = build_torch_module(problem)
     x = torch.from_numpy(problem.x)
     if mode == "forward":
         def forward():
@@ -333,6 +343,40 @@ def make_case(implementation: str, cell: str, mode: str, point: Point, dtype=np.
     else:
         run, saved = _torch_case(problem, mode)
     return Case(implementation, cell, mode, point, run, saved)
+
+
+# --------------------------------------------------------------------------------------
+# The PyTorch drop-in modules against torch.nn's, module for module
+# --------------------------------------------------------------------------------------
+
+# Where the drop-in's own per-call work shows: one row with 512 units (the kernels are
+# quick and the weights large: torch's (4H, I) layout becomes the kernels' (I, 4H) on every
+# call, and the gradients go back), and a common training batch.
+DROP_IN_POINTS = (Point(batch=1, steps=100, features=256, units=512),
+                  Point(batch=32, steps=100, features=128, units=256))
+QUICK_DROP_IN_POINTS = (Point(batch=4, steps=20, features=32, units=64),)
+DROP_IN_IMPLEMENTATIONS = ("fusedrnn.torch", "torch")
+
+
+def make_drop_in_cases(cell: str, mode: str, point: Point, dtype=np.float32,
+                       seed: int = 0) -> Dict[str, Case]:
+    """``{"fusedrnn.torch": case, "torch": case}``: torch.nn's module holding the point's
+    weights and fusedrnn.torch's loaded from its state_dict, timed as the torch column
+    (``_module_case``) on the same input and upstream gradient."""
+    if not drop_in_available(cell):
+        raise RuntimeError(f"fusedrnn.torch.{TORCH_CLASSES[cell]} cannot run in this "
+                           "environment (torch missing?)")
+    problem = make_problem(cell, point, dtype, seed)
+    reference_module = build_torch_module(problem)
+    fused_class = getattr(importlib.import_module("fusedrnn.torch"), TORCH_CLASSES[cell])
+    fused_module = fused_class(point.features, point.units, batch_first=True)
+    fused_module = fused_module.to(dtype=next(reference_module.parameters()).dtype)
+    fused_module.load_state_dict(reference_module.state_dict())
+    cases = {}
+    for name, module in (("fusedrnn.torch", fused_module), ("torch", reference_module)):
+        run, saved = _module_case(module, problem, mode)
+        cases[name] = Case(name, cell, mode, point, run, saved)
+    return cases
 
 
 # --------------------------------------------------------------------------------------

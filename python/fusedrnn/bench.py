@@ -10,8 +10,9 @@ gradient) and grid point, the same problem (:mod:`fusedrnn._bench_cases`) runs t
 
 with BLAS and torch capped at the same number of threads.  Each measurement is a warm-up
 call, then repeated calls until both a minimum count and a time budget are reached; the
-table reports the median.  When the PyTorch drop-in ``fusedrnn.torch.LSTM`` is present, a
-small training loop (LSTM + Linear head, Adam) is also timed against the same loop with
+table reports the median.  When the PyTorch drop-in ``fusedrnn.torch`` is present, its
+LSTM/GRU/RNN modules are timed against torch.nn's at two sizes (``--no-drop-in`` skips
+them), and a small training loop (LSTM + Linear head, Adam) against the same loop with
 ``torch.nn.LSTM``.
 
 Usage::
@@ -40,20 +41,25 @@ from . import __version__
 from ._bench_cases import (
     CELLS,
     DEFAULT_LOOP,
+    DROP_IN_IMPLEMENTATIONS,
+    DROP_IN_POINTS,
     IMPLEMENTATIONS,
     MODES,
     OP_NAMES,
+    QUICK_DROP_IN_POINTS,
     QUICK_LOOP,
     Case,
     LoopConfig,
     Point,
     available_cells,
     build_torch_module,
+    drop_in_available,
     drop_in_lstm_available,
     flops,
     full_grid,
     implementation_available,
     make_case,
+    make_drop_in_cases,
     make_problem,
     numpy_skipped,
     quick_grid,
@@ -65,6 +71,7 @@ from ._bench_cases import (
 __all__ = [
     "CELLS", "MODES", "IMPLEMENTATIONS", "OP_NAMES", "TABLE_COLUMNS", "Point", "Case",
     "LoopConfig", "DEFAULT_LOOP", "QUICK_LOOP", "training_loops", "drop_in_lstm_available",
+    "drop_in_available", "DropInResult", "run_drop_in",
     "torch_available", "available_cores", "Timing",
     "MeasureSettings", "Result", "LoopResult", "full_grid", "quick_grid", "numpy_skipped",
     "flops", "available_cells", "implementation_available", "make_case", "make_problem",
@@ -236,6 +243,42 @@ def run_grid(cells: Sequence[str], modes: Sequence[str], points: Sequence[Point]
                     if progress is not None:
                         progress(f"{case.name}: {result.timings[implementation].median_ms:.3f} ms")
                 results.append(result)
+    return results
+
+
+@dataclass
+class DropInResult:
+    """fusedrnn.torch's module and torch.nn's at one (cell, mode, point)."""
+
+    cell: str
+    mode: str
+    point: Point
+    timings: Dict[str, Timing]
+
+    @property
+    def ratio(self) -> float:
+        """torch.nn's median / fusedrnn.torch's (> 1: the drop-in is faster)."""
+        return self.timings["torch"].median_ms / self.timings["fusedrnn.torch"].median_ms
+
+
+def run_drop_in(cells: Sequence[str], modes: Sequence[str], points: Sequence[Point],
+                settings: MeasureSettings, dtype=np.float32,
+                progress: Optional[Callable[[str], None]] = None) -> List[DropInResult]:
+    """fusedrnn.torch.LSTM/GRU/RNN against torch.nn's, call for call: what a user swapping
+    modules gets, the drop-in's own per-call work (weight layouts, autograd) included."""
+    results = []
+    for cell in cells:
+        if not drop_in_available(cell):
+            continue
+        for mode in modes:
+            for point in points:
+                cases = make_drop_in_cases(cell, mode, point, dtype)
+                timings = measure_interleaved({name: case.run for name, case in cases.items()},
+                                              settings)
+                if progress is not None:
+                    progress(f"drop-in {cell}-{mode}-{point.label}: " + ", ".join(
+                        f"{name} {timings[name].median_ms:.3f} ms" for name in cases))
+                results.append(DropInResult(cell, mode, point, timings))
     return results
 
 
@@ -439,6 +482,9 @@ TABLE_COLUMNS = (
     "saved KiB/step fusedrnn", "saved KiB/step torch",
 )
 
+DROP_IN_COLUMNS = ("cell", "mode", "B", "T", "I", "H", "fusedrnn.torch ms", "torch.nn ms",
+                   "torch.nn/fusedrnn.torch")
+
 
 def _percent_value(value: Optional[float], peak: Optional[float]) -> Optional[float]:
     return None if value is None or not peak else 100 * value / peak
@@ -511,8 +557,10 @@ def _thread_summary(env: dict) -> str:
 
 
 def format_markdown(env: dict, config: dict, results: Sequence[Result],
-                    loop: Optional[LoopResult], notes: Sequence[str]) -> str:
-    """The whole report: header, the kernel table with footnotes, the training loop."""
+                    loop: Optional[LoopResult], notes: Sequence[str],
+                    drop_in: Sequence[DropInResult] = ()) -> str:
+    """The whole report: header, the kernel table with footnotes, the drop-in modules, the
+    training loop."""
     lines = [
         "# fusedrnn benchmark",
         "",
@@ -564,6 +612,21 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
             lines.append(f"- `{NOT_AVAILABLE}`: not available in this environment.")
         if any(NOT_SELECTED in r.marks.values() for r in results):
             lines.append(f"- `{NOT_SELECTED}`: not selected (`--impls`).")
+    if drop_in:
+        lines += [
+            "",
+            "## Drop-in modules: fusedrnn.torch vs torch.nn",
+            "",
+            "The same module call as the torch column above (batch_first, the same weights "
+            "through load_state_dict), with fusedrnn.torch's LSTM/GRU/RNN: the kernels plus "
+            "the drop-in's own work per call (torch's weight layout to the kernels' and the "
+            "gradients back, autograd).",
+            "",
+        ]
+        rows = [[r.cell, r.mode, str(r.point.batch), str(r.point.steps), str(r.point.features),
+                 str(r.point.units), _ms(r.timings["fusedrnn.torch"].median_ms),
+                 _ms(r.timings["torch"].median_ms), _ratio(r.ratio, "-")] for r in drop_in]
+        lines += _markdown_table(DROP_IN_COLUMNS, rows, first_numeric=2)
     if loop is not None:
         c = loop.config
         lines += [
@@ -587,7 +650,8 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
 
 
 def to_json(env: dict, config: dict, results: Sequence[Result],
-            loop: Optional[LoopResult], notes: Sequence[str]) -> dict:
+            loop: Optional[LoopResult], notes: Sequence[str],
+            drop_in: Sequence[DropInResult] = ()) -> dict:
     """Everything in the report, with raw numbers (seconds of every timed call)."""
     def timing(t: Optional[Timing]):
         if t is None:
@@ -615,6 +679,12 @@ def to_json(env: dict, config: dict, results: Sequence[Result],
                 if r.mode == "train" else None,
             }
             for r in results
+        ],
+        "drop_in": [
+            {"cell": r.cell, "mode": r.mode, **dataclasses.asdict(r.point),
+             "timings": {name: timing(t) for name, t in r.timings.items()},
+             "ratio_torch_over_fusedrnn_torch": r.ratio}
+            for r in drop_in
         ],
         "loop": None if loop is None else {
             "config": dataclasses.asdict(loop.config),
@@ -702,8 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusedrnn bench",
         description="Time fusedrnn's fused LSTM/GRU/SimpleRNN kernels (inference and "
-                    "training step) against the NumPy reference and PyTorch, and a training "
-                    "loop with the PyTorch drop-in. Markdown report on stdout.",
+                    "training step) against the NumPy reference and PyTorch, and the PyTorch "
+                    "drop-in modules and a training loop with them against torch.nn's. "
+                    "Markdown report on stdout.",
     )
     parser.add_argument("--quick", action="store_true",
                         help="a small subset of the grid with short budgets (well under 30 s)")
@@ -732,6 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
                         help="time a training loop with fusedrnn.torch.LSTM vs torch.nn.LSTM "
                              "(default: on when the drop-in module is available)")
+    parser.add_argument("--drop-in", action=argparse.BooleanOptionalAction, default=None,
+                        help="time fusedrnn.torch's LSTM/GRU/RNN modules against torch.nn's "
+                             "at two sizes (default: on when the drop-in modules are "
+                             "available)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the report to a file")
     parser.add_argument("--plot", metavar="PATH",
@@ -787,6 +862,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--loop needs torch and fusedrnn.torch.LSTM (the PyTorch drop-in)")
     if args.loop is None:
         args.loop = drop_in_lstm_available()
+    if args.drop_in and not drop_in_available():
+        parser.error("--drop-in needs torch and fusedrnn.torch (the PyTorch drop-in)")
+    if args.drop_in is None:
+        args.drop_in = drop_in_available()
     return args
 
 
@@ -796,7 +875,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dtype = np.dtype(args.dtype)
     settings = MeasureSettings(warmup=1, min_repeats=args.repeat, budget=args.budget)
     points = quick_grid() if args.quick else full_grid()
-    use_torch = torch_available() and ("torch" in args.impls or args.loop)
+    use_torch = torch_available() and ("torch" in args.impls or args.loop or args.drop_in)
     notes = []
     if args.torch_missing:
         notes.append("torch is not installed: no torch column (pip install 'fusedrnn[torch]').")
@@ -818,8 +897,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = run_grid(args.cells, args.modes, points, args.impls, settings, dtype,
                            skip_numpy_at_large_points=not args.numpy_everywhere,
                            progress=progress)
-        loop = None
+        drop_in = []
         status = 0
+        if args.drop_in:
+            try:
+                drop_in = run_drop_in(args.cells, args.modes,
+                                      QUICK_DROP_IN_POINTS if args.quick else DROP_IN_POINTS,
+                                      settings, dtype, progress=progress)
+            except Exception as exc:  # keep the kernel table; report the failure, exit 1
+                notes.append(f"the drop-in modules failed: {type(exc).__name__}: {exc}")
+                status = 1
+        loop = None
         if args.loop:
             loop_config = QUICK_LOOP if args.quick else DEFAULT_LOOP
             progress(f"training loop: {loop_config}")
@@ -839,10 +927,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "implementations": args.impls, "threads": args.threads, "dtype": args.dtype,
         "warmup": settings.warmup, "min_repeats": settings.min_repeats,
         "max_repeats": settings.max_repeats, "budget": settings.budget,
-        "numpy_everywhere": args.numpy_everywhere, "elapsed_seconds": elapsed,
+        "numpy_everywhere": args.numpy_everywhere, "drop_in": args.drop_in,
+        "elapsed_seconds": elapsed,
         "load_before": load_before, "load_after": load_average(),
     }
-    report = format_markdown(env, config, results, loop, notes)
+    report = format_markdown(env, config, results, loop, notes, drop_in)
     sys.stdout.write(report)
     sys.stdout.flush()
     if args.markdown:
@@ -850,7 +939,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             handle.write(report)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(to_json(env, config, results, loop, notes), handle, indent=1)
+            json.dump(to_json(env, config, results, loop, notes, drop_in), handle, indent=1)
     if args.plot:
         plot_speedups(results, args.plot)
     return status
