@@ -147,6 +147,18 @@ int frnn_transpose_f32(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdiff
 int frnn_transpose_f64(ptrdiff_t rows, ptrdiff_t cols, const double *src, ptrdiff_t lds,
                        double *dst, ptrdiff_t ldd);
 
+/* table[ids[i], :dim] += rows[i, :dim] for i < n, in index order (the Embedding layer's
+ * weight gradient; the same sums as NumPy's np.add.at).  rows: n x dim, row stride ld_rows;
+ * table: table_rows x dim, row stride ld_table; they must not overlap.  FRNN_EINVAL, with
+ * the table untouched, for an id outside [0, table_rows), negative sizes, a NULL array or
+ * a row stride shorter than dim. */
+int frnn_scatter_add_rows_f32(ptrdiff_t n, ptrdiff_t dim, const ptrdiff_t *ids, const float *rows,
+                              ptrdiff_t ld_rows, float *table, ptrdiff_t table_rows,
+                              ptrdiff_t ld_table);
+int frnn_scatter_add_rows_f64(ptrdiff_t n, ptrdiff_t dim, const ptrdiff_t *ids,
+                              const double *rows, ptrdiff_t ld_rows, double *table,
+                              ptrdiff_t table_rows, ptrdiff_t ld_table);
+
 /* In-place activation of n contiguous values, and dv[k] *= act'(y[k]). */
 void frnn_activate_f32(frnn_activation act, float *v, ptrdiff_t n);
 void frnn_activate_f64(frnn_activation act, double *v, ptrdiff_t n);

@@ -23,6 +23,12 @@ cdef extern from "fusedrnn.h" nogil:
                            float *dst, Py_ssize_t ldd) noexcept
     int frnn_transpose_f64(Py_ssize_t rows, Py_ssize_t cols, const double *src,
                            Py_ssize_t lds, double *dst, Py_ssize_t ldd) noexcept
+    int frnn_scatter_add_rows_f32(Py_ssize_t n, Py_ssize_t dim, const Py_ssize_t *ids,
+                                  const float *rows, Py_ssize_t ld_rows, float *table,
+                                  Py_ssize_t table_rows, Py_ssize_t ld_table) noexcept
+    int frnn_scatter_add_rows_f64(Py_ssize_t n, Py_ssize_t dim, const Py_ssize_t *ids,
+                                  const double *rows, Py_ssize_t ld_rows, double *table,
+                                  Py_ssize_t table_rows, Py_ssize_t ld_table) noexcept
 
 
 cimport numpy as cnp
@@ -236,3 +242,73 @@ def transpose_into(src, dst):
             status = frnn_transpose_f64(rows, cols, &src64[0, 0], lds, &dst64[0, 0], ldd)
     if status != 0:
         raise RuntimeError(f"frnn_transpose failed with status {status}")
+
+
+def scatter_add_rows(table, ids, rows):
+    """table[ids[i]] += rows[i] for every i, in index order: np.add.at(table, ids, rows)
+    for a 2-D table and 1-D ids, with the same sums, as one C pass (csrc/scatter.c; the
+    Embedding layer's gradient).  table (V, D) and rows (n, D): NumPy arrays of one dtype,
+    float32 or float64, with contiguous rows, not overlapping; table writeable.  ids: n
+    integers in [0, V) (anything else raises ValueError and leaves the table as it was)."""
+    for name, array in (("table", table), ("rows", rows)):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name}: expected a NumPy array, got {type(array).__name__}")
+        if array.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
+    if table.dtype != rows.dtype or table.dtype not in (np.float32, np.float64):
+        raise TypeError(f"table, rows: expected both float32 or both float64, got "
+                        f"{table.dtype} and {rows.dtype}")
+    index = np.asarray(ids)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"ids: expected integers, got dtype {index.dtype}")
+    if index.ndim != 1 or index.shape[0] != rows.shape[0]:
+        raise ValueError(f"ids: expected shape ({rows.shape[0]},) (one per row of rows), got "
+                         f"{index.shape}")
+    if rows.shape[1] != table.shape[1]:
+        raise ValueError(f"rows: expected {table.shape[1]} columns like table, got "
+                         f"{rows.shape[1]}")
+    if not table.flags.writeable:
+        raise ValueError("table: expected a writeable array")
+    cdef Py_ssize_t n = rows.shape[0], dim = rows.shape[1], table_rows = table.shape[0]
+    if n == 0 or dim == 0:
+        return
+    if table_rows == 0:
+        raise ValueError(f"ids: expected values in [0, 0), got values in "
+                         f"[{index.min()}, {index.max()}]")
+    cdef Py_ssize_t item = table.itemsize
+    for name, array in (("table", table), ("rows", rows)):
+        if array.shape[1] > 1 and array.strides[1] != item:
+            raise ValueError(f"{name}: expected contiguous rows (a column stride of {item} "
+                             f"bytes), got strides {array.strides}")
+        if array.shape[0] > 1 and (array.strides[0] <= 0 or array.strides[0] % item
+                                   or array.strides[0] < array.shape[1] * item):
+            raise ValueError(f"{name}: expected a positive row stride of at least a row, "
+                             f"got strides {array.strides}")
+    if np.may_share_memory(table, rows):
+        raise ValueError("rows: must not overlap table")
+    # (uint64 ids past the intp range wrap to negative ones here: refused below all the same)
+    cdef const Py_ssize_t[::1] id_view = np.ascontiguousarray(index, dtype=np.intp)
+    cdef Py_ssize_t ld_rows = rows.strides[0] // item if n > 1 else dim
+    cdef Py_ssize_t ld_table = table.strides[0] // item if table_rows > 1 else dim
+    cdef const float[:, :] rows32
+    cdef float[:, :] table32
+    cdef const double[:, :] rows64
+    cdef double[:, :] table64
+    cdef int status
+    if table.dtype == np.float32:
+        rows32 = rows
+        table32 = table
+        with nogil:
+            status = frnn_scatter_add_rows_f32(n, dim, &id_view[0], &rows32[0, 0], ld_rows,
+                                               &table32[0, 0], table_rows, ld_table)
+    else:
+        rows64 = rows
+        table64 = table
+        with nogil:
+            status = frnn_scatter_add_rows_f64(n, dim, &id_view[0], &rows64[0, 0], ld_rows,
+                                               &table64[0, 0], table_rows, ld_table)
+    if status == 2:
+        raise ValueError(f"ids: expected values in [0, {table_rows}), got values in "
+                         f"[{index.min()}, {index.max()}]")
+    if status != 0:
+        raise RuntimeError(f"frnn_scatter_add_rows failed with status {status}")
