@@ -276,8 +276,11 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                                        reset_after ? in_bias : bias, z_chunk);
         if (status) goto done;
         if (gate_tiles) { /* gate block by gate block; h updated in place */
+            frnn_step_barrier step_barrier;
+            frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt) if (nt > 1)
             {
+                int step_phase = 0; /* this thread's side of step_barrier */
                 /* split by rows: the whole loop for the thread's rows, no barrier; by units:
                  * its units of every row, meeting where a product needs every unit */
                 const frnn_part p = frnn_thread_part(d, split, nbg, VW);
@@ -300,7 +303,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                                               rec_mask + (g * B + b0 + b) * H + j0,
                                               h_dropped + (g * B + b0 + b) * H + j0);
                         if (meet) {
-#pragma omp barrier
+                            frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                         }
                     }
                     for (int g = 0; g < blocks; ++g) {
@@ -322,7 +325,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                                                    rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
                                                    mask_t, q, j0, j1);
                         if (meet) { /* q Uh needs every unit of q */
-#pragma omp barrier
+                        frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                         }
                         SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R, q, H,
                                                 NULL, z_t + 2 * H, G3, p.jb0, p.jb1);
@@ -331,7 +334,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                                                     os.stride_b, h_save, j0, j1);
                     }
                     if (meet) { /* h_t (and the h*m_g, q read above) complete for the next step */
-#pragma omp barrier
+                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                     }
                 }
             }
@@ -339,8 +342,11 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         }
         if (nt > 1) { /* each thread owns a range of unit blocks; one barrier per step */
             REAL *h_buf[2] = {h_n, h_alt};
+            frnn_step_barrier step_barrier;
+            frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt)
             {
+                int step_phase = 0; /* this thread's side of step_barrier */
                 const frnn_part p = frnn_thread_part(d, split, nb, VWF);
                 const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
@@ -355,7 +361,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                         training ? h_states + (t * B + b0) * H : NULL, j0, j1);
                     /* split by units: h_t needs every thread's units before the next step */
                     if (!split.by_rows) {
-#pragma omp barrier
+                        frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                     }
                 }
             }
@@ -624,8 +630,11 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     for (int g = 0; gate_tiles && g < 3; ++g)
         SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, packed_gates_t + g * gate_stride, nt);
     if (gate_tiles) { /* gate block by gate block */
+        frnn_step_barrier step_barrier;
+        frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
+            int step_phase = 0; /* this thread's side of step_barrier */
             /* split by rows: the whole loop for the thread's rows, no barrier; by units: its
              * units of every row, meeting where a product needs every column of dz */
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
@@ -648,7 +657,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                     SFX(gru_step_before_backward_zh)(&p.rows, gates_t, hp_rows, mask_t, dout_t,
                                                      dos.stride_b, dh, dz_t, j0, j1);
                     if (meet) { /* dq needs every column of dz_h */
-#pragma omp barrier
+                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                     }
                     REAL *dq_rows = dq + b0 * H;
                     for (ptrdiff_t b = 0; b < R; ++b)
@@ -660,7 +669,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                                                     mask_t, dq_rows, dh, dz_t, j0, j1);
                 }
                 if (meet) { /* the products below need every column of dz_t */
-#pragma omp barrier
+                frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                 }
                 /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp; the next
                  * step writes dz_{t-1} elsewhere and only its own units of dh and dq */
@@ -674,8 +683,11 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
             }
         }
     } else if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
+        frnn_step_barrier step_barrier;
+        frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt)
         {
+            int step_phase = 0; /* this thread's side of step_barrier */
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -688,7 +700,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                     dos.stride_b, d_h0 + b0 * H, dz_t, dxh + (t * B + b0) * H, j0, j1);
                 /* split by units: dh_{t-1} needs every column of dR_t */
                 if (!split.by_rows) {
-#pragma omp barrier
+                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                 }
                 SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
                                         d_h0 + b0 * H, H, p.jb0, p.jb1);

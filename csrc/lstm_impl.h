@@ -245,8 +245,11 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
             }
             continue;
         }
+        frnn_step_barrier step_barrier;
+        frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
+            int step_phase = 0; /* this thread's side of step_barrier */
             const int tid = frnn_thread_id();
             const frnn_part p = frnn_thread_part(d, split, nb, VWF);
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
@@ -274,7 +277,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
                     rec_mask ? hd_buf[(t + 1) & 1] + b0 * H : NULL, my_scratch, j0, j1);
                 /* split by units: h_t needs every thread's units before the next step */
                 if (!split.by_rows) {
-#pragma omp barrier
+                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                 }
             }
         }
@@ -436,8 +439,11 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
 
+    frnn_step_barrier step_barrier;
+    frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+        int step_phase = 0; /* this thread's side of step_barrier */
         const int tid = frnn_thread_id();
         const frnn_part p = frnn_thread_part(d, split, nb, VW);
         const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
@@ -452,7 +458,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                 dos.stride_b, d_h0 + b0 * H, d_c0 + b0 * H, dz_t, ldz, tc, dtc, j0, j1);
             /* split by units: dh_{t-1} needs every column of dZ_t */
             if (!split.by_rows) {
-#pragma omp barrier
+                frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
             }
             /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
              * writes dZ_{t-1} elsewhere. */

@@ -153,8 +153,11 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
             }
             continue;
         }
+        frnn_step_barrier step_barrier;
+        frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
+            int step_phase = 0; /* this thread's side of step_barrier */
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = t0; t < t1; ++t) {
@@ -177,7 +180,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                     rec_mask ? hd_buf[(t + 1) & 1] + b0 * H : NULL, j0, j1);
                 /* split by units: h_t needs every thread's units before the next step */
                 if (!split.by_rows) {
-#pragma omp barrier
+                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                 }
             }
         }
@@ -273,8 +276,11 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
     if (packed_t) {
+        frnn_step_barrier step_barrier;
+        frnn_step_barrier_init(&step_barrier);
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
+            int step_phase = 0; /* this thread's side of step_barrier */
             const frnn_part p = frnn_thread_part(d, split, nb, VW);
             const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
             for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -285,7 +291,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                     dos.stride_b, d_h0 + b0 * H, dz_t, ldz, j0, j1);
                 /* split by units: dh_{t-1} needs every unit of dz_t */
                 if (!split.by_rows) {
-#pragma omp barrier
+                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                 }
                 /* dh_{t-1} += (dz_t U^T) * m for the owned rows and units; the next step
                  * writes dz_{t-1} elsewhere */
