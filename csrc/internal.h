@@ -7,6 +7,11 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define FRNN_CPU_RELAX() _mm_pause()
@@ -98,8 +103,9 @@ static inline int frnn_team_size(void) { return 1; }
  * LSTM inference at batch 1 meets 100 times in a 0.3 ms call.  Batch 1, T=100, in-process
  * A/B over GOMP's barrier (both orders): forward LSTM 1.07-1.11x at 128 units, 1.04x at
  * 256, GRU 1.03-1.10x, SimpleRNN 1.22-1.26x; training 1.02-1.07x.  A waiter spins (PAUSE)
- * for a while, then yields the CPU at each check, so a thread descheduled by other
- * programs can run on the core its partner was spinning on.  Neither barrier helps when
+ * for a while, then sleeps on a futex, so a thread descheduled by other programs gets the
+ * core its partner was spinning on (yielding instead took 28 ms per LSTM call that GOMP's
+ * sleeping barrier ran in 0.3-0.7 ms, with two processes on the two cores).  Neither barrier helps when
  * the cores are oversubscribed (docs/RELIABILITY.md): a meeting then waits for the
  * scheduler to run the partner again, milliseconds with either.
  * Use: one frnn_step_barrier shared by the team (frnn_step_barrier_init before the parallel
@@ -108,35 +114,53 @@ static inline int frnn_team_size(void) { return 1; }
  * after it (release/acquire, as an OpenMP barrier's flush). */
 typedef struct {
     _Atomic int arrived;
-    _Atomic int phase;
-    char pad[64 - 2 * sizeof(int)]; /* alone on its cache line */
+    _Atomic int phase;    /* also the futex word the sleepers wait on (Linux) */
+    _Atomic int sleepers; /* waiters that stopped spinning */
+    char pad[64 - 3 * sizeof(int)]; /* alone on its cache line */
 } frnn_step_barrier;
 
-#define FRNN_BARRIER_SPINS 2048 /* ~30-70 us of PAUSE before yielding */
+#define FRNN_BARRIER_SPINS 4096 /* PAUSEs before sleeping: ~60-140 us */
 
 static inline void frnn_step_barrier_init(frnn_step_barrier *barrier) {
     atomic_init(&barrier->arrived, 0);
     atomic_init(&barrier->phase, 0);
+    atomic_init(&barrier->sleepers, 0);
 }
+
+#if defined(__linux__)
+static inline void frnn_futex_wait(_Atomic int *word, int value) {
+    syscall(SYS_futex, (int *)word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+}
+static inline void frnn_futex_wake_all(_Atomic int *word) {
+    syscall(SYS_futex, (int *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+#else
+static inline void frnn_futex_wait(_Atomic int *word, int value) {
+    (void)word, (void)value;
+    sched_yield();
+}
+static inline void frnn_futex_wake_all(_Atomic int *word) { (void)word; }
+#endif
 
 static inline void frnn_step_barrier_wait(frnn_step_barrier *barrier, int team, int *phase) {
     const int next = !*phase;
     *phase = next;
     if (atomic_fetch_add_explicit(&barrier->arrived, 1, memory_order_acq_rel) == team - 1) {
         atomic_store_explicit(&barrier->arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&barrier->phase, next, memory_order_release);
+        atomic_store(&barrier->phase, next); /* seq_cst: ordered before reading sleepers */
+        if (atomic_load(&barrier->sleepers) > 0) frnn_futex_wake_all(&barrier->phase);
         return;
     }
-    for (int spins = 0; atomic_load_explicit(&barrier->phase, memory_order_acquire) != next;) {
-        if (spins < FRNN_BARRIER_SPINS) {
-            ++spins;
-            FRNN_CPU_RELAX();
-        } else {
-            sched_yield();
-        }
+    for (int spins = 0; spins < FRNN_BARRIER_SPINS; ++spins) {
+        if (atomic_load_explicit(&barrier->phase, memory_order_acquire) == next) return;
+        FRNN_CPU_RELAX();
     }
+    /* the partner is late (descheduled by other programs): sleep until the last arriver
+     * wakes us, leaving the core to whoever needs it */
+    atomic_fetch_add(&barrier->sleepers, 1); /* seq_cst: before reading phase */
+    while (atomic_load(&barrier->phase) != next) frnn_futex_wait(&barrier->phase, !next);
+    atomic_fetch_sub(&barrier->sleepers, 1);
 }
-
 
 /* Per-step multiply-adds from which a time loop with too few rows to split by rows splits
  * its units (a barrier per step).  Measured on this 2-vCPU machine (float32, T=100, fastest
