@@ -104,10 +104,9 @@ static inline int frnn_team_size(void) { return 1; }
  * A/B over GOMP's barrier (both orders): forward LSTM 1.07-1.11x at 128 units, 1.04x at
  * 256, GRU 1.03-1.10x, SimpleRNN 1.22-1.26x; training 1.02-1.07x.  A waiter spins (PAUSE)
  * for a while, then sleeps on a futex, so a thread descheduled by other programs gets the
- * core its partner was spinning on (yielding instead took 28 ms per LSTM call that GOMP's
- * sleeping barrier ran in 0.3-0.7 ms, with two processes on the two cores).  Neither barrier helps when
- * the cores are oversubscribed (docs/RELIABILITY.md): a meeting then waits for the
- * scheduler to run the partner again, milliseconds with either.
+ * core its partner was spinning on.  With two processes on the two cores this still costs
+ * far more than one thread each, but less than GOMP's barrier (docs/RELIABILITY.md has the
+ * numbers; yielding instead of sleeping was worse in some of those runs).
  * Use: one frnn_step_barrier shared by the team (frnn_step_barrier_init before the parallel
  * region), each thread with its own int phase = 0, and frnn_step_barrier_wait(&barrier,
  * frnn_team_size(), &phase) where the threads meet.  Writes before the meeting are seen
