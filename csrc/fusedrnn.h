@@ -99,6 +99,11 @@ int frnn_override_split_by(void);
 int frnn_override_simd(void);
 int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);
+/* PAUSEs a thread spins at a time loop's per-step meeting before it sleeps on a futex
+ * (csrc/internal.h's frnn_step_barrier; default FRNN_BARRIER_SPINS).  Tests set 0 to make
+ * every wait sleep.  Returns the previous count; n < 0 restores the default. */
+int frnn_set_barrier_spins(int n);
+int frnn_barrier_spins(void);
 /* The buffer pool (csrc/pool.c).  frnn_alloc: count*size bytes (a valid pointer for
  * zero), 64-byte aligned, uninitialised, or NULL when out of memory or on overflow; from
  * the pool's kept blocks when one fits.  frnn_free: gives back a pointer from frnn_alloc

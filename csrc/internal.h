@@ -150,7 +150,8 @@ static inline void frnn_step_barrier_wait(frnn_step_barrier *barrier, int team, 
         if (atomic_load(&barrier->sleepers) > 0) frnn_futex_wake_all(&barrier->phase);
         return;
     }
-    for (int spins = 0; spins < FRNN_BARRIER_SPINS; ++spins) {
+    const int spin_limit = frnn_barrier_spins();
+    for (int spins = 0; spins < spin_limit; ++spins) {
         if (atomic_load_explicit(&barrier->phase, memory_order_acquire) == next) return;
         FRNN_CPU_RELAX();
     }

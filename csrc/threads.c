@@ -45,6 +45,14 @@ int frnn_override_split_by(void) { return frnn_split_by_choice; }
 int frnn_override_blas_steps(void) { return frnn_blas_steps_choice; }
 long long frnn_override_split_min_macs(void) { return frnn_split_min_choice; }
 
+static _Atomic int frnn_barrier_spin_count = FRNN_BARRIER_SPINS;
+int frnn_set_barrier_spins(int n) {
+    const int previous = frnn_barrier_spin_count;
+    frnn_barrier_spin_count = n < 0 ? FRNN_BARRIER_SPINS : n;
+    return previous;
+}
+int frnn_barrier_spins(void) { return frnn_barrier_spin_count; }
+
 /* The CPUID features the kernels dispatch on, probed once: bit 0 AVX2 and FMA, bit 1
  * also AVX-512F and VL. */
 static int frnn_cpu_features(void) {

@@ -129,6 +129,30 @@ def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype):
                                    rtol=tol, atol=tol * 10, err_msg=name)
 
 
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_unit_split_with_every_meeting_asleep_matches_reference(rng, cell):
+    """The per-step barrier's sleeping side (csrc/internal.h: a thread that spun too long
+    sleeps on a futex, the meeting's last arriver wakes it), which only contention reaches
+    otherwise: with no spinning every early arriver sleeps, at every meeting of 60 steps of
+    forward and backward, GRU's two and three per step included."""
+    _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
+    arrays, kwargs = masked_problem(rng, cell, 2, 60, 3, 37, np.float64)
+    previous_spins = _kernels.set_barrier_spins(0)
+    try:
+        with fusedrnn.threads(2), kernel_paths(split_min_macs=0, split_by=0):
+            got = fwd(*arrays[:4], **kwargs)
+            got_grads = bwd(got.cache, arrays[4])
+    finally:
+        _kernels.set_barrier_spins(previous_spins)
+    assert _kernels.set_barrier_spins(-1) == previous_spins  # restored, then the default
+    want = ref_fwd(*arrays[:4], **kwargs)
+    want_grads = ref_bwd(want.cache, arrays[4])
+    np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-10, atol=1e-10)
+    for name in ("x", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
+                                   rtol=1e-9, atol=1e-9, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("threading", sorted(THREADING))
 @pytest.mark.parametrize("batch,units", [(3, 37), (8, 40)])

@@ -3,6 +3,7 @@
 cdef extern from "fusedrnn.h" nogil:
     void frnn_set_num_threads(int n) noexcept
     int frnn_get_num_threads() noexcept
+    int frnn_set_barrier_spins(int n) noexcept
     int frnn_has_openmp() noexcept
     void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
                                  int fuse_input) noexcept
@@ -104,6 +105,13 @@ def set_kernel_threads(int n):
 def get_kernel_threads():
     """Threads the fused time loops may use (1 without OpenMP)."""
     return frnn_get_num_threads()
+
+
+def set_barrier_spins(int n):
+    """PAUSEs a thread spins at a time loop's per-step meeting before it sleeps on a futex
+    (csrc/internal.h); 0 makes every wait sleep (tests of that path), -1 restores the
+    default.  Returns the previous count."""
+    return frnn_set_barrier_spins(n)
 
 
 def has_openmp():
