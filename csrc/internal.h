@@ -9,6 +9,7 @@
 #include <string.h>
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -17,9 +18,6 @@
 #define FRNN_CPU_RELAX() _mm_pause()
 #else
 #define FRNN_CPU_RELAX() ((void)0)
-#endif
-#if defined(__linux__)
-#include <sys/mman.h>
 #endif
 #include "fusedrnn.h"
 
@@ -118,7 +116,7 @@ typedef struct {
     char pad[64 - 3 * sizeof(int)]; /* alone on its cache line */
 } frnn_step_barrier;
 
-#define FRNN_BARRIER_SPINS 4096 /* PAUSEs before sleeping: ~60-140 us */
+#define FRNN_BARRIER_SPINS 4096 /* PAUSEs before sleeping: about 100 us on this Zen 4 */
 
 static inline void frnn_step_barrier_init(frnn_step_barrier *barrier) {
     atomic_init(&barrier->arrived, 0);
