@@ -197,20 +197,41 @@ def weight_gradient_tiles(const float[:, :] a, const float[:, :] b, float[:, :] 
         raise RuntimeError(f"frnn_weight_gradient_tiles_f32 failed with status {status}")
 
 
+def _float_matrices(first_name, first, second_name, second):
+    """Both 2-D NumPy arrays of one dtype, float32 or float64 (TypeError/ValueError naming
+    the argument otherwise)."""
+    for name, array in ((first_name, first), (second_name, second)):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name}: expected a NumPy array, got {type(array).__name__}")
+        if array.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
+    if first.dtype != second.dtype or first.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{first_name}, {second_name}: expected both float32 or both float64, "
+                        f"got {first.dtype} and {second.dtype}")
+
+
+cdef Py_ssize_t _row_stride(str name, object array) except -1:
+    """The row stride in elements of a non-empty 2-D array with contiguous rows (any row
+    stride of at least a row; a single row's is its length), ValueError otherwise."""
+    cdef Py_ssize_t item = array.itemsize
+    if array.shape[1] > 1 and array.strides[1] != item:
+        raise ValueError(f"{name}: expected contiguous rows (a column stride of {item} "
+                         f"bytes), got strides {array.strides}")
+    if array.shape[0] == 1:
+        return array.shape[1]
+    if array.strides[0] <= 0 or array.strides[0] % item or array.strides[0] < array.shape[1] * item:
+        raise ValueError(f"{name}: expected a positive row stride of at least a row, "
+                         f"got strides {array.strides}")
+    return array.strides[0] // item
+
+
 def transpose_into(src, dst):
     """dst[...] = src.T, in cache-sized tiles on the kernel threads (csrc/transpose.c):
     NumPy's np.ascontiguousarray(src.T) reads src column by column, 5-15x slower once src
     outgrows L2.  src (r, c) and dst (c, r): NumPy arrays of one dtype, float32 or float64,
     each with contiguous rows (any row stride: column slices of a wider matrix work);
     dst writeable and not overlapping src."""
-    for name, array in (("src", src), ("dst", dst)):
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"{name}: expected a NumPy array, got {type(array).__name__}")
-        if array.ndim != 2:
-            raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
-    if src.dtype != dst.dtype or src.dtype not in (np.float32, np.float64):
-        raise TypeError(f"src, dst: expected both float32 or both float64, got {src.dtype} "
-                        f"and {dst.dtype}")
+    _float_matrices("src", src, "dst", dst)
     cdef Py_ssize_t rows = src.shape[0], cols = src.shape[1]
     if dst.shape != (cols, rows):
         raise ValueError(f"dst: expected shape {(cols, rows)} (src's transposed), got "
@@ -219,20 +240,9 @@ def transpose_into(src, dst):
         raise ValueError("dst: expected a writeable array")
     if rows == 0 or cols == 0:
         return
-    cdef Py_ssize_t item = src.itemsize
-    for name, array in (("src", src), ("dst", dst)):
-        if array.shape[1] > 1 and array.strides[1] != item:
-            raise ValueError(f"{name}: expected contiguous rows (a column stride of {item} "
-                             f"bytes), got strides {array.strides}")
-        if array.shape[0] > 1 and (array.strides[0] <= 0 or array.strides[0] % item
-                                   or array.strides[0] < array.shape[1] * item):
-            raise ValueError(f"{name}: expected a positive row stride of at least a row, "
-                             f"got strides {array.strides}")
+    cdef Py_ssize_t lds = _row_stride("src", src), ldd = _row_stride("dst", dst)
     if np.may_share_memory(src, dst):
         raise ValueError("dst: must not overlap src")
-    # row strides in elements (a single row's is never used)
-    cdef Py_ssize_t lds = src.strides[0] // item if rows > 1 else cols
-    cdef Py_ssize_t ldd = dst.strides[0] // item if cols > 1 else rows
     cdef const float[:, :] src32
     cdef float[:, :] dst32
     cdef const double[:, :] src64
@@ -258,14 +268,7 @@ def scatter_add_rows(table, ids, rows):
     Embedding layer's gradient).  table (V, D) and rows (n, D): NumPy arrays of one dtype,
     float32 or float64, with contiguous rows, not overlapping; table writeable.  ids: n
     integers in [0, V) (anything else raises ValueError and leaves the table as it was)."""
-    for name, array in (("table", table), ("rows", rows)):
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"{name}: expected a NumPy array, got {type(array).__name__}")
-        if array.ndim != 2:
-            raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
-    if table.dtype != rows.dtype or table.dtype not in (np.float32, np.float64):
-        raise TypeError(f"table, rows: expected both float32 or both float64, got "
-                        f"{table.dtype} and {rows.dtype}")
+    _float_matrices("table", table, "rows", rows)
     index = np.asarray(ids)
     if index.dtype.kind not in "iu":
         raise TypeError(f"ids: expected integers, got dtype {index.dtype}")
@@ -283,21 +286,11 @@ def scatter_add_rows(table, ids, rows):
     if table_rows == 0:
         raise ValueError(f"ids: expected values in [0, 0), got values in "
                          f"[{index.min()}, {index.max()}]")
-    cdef Py_ssize_t item = table.itemsize
-    for name, array in (("table", table), ("rows", rows)):
-        if array.shape[1] > 1 and array.strides[1] != item:
-            raise ValueError(f"{name}: expected contiguous rows (a column stride of {item} "
-                             f"bytes), got strides {array.strides}")
-        if array.shape[0] > 1 and (array.strides[0] <= 0 or array.strides[0] % item
-                                   or array.strides[0] < array.shape[1] * item):
-            raise ValueError(f"{name}: expected a positive row stride of at least a row, "
-                             f"got strides {array.strides}")
+    cdef Py_ssize_t ld_table = _row_stride("table", table), ld_rows = _row_stride("rows", rows)
     if np.may_share_memory(table, rows):
         raise ValueError("rows: must not overlap table")
     # (uint64 ids past the intp range wrap to negative ones here: refused below all the same)
     cdef const Py_ssize_t[::1] id_view = np.ascontiguousarray(index, dtype=np.intp)
-    cdef Py_ssize_t ld_rows = rows.strides[0] // item if n > 1 else dim
-    cdef Py_ssize_t ld_table = table.strides[0] // item if table_rows > 1 else dim
     cdef const float[:, :] rows32
     cdef float[:, :] table32
     cdef const double[:, :] rows64
