@@ -4,7 +4,8 @@
  *  - Row-major arrays.  B = batch, T = steps, I = input features, H = units,
  *    G = gates per cell (LSTM 4, GRU 3, SimpleRNN 1).
  *  - Weights are in Keras' get_weights() layout: kernel (I, G*H), recurrent kernel
- *    (H, G*H), gate blocks side by side along the last axis.
+ *    (H, G*H), gate blocks side by side along the last axis; forward passes also take
+ *    torch.nn's (frnn_dims.weight_rows).
  *  - Inputs x and the per-step outputs are addressed through explicit strides (in
  *    elements) for the batch and time axes; the feature axis must be contiguous.  This
  *    lets the caller pass (B,T,F) batch-major or (T,B,F) time-major views without copies.
@@ -66,6 +67,14 @@ typedef struct {
     int zero_output_for_mask; /* masked steps output zeros instead of the carried h */
     frnn_activation activation;           /* candidate / cell activation (tanh) */
     frnn_activation recurrent_activation; /* gate activation (sigmoid) */
+    /* 0: kernel and recurrent in Keras' layout (above).  1 (forward passes only; backward
+     * returns FRNN_EINVAL): torch.nn's layout, weight_ih (G*H, I) and weight_hh (G*H, H)
+     * contiguous, gate blocks stacked along the rows in torch's order (LSTM i, f, g, o;
+     * GRU r, z, n; SimpleRNN one block), and the bias likewise in torch's gate order: LSTM
+     * and SimpleRNN (G*H,) = bias_ih + bias_hh; GRU reset_after=1 (2, 3H) = [bias_ih;
+     * bias_hh], reset_after=0 (3H,).  A single step (T = 1) is computed straight from the
+     * rows; longer inputs convert them to Keras' layout once per call (csrc/direct_step.h). */
+    int weight_rows;
 } frnn_dims;
 
 /* Strided view of a (B, T, F) sequence array: element (b, s, f) is at
@@ -91,10 +100,14 @@ int frnn_get_num_threads(void);
  *     and SimpleRNN forward) and computes each step's input gradient dz_t W^T in the
  *     backward's time loop (every cell), 0 computes them for many steps at once with BLAS
  *     GEMMs.
+ *   direct_step: 1 computes a single step (T = 1, no recurrent dropout) straight from
+ *     the weights (csrc/direct_step.h), 0 with the loops' packed tiles (torch's layout
+ *     converted first).
  *   Process-wide, like the thread count. */
 void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
-                             int fuse_input);
+                             int fuse_input, int direct_step);
 int frnn_override_fuse_input(void);
+int frnn_override_direct_step(void);
 int frnn_override_split_by(void);
 int frnn_override_simd(void);
 int frnn_override_blas_steps(void);

@@ -11,6 +11,7 @@
 #define TANH1 frnn_tanh_f32
 #include "real_impl.h"
 #include "recurrent_matmul.h"
+#include "direct_step.h"
 #include "gru_impl.h"
 #undef REAL
 #undef FRNN_F32
@@ -31,4 +32,5 @@
 #define TANH1 frnn_tanh_f64
 #include "real_impl.h"
 #include "recurrent_matmul.h"
+#include "direct_step.h"
 #include "gru_impl.h"

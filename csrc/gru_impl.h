@@ -182,6 +182,50 @@ FRNN_CLONES static void SFX(gru_step_before_update)(const frnn_dims *d, REAL *FR
     }
 }
 
+/* One reset_after=1 step (T = 1) straight from the weights in either layout
+ * (direct_step.h): z = x W + b_in (+ b_rec for z, r), R = h0 U, then the pointwise pass.
+ * bias: (2, 3H) [b_in; b_rec] in the weights' gate order, or NULL.  h_n holds h0 on
+ * entry.  Training (x_cache non-NULL) writes forward's cache as the loops do: x with
+ * masked rows zeroed, the activated gates (z itself), Rh, the state and the mask. */
+static int SFX(gru_direct_step)(const frnn_dims *d, const REAL *x, frnn_seq_strides xs,
+                                const REAL *kernel, const REAL *recurrent, const REAL *bias,
+                                const uint8_t *mask, frnn_seq_strides ms, const REAL *h0,
+                                REAL *outputs, frnn_seq_strides os, REAL *h_n, REAL *x_cache,
+                                REAL *gates, REAL *hr_cache, REAL *h_states,
+                                uint8_t *mask_cache) {
+    const ptrdiff_t B = d->batch, I = d->input_size, H = d->units, G3 = 3 * H;
+    const int training = x_cache != NULL;
+    int status;
+    uint8_t *mask_t = SFX(first_step_mask)(B, mask, ms, mask_cache, &status);
+    REAL *z = training ? gates : frnn_alloc((size_t)(B * G3), sizeof(REAL));
+    REAL *rec = frnn_alloc((size_t)(B * G3), sizeof(REAL));
+    if (status || !z || !rec) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (training) {
+        SFX(gather_steps)(d, x, xs, 0, 1, x_cache);
+        SFX(zero_masked_rows)(d, mask_t, 0, 1, x_cache);
+    }
+    const int *gate_rows = d->weight_rows ? SFX(gru_gate_rows) : SFX(same_gate_rows);
+    SFX(direct_step_products)(B, I, H, 3, d->weight_rows, gate_rows, training ? x_cache : x,
+                              training ? I : xs.stride_b, kernel, h0, recurrent, z, rec);
+    if (bias)
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            const REAL *b_in = bias + gate_rows[g] * H, *b_rec = b_in + G3;
+            for (ptrdiff_t b = 0; b < B; ++b)
+                for (ptrdiff_t j = 0; j < H; ++j)
+                    z[b * G3 + g * H + j] += b_in[j] + (g < 2 ? b_rec[j] : (REAL)0);
+        }
+    SFX(gru_step_after_pointwise)(d, z, rec, bias ? bias + G3 + 2 * H : NULL, h_n, h_n, mask_t,
+                                  outputs, os.stride_b, hr_cache, h_states, 0, H);
+done:
+    if (mask_t != mask_cache) frnn_free(mask_t);
+    if (!training) frnn_free(z);
+    frnn_free(rec);
+    return status;
+}
+
 int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                           const REAL *x, frnn_seq_strides xs,
                           const REAL *kernel, const REAL *recurrent, const REAL *bias,
@@ -201,6 +245,34 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     if (h0) memcpy(h_n, h0, (size_t)(B * H) * sizeof(REAL));
     else memset(h_n, 0, (size_t)(B * H) * sizeof(REAL));
     if (T == 0 || B == 0) return FRNN_OK;
+    if (T == 1 && !rec_mask && reset_after && frnn_direct_step(B, d->weight_rows))
+        return SFX(gru_direct_step)(d, x, xs, kernel, recurrent, bias, mask, ms, h0, outputs, os,
+                                    h_n, x_cache, gates, hr_cache, h_states, mask_cache);
+    if (d->weight_rows) { /* torch's layout: converted once for the loops below */
+        frnn_dims keras = *d;
+        keras.weight_rows = 0;
+        const ptrdiff_t bias_rows = reset_after ? 2 : 1;
+        REAL *kernel_k = frnn_alloc((size_t)(I * G3), sizeof(REAL));
+        REAL *recurrent_k = frnn_alloc((size_t)(H * G3), sizeof(REAL));
+        REAL *bias_k = bias ? frnn_alloc((size_t)(bias_rows * G3), sizeof(REAL)) : NULL;
+        status = kernel_k && recurrent_k && (!bias || bias_k) ? FRNN_OK : FRNN_ENOMEM;
+        if (!status) {
+            SFX(keras_weights_from_rows)(I, H, 3, SFX(gru_gate_rows), kernel, recurrent,
+                                         kernel_k, recurrent_k);
+            for (ptrdiff_t row = 0; bias && row < bias_rows; ++row)
+                for (ptrdiff_t g = 0; g < 3; ++g)
+                    memcpy(bias_k + row * G3 + g * H, bias + row * G3 + SFX(gru_gate_rows)[g] * H,
+                           (size_t)H * sizeof(REAL));
+            status = SFX(frnn_gru_forward)(blas, &keras, reset_after, x, xs, kernel_k,
+                                           recurrent_k, bias_k, mask, ms, h0, outputs, os, h_n,
+                                           rec_mask, x_cache, gates, hr_cache, h_states,
+                                           mask_cache);
+        }
+        frnn_free(kernel_k);
+        frnn_free(recurrent_k);
+        frnn_free(bias_k);
+        return status;
+    }
 
     ptrdiff_t chunk = T;
     if (!training) {
@@ -573,6 +645,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                            REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
     int status = frnn_check_dims(d, 3);
     if (status) return status;
+    if (d->weight_rows) return FRNN_EINVAL; /* backward takes Keras' layout only */
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G3 = 3 * H;
     SFX(backward_prologue)(d, G3, (reset_after ? 2 : 1) * G3, d_h_n, d_h0, d_kernel, d_recurrent,
                            d_bias);

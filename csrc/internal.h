@@ -82,6 +82,7 @@ static inline ptrdiff_t frnn_input_step(const frnn_dims *d, ptrdiff_t t) {
 
 static inline int frnn_check_dims(const frnn_dims *d, ptrdiff_t gates) {
     if (d->batch < 0 || d->steps < 0 || d->input_size < 1 || d->units < 1) return FRNN_EINVAL;
+    if (d->weight_rows != 0 && d->weight_rows != 1) return FRNN_EINVAL;
     if (!frnn_fits_int(d->units * gates) || !frnn_fits_int(d->input_size)) return FRNN_EOVERFLOW;
     return FRNN_OK;
 }
@@ -189,6 +190,22 @@ static inline int frnn_use_blas_steps(ptrdiff_t batch, ptrdiff_t macs_per_step) 
     if (forced >= 0) return forced;
     if (frnn_use_avx2()) return 0; /* the AVX2 tiles beat per-step GEMMs at every size measured */
     return batch >= FRNN_BLAS_STEP_MIN_ROWS && macs_per_step >= FRNN_BLAS_STEP_MIN_MACS;
+}
+
+/* Whether a single step (T = 1) multiplies straight from the weights
+ * (csrc/direct_step.h) instead of packing U for the loops' tiles (and, from torch's rows,
+ * transposing both weights first).  The tiles' register blocking pays for the packing
+ * from a few rows on.  Measured (inference), 2 threads, float32, features = units = 48,
+ * 128, 512, median speedup direct over tiles (noisy: a shared machine):
+ *   Keras' columns: B=1-2 1.08-2.64; B=4 0.87-3.07; B=8 0.75-4.57; B=16-64 0.65-2.2,
+ *     under 1 at 512 units for the LSTM and GRU;
+ *   torch's rows: B=1-16 1.11-17.3; B=32 1.03-4.34; B=64 0.72-2.52. */
+#define FRNN_DIRECT_STEP_MAX_ROWS 4
+#define FRNN_DIRECT_STEP_MAX_ROWS_TORCH 32
+static inline int frnn_direct_step(ptrdiff_t batch, int weight_rows) {
+    int forced = frnn_override_direct_step();
+    if (forced >= 0) return forced;
+    return batch <= (weight_rows ? FRNN_DIRECT_STEP_MAX_ROWS_TORCH : FRNN_DIRECT_STEP_MAX_ROWS);
 }
 
 /* Whether a forward adds each step's input projection x_t W in its recurrent tiles (over

@@ -141,6 +141,48 @@ FRNN_CLONES static void SFX(lstm_step_pointwise)(
     }
 }
 
+/* One step (T = 1) straight from the weights in either layout (direct_step.h):
+ * z = b + x W + h0 U, then the pointwise pass.  h_n and c_n hold h0 and c0 on entry.
+ * Training (x_cache non-NULL) writes forward's cache as the loops do: x with masked rows
+ * zeroed, the activated gates (z itself), the states and the mask. */
+static int SFX(lstm_direct_step)(const frnn_dims *d, const REAL *x, frnn_seq_strides xs,
+                                 const REAL *kernel, const REAL *recurrent, const REAL *bias,
+                                 const uint8_t *mask, frnn_seq_strides ms, const REAL *h0,
+                                 REAL *outputs, frnn_seq_strides os, REAL *h_n, REAL *c_n,
+                                 REAL *x_cache, REAL *gates, REAL *c_states, REAL *h_states,
+                                 uint8_t *mask_cache) {
+    const ptrdiff_t B = d->batch, I = d->input_size, H = d->units, G4 = 4 * H;
+    const int training = x_cache != NULL;
+    int status;
+    uint8_t *mask_t = SFX(first_step_mask)(B, mask, ms, mask_cache, &status);
+    REAL *z = training ? gates : frnn_alloc((size_t)(B * G4), sizeof(REAL));
+    REAL *h_next = frnn_alloc((size_t)(B * H), sizeof(REAL)); /* h_n is read meanwhile */
+    REAL *scratch = frnn_alloc((size_t)H, sizeof(REAL));
+    if (status || !z || !h_next || !scratch) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (training) {
+        SFX(gather_steps)(d, x, xs, 0, 1, x_cache);
+        SFX(zero_masked_rows)(d, mask_t, 0, 1, x_cache);
+    }
+    SFX(direct_step_products)(B, I, H, 4, d->weight_rows, SFX(same_gate_rows),
+                              training ? x_cache : x, training ? I : xs.stride_b, kernel, h0,
+                              recurrent, z, NULL);
+    if (bias)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            for (ptrdiff_t c = 0; c < G4; ++c) z[b * G4 + c] += bias[c];
+    SFX(lstm_step_pointwise)(d, z, training ? z : NULL, h_n, h_next, c_n, mask_t, outputs,
+                             os.stride_b, c_states, h_states, NULL, NULL, scratch, 0, H);
+    memcpy(h_n, h_next, (size_t)(B * H) * sizeof(REAL));
+done:
+    if (mask_t != mask_cache) frnn_free(mask_t);
+    if (!training) frnn_free(z);
+    frnn_free(h_next);
+    frnn_free(scratch);
+    return status;
+}
+
 int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
                            const REAL *x, frnn_seq_strides xs,
                            const REAL *kernel, const REAL *recurrent, const REAL *bias,
@@ -161,6 +203,27 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     if (c0) memcpy(c_n, c0, (size_t)(B * H) * sizeof(REAL));
     else memset(c_n, 0, (size_t)(B * H) * sizeof(REAL));
     if (T == 0 || B == 0) return FRNN_OK;
+    if (T == 1 && !rec_mask && frnn_direct_step(B, d->weight_rows))
+        return SFX(lstm_direct_step)(d, x, xs, kernel, recurrent, bias, mask, ms, h0, outputs,
+                                     os, h_n, c_n, x_cache, gates, c_states, h_states,
+                                     mask_cache);
+    if (d->weight_rows) { /* torch's layout: converted once for the loops below */
+        frnn_dims keras = *d;
+        keras.weight_rows = 0;
+        REAL *kernel_k = frnn_alloc((size_t)(I * G4), sizeof(REAL));
+        REAL *recurrent_k = frnn_alloc((size_t)(H * G4), sizeof(REAL));
+        status = kernel_k && recurrent_k ? FRNN_OK : FRNN_ENOMEM;
+        if (!status) {
+            SFX(keras_weights_from_rows)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
+                                         kernel_k, recurrent_k);
+            status = SFX(frnn_lstm_forward)(blas, &keras, x, xs, kernel_k, recurrent_k, bias,
+                                            mask, ms, h0, c0, outputs, os, h_n, c_n, rec_mask,
+                                            x_cache, gates, c_states, h_states, mask_cache);
+        }
+        frnn_free(kernel_k);
+        frnn_free(recurrent_k);
+        return status;
+    }
 
     /* Training projects every step at once into the gate cache; inference works in
      * chunks of steps so its scratch stays bounded (and warm in cache). */
@@ -380,6 +443,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                             REAL *d_h0, REAL *d_c0) {
     int status = frnn_check_dims(d, 4);
     if (status) return status;
+    if (d->weight_rows) return FRNN_EINVAL; /* backward takes Keras' layout only */
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G4 = 4 * H;
     SFX(backward_prologue)(d, G4, G4, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (d_c_n) memcpy(d_c0, d_c_n, (size_t)(B * H) * sizeof(REAL));

@@ -9,6 +9,7 @@
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f32
 #include "real_impl.h"
 #include "recurrent_matmul.h"
+#include "direct_step.h"
 #include "rnn_impl.h"
 #undef REAL
 #undef FRNN_F32
@@ -25,4 +26,5 @@
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f64
 #include "real_impl.h"
 #include "recurrent_matmul.h"
+#include "direct_step.h"
 #include "rnn_impl.h"

@@ -54,6 +54,46 @@ FRNN_CLONES static void SFX(rnn_step_pointwise)(const frnn_dims *d, REAL *FRNN_R
     }
 }
 
+/* One step (T = 1) straight from the weights in either layout (direct_step.h):
+ * z = b + x W + h0 U, then the pointwise pass.  h_n holds h0 on entry.  Training (x_cache
+ * non-NULL) writes forward's cache as the loops do: x with masked rows zeroed, the state
+ * (computed in place in h_states) and the mask. */
+static int SFX(rnn_direct_step)(const frnn_dims *d, const REAL *x, frnn_seq_strides xs,
+                                const REAL *kernel, const REAL *recurrent, const REAL *bias,
+                                const uint8_t *mask, frnn_seq_strides ms, const REAL *h0,
+                                REAL *outputs, frnn_seq_strides os, REAL *h_n, REAL *x_cache,
+                                REAL *h_states, uint8_t *mask_cache) {
+    const ptrdiff_t B = d->batch, I = d->input_size, H = d->units;
+    const int training = x_cache != NULL;
+    int status;
+    uint8_t *mask_t = SFX(first_step_mask)(B, mask, ms, mask_cache, &status);
+    REAL *z = training ? h_states : frnn_alloc((size_t)(B * H), sizeof(REAL));
+    REAL *h_next = frnn_alloc((size_t)(B * H), sizeof(REAL)); /* h_n is read meanwhile */
+    if (status || !z || !h_next) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (training) {
+        SFX(gather_steps)(d, x, xs, 0, 1, x_cache);
+        SFX(zero_masked_rows)(d, mask_t, 0, 1, x_cache);
+    }
+    SFX(direct_step_products)(B, I, H, 1, d->weight_rows, SFX(same_gate_rows),
+                              training ? x_cache : x, training ? I : xs.stride_b, kernel, h0,
+                              recurrent, z, NULL);
+    if (bias)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            for (ptrdiff_t j = 0; j < H; ++j) z[b * H + j] += bias[j];
+    /* training: z is the state cache, masked rows receive the carried state */
+    SFX(rnn_step_pointwise)(d, z, h_n, h_next, mask_t, outputs, os.stride_b, training, NULL,
+                            NULL, NULL, 0, H);
+    memcpy(h_n, h_next, (size_t)(B * H) * sizeof(REAL));
+done:
+    if (mask_t != mask_cache) frnn_free(mask_t);
+    if (!training) frnn_free(z);
+    frnn_free(h_next);
+    return status;
+}
+
 int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                           const REAL *x, frnn_seq_strides xs,
                           const REAL *kernel, const REAL *recurrent, const REAL *bias,
@@ -71,6 +111,26 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     if (h0) memcpy(h_n, h0, (size_t)(B * H) * sizeof(REAL));
     else memset(h_n, 0, (size_t)(B * H) * sizeof(REAL));
     if (T == 0 || B == 0) return FRNN_OK;
+    if (T == 1 && !rec_mask && frnn_direct_step(B, d->weight_rows))
+        return SFX(rnn_direct_step)(d, x, xs, kernel, recurrent, bias, mask, ms, h0, outputs, os,
+                                    h_n, x_cache, h_states, mask_cache);
+    if (d->weight_rows) { /* torch's layout: converted once for the loops below */
+        frnn_dims keras = *d;
+        keras.weight_rows = 0;
+        REAL *kernel_k = frnn_alloc((size_t)(I * H), sizeof(REAL));
+        REAL *recurrent_k = frnn_alloc((size_t)(H * H), sizeof(REAL));
+        status = kernel_k && recurrent_k ? FRNN_OK : FRNN_ENOMEM;
+        if (!status) {
+            SFX(keras_weights_from_rows)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
+                                         kernel_k, recurrent_k);
+            status = SFX(frnn_rnn_forward)(blas, &keras, x, xs, kernel_k, recurrent_k, bias,
+                                           mask, ms, h0, outputs, os, h_n, rec_mask, x_cache,
+                                           h_states, mask_cache);
+        }
+        frnn_free(kernel_k);
+        frnn_free(recurrent_k);
+        return status;
+    }
 
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
@@ -243,6 +303,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                            REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
     int status = frnn_check_dims(d, 1);
     if (status) return status;
+    if (d->weight_rows) return FRNN_EINVAL; /* backward takes Keras' layout only */
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
     SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (T == 0 || B == 0) return FRNN_OK;

@@ -28,11 +28,12 @@ int frnn_has_openmp(void) {
 }
 
 static _Atomic int frnn_simd_choice = -1, frnn_blas_steps_choice = -1, frnn_split_by_choice = -1,
-                   frnn_fuse_input_choice = -1;
+                   frnn_fuse_input_choice = -1, frnn_direct_step_choice = -1;
 static _Atomic long long frnn_split_min_choice = -1;
 
 void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
-                             int fuse_input) {
+                             int fuse_input, int direct_step) {
+    frnn_direct_step_choice = direct_step < 0 ? -1 : direct_step != 0;
     frnn_fuse_input_choice = fuse_input < 0 ? -1 : fuse_input != 0;
     frnn_split_by_choice = split_by < 0 ? -1 : split_by != 0;
     frnn_simd_choice = simd < 0 ? -1 : simd > 2 ? 2 : simd;
@@ -41,6 +42,7 @@ void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs,
 }
 int frnn_override_simd(void) { return frnn_simd_choice; }
 int frnn_override_fuse_input(void) { return frnn_fuse_input_choice; }
+int frnn_override_direct_step(void) { return frnn_direct_step_choice; }
 int frnn_override_split_by(void) { return frnn_split_by_choice; }
 int frnn_override_blas_steps(void) { return frnn_blas_steps_choice; }
 long long frnn_override_split_min_macs(void) { return frnn_split_min_choice; }

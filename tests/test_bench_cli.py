@@ -6,6 +6,7 @@ weight mapping) and that bad arguments give clear errors."""
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import math
 import subprocess
@@ -166,13 +167,14 @@ def test_no_drop_in_leaves_the_section_out(tmp_path):
 @pytest.mark.parametrize("cell", bench.CELLS)
 def test_drop_in_cases_time_the_same_work_in_both_modules(cell, request):
     """fusedrnn.torch's module is loaded with torch.nn's weights: in both modes the two
-    cases return the same outputs, and in training the same input and weight gradients."""
+    cases return the same outputs, and in training the same input and weight gradients; a
+    one-step point starts both from the same given state."""
     require("torch", request)
     if not bench.drop_in_available(cell):
         pytest.skip(f"fusedrnn.torch has no {cell} module")
-    for mode in bench.MODES:
-        cases = bench.make_drop_in_cases(cell, mode, bench.Point(3, 5, 4, 6), dtype=np.float64,
-                                         seed=2)
+    for mode, steps in itertools.product(bench.MODES, (5, 1)):
+        cases = bench.make_drop_in_cases(cell, mode, bench.Point(3, steps, 4, 6),
+                                         dtype=np.float64, seed=2)
         assert set(cases) == set(bench.DROP_IN_IMPLEMENTATIONS)
         ours, theirs = cases["fusedrnn.torch"].run(), cases["torch"].run()
         if mode == "forward":  # (outputs, final state(s))

@@ -185,6 +185,79 @@ def test_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, con
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_inference_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, config):
+    """The same configurations under torch.no_grad(), where the kernels take torch's weight
+    layout as it is (one step straight from its rows, longer inputs converted in C)."""
+    layers, bidirectional, batch_first, bias, layout, with_hx, dtype_name = config
+    dtype = getattr(torch, dtype_name)
+    input_size, hidden_size = int(rng.choice([1, 3, 5, 67])), int(rng.choice([1, 3, 8, 67]))
+    batch, steps = int(rng.choice([1, 3, 6])), int(rng.choice([1, 1, 2, 11]))
+    options = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                   bias=bias)
+    reference, ours = make_pair(torch, ft, kind, input_size, hidden_size, dtype, **options)
+    lengths = None
+    if layout == "packed":
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[rng.integers(batch)] = steps
+        lengths = lengths.tolist()
+    print(f"{kind} {options} input_size={input_size} hidden_size={hidden_size} "
+          f"batch={batch} steps={steps} lengths={lengths}")
+    make_input = input_maker(torch, rng, layout=layout, steps=steps, batch=batch,
+                             input_size=input_size, batch_first=batch_first, dtype=dtype,
+                             lengths=lengths)
+    hx = None
+    if with_hx:
+        hx = random_hx(torch, rng, kind, layers * (2 if bidirectional else 1), batch,
+                       hidden_size, dtype, unbatched=layout == "unbatched")
+    model_input = make_input()[1]
+    with torch.no_grad():
+        expected, expected_hidden = reference(model_input, hx)
+        actual, actual_hidden = ours(model_input, hx)
+    if layout == "packed":
+        expected, actual = expected.data, actual.data
+    rtol = RTOL[dtype_name]
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    assert_close(actual.numpy(), expected.numpy(), rtol, name="output")
+    expected_states = expected_hidden if kind == "LSTM" else (expected_hidden,)
+    actual_states = actual_hidden if kind == "LSTM" else (actual_hidden,)
+    for a, e in zip(actual_states, expected_states, strict=True):
+        assert_close(a.numpy(), e.numpy(), rtol, name="state")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+@pytest.mark.parametrize("batch,hidden_size,threads", [(1, 67, 1), (3, 130, 2), (None, 5, 1)])
+def test_decoding_loop_one_step_at_a_time_matches_torch_nn(torch, ft, rng, kind, dtype_name,
+                                                           batch, hidden_size, threads):
+    """A seq2seq decoder's loop: two layers called one step at a time with the previous
+    step's output and state (unbatched when batch is None), the weights updated in place
+    between two steps as an optimizer would; with 130 units the one-step products split over
+    two threads."""
+    import fusedrnn
+
+    dtype = getattr(torch, dtype_name)
+    size = hidden_size  # the output feeds the next step
+    reference, ours = make_pair(torch, ft, kind, size, hidden_size, dtype, num_layers=2)
+    shape = (1, size) if batch is None else (1, batch, size)
+    token = torch.tensor(rng.standard_normal(shape), dtype=dtype)
+    ref_token, ref_hidden, hidden = token, None, None
+    rtol = RTOL[dtype_name]
+    with torch.no_grad(), fusedrnn.threads(threads):
+        for step in range(8):
+            if step == 4:
+                for module in (reference, ours):
+                    module.weight_hh_l1.mul_(0.5)
+                    module.weight_ih_l0.data.add_(0.25)  # through .data: no version bump
+            ref_token, ref_hidden = reference(ref_token, ref_hidden)
+            token, hidden = ours(token, hidden)
+            assert_close(token.numpy(), ref_token.numpy(), rtol, name=f"output, step {step}")
+            pairs = zip(hidden, ref_hidden) if kind == "LSTM" else [(hidden, ref_hidden)]
+            for a, e in pairs:
+                assert_close(a.numpy(), e.numpy(), rtol, name=f"state, step {step}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_parity_long_packed_bidirectional_sequence(torch, ft, rng, kind, dtype_name):
     """300 steps, 67 units, unsorted lengths: the reverse direction starts at each

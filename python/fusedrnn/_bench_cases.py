@@ -301,16 +301,17 @@ def _torch_case(problem: Problem, mode: str) -> tuple:
     return _module_case(build_torch_module(problem), problem, mode)
 
 
-def _module_case(module, problem: Problem, mode: str) -> tuple:
+def _module_case(module, problem: Problem, mode: str, hx=None) -> tuple:
     """run / saved_bytes for a torch module (torch.nn's or fusedrnn.torch's): forward under
-    no_grad, or forward + the gradients of the input and every parameter."""
+    no_grad, or forward + the gradients of the input and every parameter; hx: the initial
+    state passed to every call (None: zeros)."""
     import torch
 
     x = torch.from_numpy(problem.x)
     if mode == "forward":
         def forward():
             with torch.no_grad():
-                return module(x)
+                return module(x, hx)
 
         return forward, _not_measured
 
@@ -319,7 +320,7 @@ def _module_case(module, problem: Problem, mode: str) -> tuple:
     inputs = [x_grad, *module.parameters()]
 
     def train():
-        outputs, _ = module(x_grad)
+        outputs, _ = module(x_grad, hx)
         # autograd.grad returns fresh gradients (no accumulation into .grad between runs)
         return torch.autograd.grad(outputs, inputs, d_outputs)
 
@@ -350,10 +351,13 @@ def make_case(implementation: str, cell: str, mode: str, point: Point, dtype=np.
 # --------------------------------------------------------------------------------------
 
 # Where the drop-in's own per-call work shows: one row with 512 units (the kernels are
-# quick and the weights large: torch's (4H, I) layout becomes the kernels' (I, 4H) on every
-# call, and the gradients go back), and a common training batch.
+# quick and the weights large: the gradients go back to torch's (4H, I) layout from the
+# kernels' (I, 4H) on every call, and the weights come the other way for training), a
+# common training batch, and one step with a carried state, as a decoding loop calls its
+# recurrent layer once per token (each weight is used once).
 DROP_IN_POINTS = (Point(batch=1, steps=100, features=256, units=512),
-                  Point(batch=32, steps=100, features=128, units=256))
+                  Point(batch=32, steps=100, features=128, units=256),
+                  Point(batch=1, steps=1, features=512, units=512))
 QUICK_DROP_IN_POINTS = (Point(batch=4, steps=20, features=32, units=64),)
 DROP_IN_IMPLEMENTATIONS = ("fusedrnn.torch", "torch")
 
@@ -372,9 +376,18 @@ def make_drop_in_cases(cell: str, mode: str, point: Point, dtype=np.float32,
     fused_module = fused_class(point.features, point.units, batch_first=True)
     fused_module = fused_module.to(dtype=next(reference_module.parameters()).dtype)
     fused_module.load_state_dict(reference_module.state_dict())
+    hx = None
+    if point.steps == 1:  # a decoding loop's step: the state carried from the last one
+        import torch
+
+        rng = np.random.default_rng(seed + 1)
+        states = [torch.from_numpy((rng.standard_normal((1, point.batch, point.units)) * 0.5)
+                                   .astype(problem.x.dtype))
+                  for _ in range(2 if cell == "lstm" else 1)]
+        hx = tuple(states) if cell == "lstm" else states[0]
     cases = {}
     for name, module in (("fusedrnn.torch", fused_module), ("torch", reference_module)):
-        run, saved = _module_case(module, problem, mode)
+        run, saved = _module_case(module, problem, mode, hx)
         cases[name] = Case(name, cell, mode, point, run, saved)
     return cases
 

@@ -95,10 +95,43 @@ def _upstream_gradients(cache, d_outputs, d_h_n):
     return d_outputs, d_h_n
 
 
+def _weight_rows(weight_layout, training) -> bool:
+    """True for torch's weight layout (inference only), False for Keras'."""
+    if not isinstance(weight_layout, str) or weight_layout not in ("keras", "torch"):
+        raise ValueError(f"weight_layout: expected 'keras' or 'torch', got {weight_layout!r}")
+    if weight_layout == "torch" and v.flag(training, "training"):
+        raise ValueError("weight_layout='torch' is for inference (training=False): the "
+                         "backward pass takes the weights in Keras' layout")
+    return weight_layout == "torch"
+
+
+def _recurrent_weights(x, kernel, recurrent_kernel, gates: int, rows: bool = False):
+    """Validated (kernel, recurrent_kernel, units) for a cell with `gates` gate blocks, in
+    Keras' layout or, with rows, torch's (gate blocks stacked along the rows)."""
+    features = x.shape[2]
+    blocks = "units" if gates == 1 else f"{gates}*units"
+    recurrent_kernel = v.float_array(recurrent_kernel, "recurrent_kernel", x.dtype)
+    shape = f"({blocks}, units)" if rows else f"(units, {blocks})"
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1 if rows else 0] < 1:
+        raise ValueError(f"recurrent_kernel: expected shape {shape}, got {recurrent_kernel.shape}")
+    units = recurrent_kernel.shape[1 if rows else 0]
+    if rows:
+        recurrent_kernel = v.weight(recurrent_kernel, (gates * units, units), "recurrent_kernel",
+                                    shape, x.dtype)
+        kernel = v.weight(kernel, (gates * units, features), "kernel",
+                          f"({blocks}, features)", x.dtype)
+    else:
+        recurrent_kernel = v.weight(recurrent_kernel, (units, gates * units), "recurrent_kernel",
+                                    shape, x.dtype)
+        kernel = v.weight(kernel, (features, gates * units), "kernel",
+                          f"(features, {blocks})", x.dtype)
+    return kernel, recurrent_kernel, units
+
+
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, mask=None,
                  go_backwards=False, zero_output_for_mask=False, training=False,
                  activation="tanh", recurrent_activation="sigmoid",
-                 recurrent_dropout_mask=None) -> LSTMOutput:
+                 recurrent_dropout_mask=None, weight_layout="keras") -> LSTMOutput:
     """Run an LSTM over a whole sequence with the fused kernel.
 
     x: (batch, time, features).  kernel: (features, 4*units).  recurrent_kernel:
@@ -109,20 +142,17 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     the four gates; scale it by 1/(1-rate)).
     With training=True the cache keeps references to the weights, initial state and
     dropout mask (not copies): do not modify them in place before lstm_backward.
+    weight_layout: "keras" (get_weights()' layout, the default) or "torch": kernel and
+    recurrent_kernel are torch.nn.LSTM's weight_ih (4*units, features) and weight_hh
+    (4*units, units), bias is bias_ih + bias_hh.  Inference only (training=False): one
+    step (time = 1) is computed straight from torch's rows, longer sequences convert them
+    once per call.
     Returns LSTMOutput(outputs, h_n, c_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
     batch, steps, features = x.shape
-    recurrent_kernel = v.float_array(recurrent_kernel, "recurrent_kernel", x.dtype)
-    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1:
-        raise ValueError(
-            "recurrent_kernel: expected shape (units, 4*units), got "
-            f"{recurrent_kernel.shape}"
-        )
-    units = recurrent_kernel.shape[0]
-    recurrent_kernel = v.weight(recurrent_kernel, (units, 4 * units), "recurrent_kernel",
-                                "(units, 4*units)", x.dtype)
-    kernel = v.weight(kernel, (features, 4 * units), "kernel", "(features, 4*units)", x.dtype)
+    rows = _weight_rows(weight_layout, training)
+    kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 4, rows)
     if bias is not None:
         bias = v.weight(bias, (4 * units,), "bias", "(4*units,)", x.dtype)
     h0, c0 = v.initial_states(initial_state, 2, batch, units, x.dtype)
@@ -131,7 +161,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
                                      "recurrent_dropout_mask")
     options = _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_activation)
     outputs, h_n, c_n, arrays = _lstm_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, c0, rec_mask, *options, v.flag(training, "training")
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, c0, rec_mask, *options,
+        v.flag(training, "training"), rows
     )
     cache = None
     if training:
@@ -229,23 +260,6 @@ class SimpleRNNCache(_RecurrentCache):
     __slots__ = ()
 
 
-def _recurrent_weights(x, kernel, recurrent_kernel, gates: int):
-    """Validated (kernel, recurrent_kernel, units) for a cell with `gates` gate blocks."""
-    features = x.shape[2]
-    blocks = "units" if gates == 1 else f"{gates}*units"
-    recurrent_kernel = v.float_array(recurrent_kernel, "recurrent_kernel", x.dtype)
-    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1:
-        raise ValueError(
-            f"recurrent_kernel: expected shape (units, {blocks}), got {recurrent_kernel.shape}"
-        )
-    units = recurrent_kernel.shape[0]
-    recurrent_kernel = v.weight(recurrent_kernel, (units, gates * units), "recurrent_kernel",
-                                f"(units, {blocks})", x.dtype)
-    kernel = v.weight(kernel, (features, gates * units), "kernel", f"(features, {blocks})",
-                      x.dtype)
-    return kernel, recurrent_kernel, units
-
-
 def _check_cache(cache, cls, producer: str):
     if not isinstance(cache, cls):
         raise TypeError(
@@ -270,7 +284,7 @@ def _gru_dropout_masks(value, batch: int, units: int, dtype):
 def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
                 initial_state=None, mask=None, go_backwards=False, zero_output_for_mask=False,
                 training=False, activation="tanh", recurrent_activation="sigmoid",
-                recurrent_dropout_mask=None) -> GRUOutput:
+                recurrent_dropout_mask=None, weight_layout="keras") -> GRUOutput:
     """Run a GRU over a whole sequence with the fused kernel (Keras' GRU semantics).
 
     x: (batch, time, features).  kernel: (features, 3*units).  recurrent_kernel:
@@ -281,6 +295,11 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     block z, r, h as Keras 3's GRUCell draws them (implementation 1): h_{t-1}*m_g replaces
     h_{t-1} where it meets the recurrent kernel's gate-g block; the update z*h_{t-1} uses
     h_{t-1} itself.
+    weight_layout: "keras" (get_weights()' layout, the default) or "torch": kernel and
+    recurrent_kernel are torch.nn.GRU's weight_ih (3*units, features) and weight_hh
+    (3*units, units), gate rows r, z, n, and bias is [bias_ih; bias_hh] (2, 3*units) in
+    that order ((3*units,) with reset_after=False).  Inference only (training=False), as
+    for lstm_forward.
     Returns GRUOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -288,7 +307,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     if not isinstance(reset_after, (bool, np.bool_)):
         raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
     reset_after = v.flag(reset_after, "reset_after")
-    kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 3)
+    rows = _weight_rows(weight_layout, training)
+    kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 3, rows)
     if bias is not None:
         if reset_after:
             bias = v.weight(bias, (2, 3 * units), "bias",
@@ -301,7 +321,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     options = (reset_after,) + _lstm_options(go_backwards, zero_output_for_mask, activation,
                                              recurrent_activation)
     outputs, h_n, arrays = _gru_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, v.flag(training, "training")
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options,
+        v.flag(training, "training"), rows
     )
     cache = None
     if training:
@@ -345,18 +366,23 @@ class SimpleRNNGradients(NamedTuple):
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="tanh",
                        initial_state=None, mask=None, go_backwards=False,
                        zero_output_for_mask=False, training=False,
-                       recurrent_dropout_mask=None) -> SimpleRNNOutput:
+                       recurrent_dropout_mask=None, weight_layout="keras") -> SimpleRNNOutput:
     """Run a SimpleRNN, h = activation(x W + b + h_{t-1} U), with the fused kernel.
 
     x: (batch, time, features).  kernel: (features, units).  recurrent_kernel:
     (units, units).  bias: (units,) or None.  initial_state: h0 (batch, units) or a
     1-element list/tuple of it, or None for zeros.  recurrent_dropout_mask: (batch, units)
     or None; multiplies h_{t-1} where it meets the recurrent kernel (Keras 3).
+    weight_layout: "keras" (get_weights()' layout, the default) or "torch": kernel and
+    recurrent_kernel are torch.nn.RNN's weight_ih (units, features) and weight_hh (units,
+    units), bias is bias_ih + bias_hh.  Inference only (training=False), as for
+    lstm_forward.
     Returns SimpleRNNOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
     batch, steps, features = x.shape
-    kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 1)
+    rows = _weight_rows(weight_layout, training)
+    kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 1, rows)
     if bias is not None:
         bias = v.weight(bias, (units,), "bias", "(units,)", x.dtype)
     (h0,) = v.initial_states(initial_state, 1, batch, units, x.dtype)
@@ -366,7 +392,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     options = (v.flag(go_backwards, "go_backwards"), v.flag(zero_output_for_mask, "zero_output_for_mask"),
                v.activation_code(activation, "activation"))
     outputs, h_n, arrays = _simple_rnn_forward_kernel(
-        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options, v.flag(training, "training")
+        x, kernel, recurrent_kernel, bias, mask_u8, h0, rec_mask, *options,
+        v.flag(training, "training"), rows
     )
     cache = None
     if training:
@@ -389,3 +416,4 @@ def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None, *,
         d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient)
     )
     return SimpleRNNGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
+

@@ -36,10 +36,11 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # --------------------------------------------------------------------------------------
 # Cells: how one torch layer/direction maps onto the kernels of fusedrnn.ops.
-# Each has n_states (2 for LSTM's (h, c), else 1) and four methods:
+# Each has n_states (2 for LSTM's (h, c), else 1) and five methods:
 #   keras_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy,
-#   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training)
-#       -> (outputs in processing order, final states tuple, cache or None),
+#   torch_weights(...) -> the same in torch's layout (inference: weight_layout="torch"),
+#   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training,
+#           weight_layout) -> (outputs in processing order, final states tuple, cache or None),
 #   backward(cache, d_outputs, d_states) -> (dx, d_kernel, d_recurrent, d_bias, d_initial),
 #   torch_gradients(d_kernel, d_recurrent, d_bias) -> torch gradients of the 4 parameters.
 # --------------------------------------------------------------------------------------
@@ -85,6 +86,11 @@ class _SummedBiasCell:
         bias = None if b_ih is None else _numpy(b_ih) + _numpy(b_hh)
         return kernel, recurrent, bias
 
+    def torch_weights(self, w_ih, w_hh, b_ih, b_hh):
+        """The kernels' inputs in torch's layout (weight_layout="torch"): no transposes."""
+        bias = None if b_ih is None else _numpy(b_ih) + _numpy(b_hh)
+        return _numpy(w_ih), _numpy(w_hh), bias
+
     def torch_gradients(self, d_kernel, d_recurrent, d_bias):
         """Kernel-layout gradients -> torch's (weight_ih, weight_hh, bias_ih, bias_hh).
 
@@ -103,10 +109,12 @@ class _LSTMCell(_SummedBiasCell):
 
     n_states = 2
 
-    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training,
+                weight_layout="keras"):
         result = _require_op("lstm_forward")(
             x, kernel, recurrent, bias, initial_state=initial, mask=mask,
             go_backwards=go_backwards, zero_output_for_mask=mask is not None, training=training,
+            weight_layout=weight_layout,
         )
         return result.outputs, (result.h_n, result.c_n), result.cache
 
@@ -124,11 +132,12 @@ class _RNNCell(_SummedBiasCell):
     def __init__(self, nonlinearity):
         self.nonlinearity = nonlinearity
 
-    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training,
+                weight_layout="keras"):
         result = _require_op("simple_rnn_forward")(
             x, kernel, recurrent, bias, activation=self.nonlinearity, initial_state=initial,
             mask=mask, go_backwards=go_backwards, zero_output_for_mask=mask is not None,
-            training=training,
+            training=training, weight_layout=weight_layout,
         )
         return result.outputs, (result.h_n,), result.cache
 
@@ -186,10 +195,18 @@ class _GRUCell:
             bias = np.stack([_numpy(b_ih)[order], _numpy(b_hh)[order]])
         return kernel, recurrent, bias
 
-    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
+    def torch_weights(self, w_ih, w_hh, b_ih, b_hh):
+        """The kernels' inputs in torch's layout (weight_layout="torch"): no transposes,
+        torch's gate order."""
+        bias = None if b_ih is None else np.stack([_numpy(b_ih), _numpy(b_hh)])
+        return _numpy(w_ih), _numpy(w_hh), bias
+
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training,
+                weight_layout="keras"):
         result = _require_op("gru_forward")(
             x, kernel, recurrent, bias, reset_after=True, initial_state=initial, mask=mask,
             go_backwards=go_backwards, zero_output_for_mask=mask is not None, training=training,
+            weight_layout=weight_layout,
         )
         return result.outputs, (result.h_n,), result.cache
 
@@ -264,17 +281,19 @@ def _run_direction(cell, x, weights, initial, mask, go_backwards):
     """Outputs (batch, time, hidden) in input order and final states of one direction.
 
     Goes through autograd only when a gradient is wanted; otherwise the kernels run in
-    inference mode (training=False) and cache nothing."""
+    inference mode (training=False), cache nothing, and take torch's weights as they are
+    (weight_layout="torch": a decoding loop's one-step calls then read each weight once
+    instead of transposing it first)."""
     tensors = (x, *weights, *initial)
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)
     if wants_grad:
         results = _FusedDirection.apply(cell, mask, go_backwards, x, *weights, *initial)
         return results[0], tuple(results[1:])
-    kernel, recurrent, bias = cell.keras_weights(*weights)
+    kernel, recurrent, bias = cell.torch_weights(*weights)
     initial_np = tuple(_numpy(s) for s in initial) if initial else None
     outputs, states, _ = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np, mask,
-                                      go_backwards, training=False)
+                                      go_backwards, training=False, weight_layout="torch")
     return (_outputs_in_input_order(outputs, go_backwards),
             tuple(torch.from_numpy(s) for s in states))
 
@@ -296,7 +315,7 @@ class _FusedRNNMixin:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{cls}: {argname} must be a torch.Tensor, got "
                             f"{type(tensor).__name__}")
-        if tensor.device.type != "cpu":
+        if not tensor.is_cpu:
             raise ValueError(f"{cls}: {argname} is on device {tensor.device}; the fused "
                              "kernels run on the CPU only (move it with .cpu())")
         if dtype is None and tensor.dtype not in _SUPPORTED_DTYPES:
@@ -386,8 +405,9 @@ class _FusedRNNMixin:
             raise ValueError(f"{cls}: input must have at least one sequence and one time "
                              f"step, got shape {tuple(input.shape)}")
         dtype = x.dtype
-        for name, param in self.named_parameters(recurse=False):
-            self._check_tensor(param, f"parameter {name}", dtype)
+        for name, param in self._parameters.items():  # named_parameters(recurse=False)
+            if param is not None and not (param.dtype == dtype and param.is_cpu):
+                self._check_tensor(param, f"parameter {name}", dtype)  # raises
         initial = self._initial_states(hx, x.shape[0], is_batched, dtype)
 
         output, finals = self._run_layers(x, initial, mask)

@@ -27,6 +27,7 @@ cdef extern from "fusedrnn.h" nogil:
         int zero_output_for_mask
         frnn_activation activation
         frnn_activation recurrent_activation
+        int weight_rows
     ctypedef struct frnn_seq_strides:
         Py_ssize_t stride_b
         Py_ssize_t stride_t
@@ -91,6 +92,7 @@ cdef inline frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t i
     d.zero_output_for_mask = zero_output_for_mask
     d.activation = <frnn_activation>activation
     d.recurrent_activation = <frnn_activation>recurrent_activation
+    d.weight_rows = 0  # Keras' layout; the forward wrappers may ask for torch's
     return d
 
 

@@ -55,16 +55,18 @@ cdef extern from "fusedrnn.h" nogil:
 
 def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, mask, h0, c0,
                  rec_mask, bint go_backwards, bint zero_output_for_mask, int activation,
-                 int recurrent_activation, bint training):
+                 int recurrent_activation, bint training, bint weight_rows=False):
     """Returns (outputs, h_n, c_n, cache); cache = (x_cache, gates, c_states, h_states,
     mask_cache) in processing order, or None for inference.  See csrc/fusedrnn.h."""
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = recurrent.shape[0]
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = recurrent.shape[1 if weight_rows else 0]  # rows: (G*H, H)
     dtype = x.dtype
     cdef bint is_f32 = dtype == np.float32
     if x.strides[2] != x.itemsize and I > 1 and x.size > 0:
         raise ValueError("x: the feature axis must be contiguous")
     cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
                                  recurrent_activation)
+    d.weight_rows = weight_rows  # torch.nn's (G*H, I), (G*H, H): csrc/fusedrnn.h
     cdef frnn_blas blas = scipy_blas()
     cdef cnp.ndarray outputs = pooled_empty((B, T, H), dtype)
     cdef cnp.ndarray h_n = pooled_empty((B, H), dtype)

@@ -6,8 +6,9 @@ cdef extern from "fusedrnn.h" nogil:
     int frnn_set_barrier_spins(int n) noexcept
     int frnn_has_openmp() noexcept
     void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
-                                 int fuse_input) noexcept
+                                 int fuse_input, int direct_step) noexcept
     int frnn_override_fuse_input() noexcept
+    int frnn_override_direct_step() noexcept
     int frnn_override_split_by() noexcept
     int frnn_override_simd() noexcept
     int frnn_override_blas_steps() noexcept
@@ -130,7 +131,7 @@ def cpu_has_avx512vl():
 
 
 def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=-1,
-                       int split_by=-1, int fuse_input=-1):
+                       int split_by=-1, int fuse_input=-1, int direct_step=-1):
     """Force the kernels' automatic path choices, for tests and benchmarks; -1 = automatic.
 
     simd: 0 runs the generic C tiles even where AVX2 is available, 1 the AVX2 tiles only
@@ -142,11 +143,13 @@ def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=
     thread), 0 by units.  fuse_input: 1 adds each step's input projection in the tiles
     (LSTM and SimpleRNN forward) and computes each step's input gradient in the backward's
     time loop (every cell), 0 computes them with BLAS GEMMs over many steps.
+    direct_step: 1 computes a single step (time = 1) straight from the weights, 0 with the
+    packed tiles of longer sequences.
     Returns the previous settings as a tuple, for restoring."""
     previous = (frnn_override_simd(), frnn_override_blas_steps(),
                 frnn_override_split_min_macs(), frnn_override_split_by(),
-                frnn_override_fuse_input())
-    frnn_set_path_overrides(simd, blas_steps, split_min_macs, split_by, fuse_input)
+                frnn_override_fuse_input(), frnn_override_direct_step())
+    frnn_set_path_overrides(simd, blas_steps, split_min_macs, split_by, fuse_input, direct_step)
     return previous
 
 

@@ -1,0 +1,322 @@
+/* A single step straight from the weights, and torch.nn's weight layout
+ * (frnn_dims.weight_rows), for one precision.  Included by lstm.c, gru.c and rnn.c after
+ * real_impl.h, with REAL and SFX(name) defined.
+ *
+ * A single step (T = 1: a decoding loop feeding each output back, one call per token)
+ * uses each weight once.  The loops' way, packing U for reuse over many steps, then
+ * reads and writes it once more than the step itself reads it (and torch's rows would need
+ * a transpose before that, another read and write), so such a step multiplies straight
+ * from the weights instead (direct_step_products): dot products of torch's contiguous
+ * gate rows with x or h, or Keras' columns scaled by each x[k] and summed.
+ *
+ * torch keeps a cell's weights as rows: weight_ih (G*H, I) and weight_hh (G*H, H), gate
+ * blocks stacked along the rows in torch's gate order; the loops run on Keras' columns
+ * (I, G*H) and (H, G*H).  Longer inputs in torch's layout are converted once per call
+ * (keras_weights_from_rows), what a caller would otherwise do before calling. */
+
+/* Keras' gate block kb of a cell comes from torch's row block gate_rows[kb]: the same
+ * block for the LSTM (i, f, g, o in both) and SimpleRNN, and in Keras' own layout. */
+static const int SFX(same_gate_rows)[4] = {0, 1, 2, 3};
+static const int SFX(gru_gate_rows)[3] = {1, 0, 2}; /* Keras z, r, h = torch's z, r, n */
+
+/* out[b, c] (+)= sum_k a[b, k] * rows[c, k] for b < B, c < N.
+ *   a     (B, K), row stride lda.      rows (N, K), row stride ldr (weight rows).
+ *   out   (B, N), row stride ldo; must not overlap a or rows.  accumulate: add to out
+ *         instead of storing.
+ * Serial.  Four weight rows at a time are read from memory once and reused from L1 for
+ * every row of a. */
+FRNN_UNUSED static void SFX(rows_product_generic)(ptrdiff_t B, ptrdiff_t K, const REAL *a,
+                                                  ptrdiff_t lda, const REAL *rows,
+                                                  ptrdiff_t ldr, ptrdiff_t N, REAL *out,
+                                                  ptrdiff_t ldo, int accumulate) {
+    for (ptrdiff_t c = 0; c < N; ++c) {
+        const REAL *w = rows + c * ldr;
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            const REAL *ab = a + b * lda;
+            REAL sum = 0;
+            for (ptrdiff_t k = 0; k < K; ++k) sum += ab[k] * w[k];
+            out[b * ldo + c] = accumulate ? out[b * ldo + c] + sum : sum;
+        }
+    }
+}
+
+/* out[b, c] (+)= sum_k a[b, k] * w[k, c] for b < B, c < N: the same product from Keras'
+ * columns.  w (K, N) row stride ldw; otherwise as rows_product_generic. */
+FRNN_UNUSED static void SFX(columns_product_generic)(ptrdiff_t B, ptrdiff_t K, const REAL *a,
+                                                     ptrdiff_t lda, const REAL *w,
+                                                     ptrdiff_t ldw, ptrdiff_t N, REAL *out,
+                                                     ptrdiff_t ldo, int accumulate) {
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        REAL *FRNN_RESTRICT ob = out + b * ldo;
+        if (!accumulate) memset(ob, 0, (size_t)N * sizeof(REAL));
+        for (ptrdiff_t k = 0; k < K; ++k) {
+            const REAL ak = a[b * lda + k];
+            const REAL *FRNN_RESTRICT wk = w + k * ldw;
+            for (ptrdiff_t c = 0; c < N; ++c) ob[c] += ak * wk[c];
+        }
+    }
+}
+
+#if FRNN_AVX2_KERNELS
+#include <immintrin.h>
+#if FRNN_F32
+#define RV __m256
+#define RV_LOAD _mm256_loadu_ps
+#define RV_STORE _mm256_storeu_ps
+#define RV_FMA _mm256_fmadd_ps
+#define RV_ZERO _mm256_setzero_ps
+#define RV_BCAST _mm256_broadcast_ss
+#else
+#define RV __m256d
+#define RV_LOAD _mm256_loadu_pd
+#define RV_STORE _mm256_storeu_pd
+#define RV_FMA _mm256_fmadd_pd
+#define RV_ZERO _mm256_setzero_pd
+#define RV_BCAST _mm256_broadcast_sd
+#endif
+#define RV_LANES ((ptrdiff_t)(32 / sizeof(REAL)))
+
+/* sums[r] = the sum of s[r]'s lanes, r < 4: pairwise adds across the four registers
+ * (a store and a scalar sum per register cost a quarter of a 256-long dot product). */
+FRNN_AVX2_TARGET FRNN_INLINE void SFX(rows_sum4)(const RV s[4], REAL sums[4]) {
+#if FRNN_F32
+    const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    _mm_storeu_ps(sums, _mm_add_ps(_mm256_castps256_ps128(pairs),
+                                   _mm256_extractf128_ps(pairs, 1)));
+#else
+    const __m256d t01 = _mm256_hadd_pd(s[0], s[1]), t23 = _mm256_hadd_pd(s[2], s[3]);
+    _mm256_storeu_pd(sums, _mm256_add_pd(_mm256_permute2f128_pd(t01, t23, 0x20),
+                                         _mm256_permute2f128_pd(t01, t23, 0x31)));
+#endif
+}
+
+/* 4 weight rows x NB (1 or 2) rows of a: the NB * 4 dot products out[b0 + i, c0 + r].
+ * Two rows of a give 8 independent accumulators, enough to hide the FMA latency; one row
+ * (batch 1) is bound by reading the weights anyway. */
+#define FRNN_ROWS_TILE(NB)                                                                  \
+    FRNN_AVX2_TARGET FRNN_INLINE void SFX(rows_tile_##NB)(                                  \
+        ptrdiff_t K, const REAL *a, ptrdiff_t lda, const REAL *w, ptrdiff_t ldr, REAL *out, \
+        ptrdiff_t ldo, int accumulate) {                                                    \
+        const ptrdiff_t K_vec = K - K % RV_LANES;                                           \
+        RV s[NB][4];                                                                        \
+        for (int i = 0; i < NB; ++i)                                                        \
+            for (int r = 0; r < 4; ++r) s[i][r] = RV_ZERO();                                \
+        for (ptrdiff_t k = 0; k < K_vec; k += RV_LANES) {                                   \
+            RV wv[4];                                                                       \
+            for (int r = 0; r < 4; ++r) wv[r] = RV_LOAD(w + r * ldr + k);                   \
+            for (int i = 0; i < NB; ++i) {                                                  \
+                const RV av = RV_LOAD(a + i * lda + k);                                     \
+                for (int r = 0; r < 4; ++r) s[i][r] = RV_FMA(wv[r], av, s[i][r]);           \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < NB; ++i) {                                                      \
+            REAL sums[4];                                                                   \
+            SFX(rows_sum4)(s[i], sums);                                                     \
+            for (int r = 0; r < 4; ++r) {                                                   \
+                for (ptrdiff_t k = K_vec; k < K; ++k)                                       \
+                    sums[r] += a[i * lda + k] * w[r * ldr + k];                             \
+                REAL *o = out + i * ldo + r;                                                \
+                *o = accumulate ? *o + sums[r] : sums[r];                                   \
+            }                                                                               \
+        }                                                                                   \
+    }
+FRNN_ROWS_TILE(1)
+FRNN_ROWS_TILE(2)
+#undef FRNN_ROWS_TILE
+
+/* rows_product_generic's contract on the tiles above. */
+FRNN_AVX2_TARGET static void SFX(rows_product_avx2)(ptrdiff_t B, ptrdiff_t K, const REAL *a,
+                                                    ptrdiff_t lda, const REAL *rows,
+                                                    ptrdiff_t ldr, ptrdiff_t N, REAL *out,
+                                                    ptrdiff_t ldo, int accumulate) {
+    ptrdiff_t c = 0;
+    for (; c + 4 <= N; c += 4) {
+        ptrdiff_t b = 0;
+        for (; b + 2 <= B; b += 2)
+            SFX(rows_tile_2)(K, a + b * lda, lda, rows + c * ldr, ldr, out + b * ldo + c, ldo,
+                             accumulate);
+        if (b < B)
+            SFX(rows_tile_1)(K, a + b * lda, lda, rows + c * ldr, ldr, out + b * ldo + c, ldo,
+                             accumulate);
+    }
+    if (c < N) SFX(rows_product_generic)(B, K, a, lda, rows + c * ldr, ldr, N - c, out + c, ldo,
+                                         accumulate);
+}
+
+/* out[b, c..c + 4 vectors) for NB (1 or 2) rows of a over K rows of W (w: those rows'
+ * first column of the tile, row stride ldw), added to out's values when add_out, else
+ * stored; the rows of a share each load of W. */
+#define FRNN_COLUMNS_TILE(NB)                                                               \
+    FRNN_AVX2_TARGET FRNN_INLINE void SFX(columns_tile_##NB)(                               \
+        ptrdiff_t K, const REAL *a, ptrdiff_t lda, const REAL *w, ptrdiff_t ldw, REAL *out, \
+        ptrdiff_t ldo, int add_out) {                                                       \
+        RV s[NB][4];                                                                        \
+        for (int i = 0; i < NB; ++i)                                                        \
+            for (int v = 0; v < 4; ++v)                                                     \
+                s[i][v] = add_out ? RV_LOAD(out + i * ldo + v * RV_LANES) : RV_ZERO();      \
+        for (ptrdiff_t k = 0; k < K; ++k) {                                                 \
+            RV wv[4];                                                                       \
+            for (int v = 0; v < 4; ++v) wv[v] = RV_LOAD(w + k * ldw + v * RV_LANES);        \
+            for (int i = 0; i < NB; ++i) {                                                  \
+                const RV av = RV_BCAST(a + i * lda + k);                                    \
+                for (int v = 0; v < 4; ++v) s[i][v] = RV_FMA(wv[v], av, s[i][v]);           \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < NB; ++i)                                                        \
+            for (int v = 0; v < 4; ++v) RV_STORE(out + i * ldo + v * RV_LANES, s[i][v]);    \
+    }
+FRNN_COLUMNS_TILE(1)
+FRNN_COLUMNS_TILE(2)
+#undef FRNN_COLUMNS_TILE
+
+/* columns_product_generic's contract on the tiles above, KC rows of W at a time: walking
+ * all K rows down one narrow tile touched a new page per row (measured 3x slower at batch
+ * 1 with 512 units); KC rows across the whole width read KC streams sequentially.  The
+ * last columns, fewer than 4 vectors, go to the C loop. */
+FRNN_AVX2_TARGET static void SFX(columns_product_avx2)(ptrdiff_t B, ptrdiff_t K, const REAL *a,
+                                                       ptrdiff_t lda, const REAL *w,
+                                                       ptrdiff_t ldw, ptrdiff_t N, REAL *out,
+                                                       ptrdiff_t ldo, int accumulate) {
+    const ptrdiff_t tile = 4 * RV_LANES, KC = 16, N_tiles = N - N % tile;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += KC) {
+        const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
+        const int add_out = accumulate || k0 > 0;
+        for (ptrdiff_t c = 0; c < N_tiles; c += tile) {
+            ptrdiff_t b = 0;
+            for (; b + 2 <= B; b += 2)
+                SFX(columns_tile_2)(kc, a + b * lda + k0, lda, w + k0 * ldw + c, ldw,
+                                    out + b * ldo + c, ldo, add_out);
+            if (b < B)
+                SFX(columns_tile_1)(kc, a + b * lda + k0, lda, w + k0 * ldw + c, ldw,
+                                    out + b * ldo + c, ldo, add_out);
+        }
+    }
+    if (N_tiles < N)
+        SFX(columns_product_generic)(B, K, a, lda, w + N_tiles, ldw, N - N_tiles,
+                                     out + N_tiles, ldo, accumulate);
+}
+#undef RV
+#undef RV_LOAD
+#undef RV_STORE
+#undef RV_FMA
+#undef RV_ZERO
+#undef RV_BCAST
+#undef RV_LANES
+#endif /* FRNN_AVX2_KERNELS */
+
+FRNN_UNUSED static void SFX(rows_product)(ptrdiff_t B, ptrdiff_t K, const REAL *a, ptrdiff_t lda,
+                                          const REAL *rows, ptrdiff_t ldr, ptrdiff_t N,
+                                          REAL *out, ptrdiff_t ldo, int accumulate) {
+#if FRNN_AVX2_KERNELS
+    if (frnn_use_avx2()) {
+        SFX(rows_product_avx2)(B, K, a, lda, rows, ldr, N, out, ldo, accumulate);
+        return;
+    }
+#endif
+    SFX(rows_product_generic)(B, K, a, lda, rows, ldr, N, out, ldo, accumulate);
+}
+
+FRNN_UNUSED static void SFX(columns_product)(ptrdiff_t B, ptrdiff_t K, const REAL *a,
+                                             ptrdiff_t lda, const REAL *w, ptrdiff_t ldw,
+                                             ptrdiff_t N, REAL *out, ptrdiff_t ldo,
+                                             int accumulate) {
+#if FRNN_AVX2_KERNELS
+    if (frnn_use_avx2()) {
+        SFX(columns_product_avx2)(B, K, a, lda, w, ldw, N, out, ldo, accumulate);
+        return;
+    }
+#endif
+    SFX(columns_product_generic)(B, K, a, lda, w, ldw, N, out, ldo, accumulate);
+}
+
+/* Keras' columns [c0, c1) of a (B, G*H) product from torch's rows:
+ *   out[b, c] (+)= sum_k a[b, k] * rows[(gate_rows[c / H] * H + c % H) * K + k]
+ * for rows (G*H, K) contiguous (a torch weight); a (B, K) row stride lda; out (B, G*H)
+ * row stride ldo. */
+FRNN_UNUSED static void SFX(gate_rows_product)(ptrdiff_t B, ptrdiff_t K, const REAL *a,
+                                               ptrdiff_t lda, const REAL *rows, ptrdiff_t H,
+                                               const int *gate_rows, ptrdiff_t c0, ptrdiff_t c1,
+                                               REAL *out, ptrdiff_t ldo, int accumulate) {
+    while (c0 < c1) {
+        const ptrdiff_t block = c0 / H, j = c0 % H;
+        const ptrdiff_t n = c1 - c0 < H - j ? c1 - c0 : H - j;
+        SFX(rows_product)(B, K, a, lda, rows + (gate_rows[block] * H + j) * K, K, n, out + c0,
+                          ldo, accumulate);
+        c0 += n;
+    }
+}
+
+/* One step's products straight from the weights, in Keras' gate columns, split over the
+ * kernel threads by bands of columns (call outside parallel regions):
+ *   zx = x W                                  (B, G*H), overwritten
+ *   zh = h U, or zx += h U when zh is NULL    (skipped, zh zeroed, when h is NULL)
+ * x (B, I) row stride ldx; h (B, H) contiguous or NULL (zeros); zx, zh (B, G*H)
+ * contiguous.  weight_rows = 0: kernel (I, G*H) and recurrent (H, G*H), Keras' layout;
+ * 1: torch's rows (G*H, I) and (G*H, H), Keras' gate block g in torch's row block
+ * gate_rows[g]. */
+FRNN_UNUSED static void SFX(direct_step_products)(ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,
+                                                  ptrdiff_t G, int weight_rows,
+                                                  const int *gate_rows, const REAL *x,
+                                                  ptrdiff_t ldx, const REAL *kernel,
+                                                  const REAL *h, const REAL *recurrent, REAL *zx,
+                                                  REAL *zh) {
+    const ptrdiff_t GH = G * H;
+    int nt = frnn_get_num_threads();
+    if ((double)B * (double)(I + H) * (double)GH < (double)FRNN_PARALLEL_MIN_MACS) nt = 1;
+    if (nt > GH) nt = (int)GH;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int team = frnn_team_size();
+        for (int band = frnn_thread_id(); band < team; band += team) {
+            const ptrdiff_t c0 = frnn_band_start(GH, band, team);
+            const ptrdiff_t c1 = frnn_band_start(GH, band + 1, team);
+            REAL *zh_out = zh ? zh : zx;
+            if (weight_rows) {
+                SFX(gate_rows_product)(B, I, x, ldx, kernel, H, gate_rows, c0, c1, zx, GH, 0);
+                if (h)
+                    SFX(gate_rows_product)(B, H, h, H, recurrent, H, gate_rows, c0, c1, zh_out,
+                                           GH, zh == NULL);
+            } else {
+                SFX(columns_product)(B, I, x, ldx, kernel + c0, GH, c1 - c0, zx + c0, GH, 0);
+                if (h)
+                    SFX(columns_product)(B, H, h, H, recurrent + c0, GH, c1 - c0, zh_out + c0,
+                                         GH, zh == NULL);
+            }
+            if (!h && zh)
+                for (ptrdiff_t b = 0; b < B; ++b)
+                    memset(zh + b * GH + c0, 0, (size_t)(c1 - c0) * sizeof(REAL));
+        }
+    }
+}
+
+/* kernel (I, G*H) and recurrent (H, G*H) in Keras' layout from torch's kernel_rows
+ * (G*H, I) and recurrent_rows (G*H, H): one transpose per gate block. */
+FRNN_UNUSED static void SFX(keras_weights_from_rows)(ptrdiff_t I, ptrdiff_t H, ptrdiff_t G,
+                                                     const int *gate_rows,
+                                                     const REAL *kernel_rows,
+                                                     const REAL *recurrent_rows, REAL *kernel,
+                                                     REAL *recurrent) {
+    for (ptrdiff_t g = 0; g < G; ++g) {
+        const ptrdiff_t from = gate_rows[g] * H;
+        /* sizes and strides are valid here, so the transposes cannot fail */
+        (void)SFX(frnn_transpose)(H, I, kernel_rows + from * I, I, kernel + g * H, G * H);
+        (void)SFX(frnn_transpose)(H, H, recurrent_rows + from * H, H, recurrent + g * H, G * H);
+    }
+}
+
+/* The step's mask (B,) as 0/1 from the (B, T) mask at input step 0 (T = 1), written into
+ * `into` (training's mask cache) or, when NULL, a new buffer the caller frees; NULL
+ * without a mask or, with *status = FRNN_ENOMEM, when the buffer cannot be had. */
+FRNN_UNUSED static uint8_t *SFX(first_step_mask)(ptrdiff_t B, const uint8_t *mask,
+                                                 frnn_seq_strides ms, uint8_t *into,
+                                                 int *status) {
+    *status = FRNN_OK;
+    if (!mask) return NULL;
+    uint8_t *mask_t = into ? into : frnn_alloc((size_t)B, 1);
+    if (!mask_t) {
+        *status = FRNN_ENOMEM;
+        return NULL;
+    }
+    for (ptrdiff_t b = 0; b < B; ++b) mask_t[b] = mask[b * ms.stride_b] != 0;
+    return mask_t;
+}
