@@ -289,19 +289,50 @@ FRNN_UNUSED static void SFX(direct_step_products)(ptrdiff_t B, ptrdiff_t I, ptrd
     }
 }
 
-/* kernel (I, G*H) and recurrent (H, G*H) in Keras' layout from torch's kernel_rows
- * (G*H, I) and recurrent_rows (G*H, H): one transpose per gate block. */
-FRNN_UNUSED static void SFX(keras_weights_from_rows)(ptrdiff_t I, ptrdiff_t H, ptrdiff_t G,
-                                                     const int *gate_rows,
-                                                     const REAL *kernel_rows,
-                                                     const REAL *recurrent_rows, REAL *kernel,
-                                                     REAL *recurrent) {
+/* *kernel (I, G*H) and *recurrent (H, G*H) in Keras' layout, newly allocated (the caller
+ * frees both, also on failure), from torch's kernel_rows (G*H, I) and recurrent_rows
+ * (G*H, H): one transpose per gate block.  FRNN_ENOMEM without the memory. */
+FRNN_UNUSED static int SFX(keras_weights_from_rows)(ptrdiff_t I, ptrdiff_t H, ptrdiff_t G,
+                                                    const int *gate_rows,
+                                                    const REAL *kernel_rows,
+                                                    const REAL *recurrent_rows, REAL **kernel,
+                                                    REAL **recurrent) {
+    *kernel = frnn_alloc((size_t)(I * G * H), sizeof(REAL));
+    *recurrent = frnn_alloc((size_t)(H * G * H), sizeof(REAL));
+    if (!*kernel || !*recurrent) return FRNN_ENOMEM;
     for (ptrdiff_t g = 0; g < G; ++g) {
         const ptrdiff_t from = gate_rows[g] * H;
         /* sizes and strides are valid here, so the transposes cannot fail */
-        (void)SFX(frnn_transpose)(H, I, kernel_rows + from * I, I, kernel + g * H, G * H);
-        (void)SFX(frnn_transpose)(H, H, recurrent_rows + from * H, H, recurrent + g * H, G * H);
+        (void)SFX(frnn_transpose)(H, I, kernel_rows + from * I, I, *kernel + g * H, G * H);
+        (void)SFX(frnn_transpose)(H, H, recurrent_rows + from * H, H, *recurrent + g * H,
+                                  G * H);
     }
+    return FRNN_OK;
+}
+
+/* The step's input rows for direct_step_products: x itself (row stride xs.stride_b), or
+ * in training its copy in x_cache with masked rows zeroed, as the loops keep it for the
+ * weight gradient (row stride I); *ld receives the row stride. */
+FRNN_UNUSED static const REAL *SFX(direct_step_input)(const frnn_dims *d, const REAL *x,
+                                                      frnn_seq_strides xs,
+                                                      const uint8_t *mask_t, REAL *x_cache,
+                                                      ptrdiff_t *ld) {
+    if (!x_cache) {
+        *ld = xs.stride_b;
+        return x;
+    }
+    SFX(gather_steps)(d, x, xs, 0, 1, x_cache);
+    SFX(zero_masked_rows)(d, mask_t, 0, 1, x_cache);
+    *ld = d->input_size;
+    return x_cache;
+}
+
+/* z[b, :] += bias for the B rows of z (B, n) contiguous; nothing without a bias. */
+FRNN_UNUSED static void SFX(add_bias_rows)(ptrdiff_t B, ptrdiff_t n, const REAL *bias,
+                                           REAL *z) {
+    if (!bias) return;
+    for (ptrdiff_t b = 0; b < B; ++b)
+        for (ptrdiff_t c = 0; c < n; ++c) z[b * n + c] += bias[c];
 }
 
 /* The step's mask (B,) as 0/1 from the (B, T) mask at input step 0 (T = 1), written into

@@ -203,13 +203,11 @@ static int SFX(gru_direct_step)(const frnn_dims *d, const REAL *x, frnn_seq_stri
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (training) {
-        SFX(gather_steps)(d, x, xs, 0, 1, x_cache);
-        SFX(zero_masked_rows)(d, mask_t, 0, 1, x_cache);
-    }
+    ptrdiff_t ldx;
+    const REAL *x_rows = SFX(direct_step_input)(d, x, xs, mask_t, x_cache, &ldx);
     const int *gate_rows = d->weight_rows ? SFX(gru_gate_rows) : SFX(same_gate_rows);
-    SFX(direct_step_products)(B, I, H, 3, d->weight_rows, gate_rows, training ? x_cache : x,
-                              training ? I : xs.stride_b, kernel, h0, recurrent, z, rec);
+    SFX(direct_step_products)(B, I, H, 3, d->weight_rows, gate_rows, x_rows, ldx, kernel, h0,
+                              recurrent, z, rec);
     if (bias)
         for (ptrdiff_t g = 0; g < 3; ++g) {
             const REAL *b_in = bias + gate_rows[g] * H, *b_rec = b_in + G3;
@@ -252,13 +250,12 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         frnn_dims keras = *d;
         keras.weight_rows = 0;
         const ptrdiff_t bias_rows = reset_after ? 2 : 1;
-        REAL *kernel_k = frnn_alloc((size_t)(I * G3), sizeof(REAL));
-        REAL *recurrent_k = frnn_alloc((size_t)(H * G3), sizeof(REAL));
+        REAL *kernel_k = NULL, *recurrent_k = NULL;
         REAL *bias_k = bias ? frnn_alloc((size_t)(bias_rows * G3), sizeof(REAL)) : NULL;
-        status = kernel_k && recurrent_k && (!bias || bias_k) ? FRNN_OK : FRNN_ENOMEM;
+        status = SFX(keras_weights_from_rows)(I, H, 3, SFX(gru_gate_rows), kernel, recurrent,
+                                              &kernel_k, &recurrent_k);
+        if (!status && bias && !bias_k) status = FRNN_ENOMEM;
         if (!status) {
-            SFX(keras_weights_from_rows)(I, H, 3, SFX(gru_gate_rows), kernel, recurrent,
-                                         kernel_k, recurrent_k);
             for (ptrdiff_t row = 0; bias && row < bias_rows; ++row)
                 for (ptrdiff_t g = 0; g < 3; ++g)
                     memcpy(bias_k + row * G3 + g * H, bias + row * G3 + SFX(gru_gate_rows)[g] * H,

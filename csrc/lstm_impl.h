@@ -162,16 +162,11 @@ static int SFX(lstm_direct_step)(const frnn_dims *d, const REAL *x, frnn_seq_str
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (training) {
-        SFX(gather_steps)(d, x, xs, 0, 1, x_cache);
-        SFX(zero_masked_rows)(d, mask_t, 0, 1, x_cache);
-    }
-    SFX(direct_step_products)(B, I, H, 4, d->weight_rows, SFX(same_gate_rows),
-                              training ? x_cache : x, training ? I : xs.stride_b, kernel, h0,
-                              recurrent, z, NULL);
-    if (bias)
-        for (ptrdiff_t b = 0; b < B; ++b)
-            for (ptrdiff_t c = 0; c < G4; ++c) z[b * G4 + c] += bias[c];
+    ptrdiff_t ldx;
+    const REAL *x_rows = SFX(direct_step_input)(d, x, xs, mask_t, x_cache, &ldx);
+    SFX(direct_step_products)(B, I, H, 4, d->weight_rows, SFX(same_gate_rows), x_rows, ldx,
+                              kernel, h0, recurrent, z, NULL);
+    SFX(add_bias_rows)(B, G4, bias, z);
     SFX(lstm_step_pointwise)(d, z, training ? z : NULL, h_n, h_next, c_n, mask_t, outputs,
                              os.stride_b, c_states, h_states, NULL, NULL, scratch, 0, H);
     memcpy(h_n, h_next, (size_t)(B * H) * sizeof(REAL));
@@ -210,12 +205,10 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
     if (d->weight_rows) { /* torch's layout: converted once for the loops below */
         frnn_dims keras = *d;
         keras.weight_rows = 0;
-        REAL *kernel_k = frnn_alloc((size_t)(I * G4), sizeof(REAL));
-        REAL *recurrent_k = frnn_alloc((size_t)(H * G4), sizeof(REAL));
-        status = kernel_k && recurrent_k ? FRNN_OK : FRNN_ENOMEM;
+        REAL *kernel_k = NULL, *recurrent_k = NULL;
+        status = SFX(keras_weights_from_rows)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
+                                              &kernel_k, &recurrent_k);
         if (!status) {
-            SFX(keras_weights_from_rows)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
-                                         kernel_k, recurrent_k);
             status = SFX(frnn_lstm_forward)(blas, &keras, x, xs, kernel_k, recurrent_k, bias,
                                             mask, ms, h0, c0, outputs, os, h_n, c_n, rec_mask,
                                             x_cache, gates, c_states, h_states, mask_cache);

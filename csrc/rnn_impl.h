@@ -73,16 +73,11 @@ static int SFX(rnn_direct_step)(const frnn_dims *d, const REAL *x, frnn_seq_stri
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (training) {
-        SFX(gather_steps)(d, x, xs, 0, 1, x_cache);
-        SFX(zero_masked_rows)(d, mask_t, 0, 1, x_cache);
-    }
-    SFX(direct_step_products)(B, I, H, 1, d->weight_rows, SFX(same_gate_rows),
-                              training ? x_cache : x, training ? I : xs.stride_b, kernel, h0,
-                              recurrent, z, NULL);
-    if (bias)
-        for (ptrdiff_t b = 0; b < B; ++b)
-            for (ptrdiff_t j = 0; j < H; ++j) z[b * H + j] += bias[j];
+    ptrdiff_t ldx;
+    const REAL *x_rows = SFX(direct_step_input)(d, x, xs, mask_t, x_cache, &ldx);
+    SFX(direct_step_products)(B, I, H, 1, d->weight_rows, SFX(same_gate_rows), x_rows, ldx,
+                              kernel, h0, recurrent, z, NULL);
+    SFX(add_bias_rows)(B, H, bias, z);
     /* training: z is the state cache, masked rows receive the carried state */
     SFX(rnn_step_pointwise)(d, z, h_n, h_next, mask_t, outputs, os.stride_b, training, NULL,
                             NULL, NULL, 0, H);
@@ -117,12 +112,10 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     if (d->weight_rows) { /* torch's layout: converted once for the loops below */
         frnn_dims keras = *d;
         keras.weight_rows = 0;
-        REAL *kernel_k = frnn_alloc((size_t)(I * H), sizeof(REAL));
-        REAL *recurrent_k = frnn_alloc((size_t)(H * H), sizeof(REAL));
-        status = kernel_k && recurrent_k ? FRNN_OK : FRNN_ENOMEM;
+        REAL *kernel_k = NULL, *recurrent_k = NULL;
+        status = SFX(keras_weights_from_rows)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
+                                              &kernel_k, &recurrent_k);
         if (!status) {
-            SFX(keras_weights_from_rows)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
-                                         kernel_k, recurrent_k);
             status = SFX(frnn_rnn_forward)(blas, &keras, x, xs, kernel_k, recurrent_k, bias,
                                            mask, ms, h0, outputs, os, h_n, rec_mask, x_cache,
                                            h_states, mask_cache);

@@ -154,12 +154,20 @@ CONFIGS = [
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
 def test_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, config):
+    reference, ours, make_input, hx, dtype = configured_pair(
+        torch, ft, rng, kind, config, lambda: int(rng.integers(1, 12)))
+    assert_parity(torch, reference, ours, make_input, hx, dtype)
+
+
+def configured_pair(torch, ft, rng, kind, config, draw_steps):
+    """torch.nn's module and ours for one of CONFIGS, with sizes drawn from rng (odd ones
+    among them): (reference, ours, make_input, hx or None, dtype)."""
     layers, bidirectional, batch_first, bias, layout, with_hx, dtype_name = config
     dtype = getattr(torch, dtype_name)
     input_size = int(rng.choice([1, 3, 5, 67]))
     hidden_size = int(rng.choice([1, 3, 8, 67]))
     batch = int(rng.choice([1, 3, 6]))
-    steps = int(rng.integers(1, 12))
+    steps = draw_steps()
     options = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
                    bias=bias)
     if kind == "RNN":
@@ -176,12 +184,11 @@ def test_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, con
     make_input = input_maker(torch, rng, layout=layout, steps=steps, batch=batch,
                              input_size=input_size, batch_first=batch_first, dtype=dtype,
                              lengths=lengths)
-    directions = 2 if bidirectional else 1
     hx = None
     if with_hx:
-        hx = random_hx(torch, rng, kind, layers * directions, batch, hidden_size, dtype,
-                       unbatched=layout == "unbatched")
-    assert_parity(torch, reference, ours, make_input, hx, dtype)
+        hx = random_hx(torch, rng, kind, layers * (2 if bidirectional else 1), batch,
+                       hidden_size, dtype, unbatched=layout == "unbatched")
+    return reference, ours, make_input, hx, dtype
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -189,27 +196,9 @@ def test_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, con
 def test_inference_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, config):
     """The same configurations under torch.no_grad(), where the kernels take torch's weight
     layout as it is (one step straight from its rows, longer inputs converted in C)."""
-    layers, bidirectional, batch_first, bias, layout, with_hx, dtype_name = config
-    dtype = getattr(torch, dtype_name)
-    input_size, hidden_size = int(rng.choice([1, 3, 5, 67])), int(rng.choice([1, 3, 8, 67]))
-    batch, steps = int(rng.choice([1, 3, 6])), int(rng.choice([1, 1, 2, 11]))
-    options = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
-                   bias=bias)
-    reference, ours = make_pair(torch, ft, kind, input_size, hidden_size, dtype, **options)
-    lengths = None
-    if layout == "packed":
-        lengths = rng.integers(1, steps + 1, size=batch)
-        lengths[rng.integers(batch)] = steps
-        lengths = lengths.tolist()
-    print(f"{kind} {options} input_size={input_size} hidden_size={hidden_size} "
-          f"batch={batch} steps={steps} lengths={lengths}")
-    make_input = input_maker(torch, rng, layout=layout, steps=steps, batch=batch,
-                             input_size=input_size, batch_first=batch_first, dtype=dtype,
-                             lengths=lengths)
-    hx = None
-    if with_hx:
-        hx = random_hx(torch, rng, kind, layers * (2 if bidirectional else 1), batch,
-                       hidden_size, dtype, unbatched=layout == "unbatched")
+    reference, ours, make_input, hx, dtype = configured_pair(
+        torch, ft, rng, kind, config, lambda: int(rng.choice([1, 1, 2, 11])))
+    layout, dtype_name = config[4], config[6]
     model_input = make_input()[1]
     with torch.no_grad():
         expected, expected_hidden = reference(model_input, hx)
