@@ -12,7 +12,14 @@
  * torch keeps a cell's weights as rows: weight_ih (G*H, I) and weight_hh (G*H, H), gate
  * blocks stacked along the rows in torch's gate order; the loops run on Keras' columns
  * (I, G*H) and (H, G*H).  Longer inputs in torch's layout are converted once per call
- * (keras_weights_from_rows), what a caller would otherwise do before calling. */
+ * (keras_weights_from_rows), what a caller would otherwise do before calling, and their
+ * backward passes transpose the gradients back (rows_from_keras).
+ *
+ * A single step's backward on torch's rows likewise works straight from them (the
+ * direct_step_*_gradient functions at the end): the state and input gradients as sums of
+ * the weight rows scaled by the gate gradients, the weight gradients as outer products
+ * written in torch's layout, so that a training step of a decoding loop reads each weight
+ * once and writes each gradient once, with no packing or transposes. */
 
 /* Keras' gate block kb of a cell comes from torch's row block gate_rows[kb]: the same
  * block for the LSTM (i, f, g, o in both) and SimpleRNN, and in Keras' own layout. */
@@ -195,6 +202,25 @@ FRNN_AVX2_TARGET static void SFX(columns_product_avx2)(ptrdiff_t B, ptrdiff_t K,
         SFX(columns_product_generic)(B, K, a, lda, w + N_tiles, ldw, N - N_tiles,
                                      out + N_tiles, ldo, accumulate);
 }
+
+/* outer_rows' product on the column tiles: two rows of s and four vectors of out per
+ * tile, every k at once (a is the step's few rows, cache-resident; out is written once,
+ * unlike in columns_product's passes of KC rows). */
+FRNN_AVX2_TARGET static void SFX(outer_rows_avx2)(ptrdiff_t R, ptrdiff_t K, const REAL *s,
+                                                  const REAL *a, ptrdiff_t lda, ptrdiff_t N,
+                                                  REAL *out) {
+    const ptrdiff_t tile = 4 * RV_LANES, N_tiles = N - N % tile;
+    ptrdiff_t r = 0;
+    for (; r + 2 <= R; r += 2)
+        for (ptrdiff_t c = 0; c < N_tiles; c += tile)
+            SFX(columns_tile_2)(K, s + r * K, K, a + c, lda, out + r * N + c, N, 0);
+    if (r < R)
+        for (ptrdiff_t c = 0; c < N_tiles; c += tile)
+            SFX(columns_tile_1)(K, s + r * K, K, a + c, lda, out + r * N + c, N, 0);
+    if (N_tiles < N)
+        SFX(columns_product_generic)(R, K, s, K, a + N_tiles, lda, N - N_tiles, out + N_tiles, N,
+                                     0);
+}
 #undef RV
 #undef RV_LOAD
 #undef RV_STORE
@@ -227,6 +253,20 @@ FRNN_UNUSED static void SFX(columns_product)(ptrdiff_t B, ptrdiff_t K, const REA
     }
 #endif
     SFX(columns_product_generic)(B, K, a, lda, w, ldw, N, out, ldo, accumulate);
+}
+
+/* out (R, N) contiguous = s (R, K) contiguous times a (K, N) row stride lda: a step's
+ * weight gradient, out[r, :] = sum_k s[r, k] a[k, :] with s the step's pre-activation
+ * gradients transposed (K = batch rows).  Serial. */
+FRNN_UNUSED static void SFX(outer_rows)(ptrdiff_t R, ptrdiff_t K, const REAL *s, const REAL *a,
+                                        ptrdiff_t lda, ptrdiff_t N, REAL *out) {
+#if FRNN_AVX2_KERNELS
+    if (frnn_use_avx2()) {
+        SFX(outer_rows_avx2)(R, K, s, a, lda, N, out);
+        return;
+    }
+#endif
+    SFX(columns_product_generic)(R, K, s, K, a, lda, N, out, N, 0);
 }
 
 /* Keras' columns [c0, c1) of a (B, G*H) product from torch's rows:
@@ -350,4 +390,110 @@ FRNN_UNUSED static uint8_t *SFX(first_step_mask)(ptrdiff_t B, const uint8_t *mas
     }
     for (ptrdiff_t b = 0; b < B; ++b) mask_t[b] = mask[b * ms.stride_b] != 0;
     return mask_t;
+}
+
+/* ---- One step's backward (T = 1) in torch's layout ------------------------------------
+ * A step's gradients w.r.t. its gate pre-activations come as G blocks in Keras' gate order,
+ * block g (B, H) at blocks[g] with row stride ld[g]; torch keeps gate g's weights in row
+ * block gate_rows[g].  With them:
+ *   the state or input gradient  out = sum_g block_g rows_g            (direct_step_rows_gradient)
+ *   the weight gradient          rows_g' = block_g^T a                 (direct_step_weight_gradient)
+ *   the bias gradient            column sums of each block             (direct_step_bias_gradient)
+ * each read or written once, where the loops' backward would pack U^T first and the
+ * caller transpose the gradients back. */
+
+/* out[b, :] (+)= sum_g blocks[g][b, :] rows[gate_rows[g] * H .. + H, :] for b < B.
+ *   rows (G*H, N) contiguous: weight_hh (N = H) or weight_ih (N = I).
+ *   out (B, N) row stride ldo, not overlapping blocks or rows; accumulate: add to it.
+ * Split over the kernel threads by bands of out's columns (call outside parallel
+ * regions). */
+FRNN_UNUSED static void SFX(direct_step_rows_gradient)(ptrdiff_t B, ptrdiff_t H, ptrdiff_t G,
+                                                       const REAL *const *blocks,
+                                                       const ptrdiff_t *ld, const int *gate_rows,
+                                                       const REAL *rows, ptrdiff_t N, REAL *out,
+                                                       ptrdiff_t ldo, int accumulate) {
+    int nt = frnn_get_num_threads();
+    if ((double)B * (double)(G * H) * (double)N < (double)FRNN_PARALLEL_MIN_MACS) nt = 1;
+    if (nt > N) nt = (int)N;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int team = frnn_team_size();
+        for (int band = frnn_thread_id(); band < team; band += team) {
+            const ptrdiff_t c0 = frnn_band_start(N, band, team);
+            const ptrdiff_t c1 = frnn_band_start(N, band + 1, team);
+            for (ptrdiff_t g = 0; g < G && c0 < c1; ++g)
+                SFX(columns_product)(B, H, blocks[g], ld[g], rows + gate_rows[g] * H * N + c0, N,
+                                     c1 - c0, out + c0, ldo, accumulate || g > 0);
+        }
+    }
+}
+
+/* The blocks transposed into torch's row order: blocks_t[(gate_rows[g] * H + j) * B + b]
+ * = blocks[g][b * ld[g] + j], (G*H, B) contiguous, for direct_step_weight_gradient. */
+FRNN_UNUSED static void SFX(direct_step_blocks_t)(ptrdiff_t B, ptrdiff_t H, ptrdiff_t G,
+                                                  const REAL *const *blocks, const ptrdiff_t *ld,
+                                                  const int *gate_rows, REAL *blocks_t) {
+    for (ptrdiff_t g = 0; g < G; ++g) {
+        REAL *to = blocks_t + gate_rows[g] * H * B;
+        for (ptrdiff_t b = 0; b < B; ++b)
+            for (ptrdiff_t j = 0; j < H; ++j) to[j * B + b] = blocks[g][b * ld[g] + j];
+    }
+}
+
+/* out (G*H, N) contiguous, torch's layout: out = blocks_t a, the step's weight gradient
+ * (weight_ih with a = x's rows, weight_hh with a = h0).  blocks_t (G*H, B) from
+ * direct_step_blocks_t; a (B, N) row stride lda, or NULL for zeros.  Split over the
+ * kernel threads by bands of out's rows (call outside parallel regions). */
+FRNN_UNUSED static void SFX(direct_step_weight_gradient)(ptrdiff_t B, ptrdiff_t GH,
+                                                         const REAL *blocks_t, const REAL *a,
+                                                         ptrdiff_t lda, ptrdiff_t N, REAL *out) {
+    if (!a) {
+        memset(out, 0, (size_t)(GH * N) * sizeof(REAL));
+        return;
+    }
+    int nt = frnn_get_num_threads();
+    if ((double)B * (double)GH * (double)N < (double)FRNN_PARALLEL_MIN_MACS) nt = 1;
+    if (nt > GH) nt = (int)GH;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int team = frnn_team_size();
+        for (int band = frnn_thread_id(); band < team; band += team) {
+            const ptrdiff_t r0 = frnn_band_start(GH, band, team);
+            const ptrdiff_t r1 = frnn_band_start(GH, band + 1, team);
+            if (r0 < r1) SFX(outer_rows)(r1 - r0, B, blocks_t + r0 * B, a, lda, N, out + r0 * N);
+        }
+    }
+}
+
+/* out[gate_rows[g] * H + j] = sum_b blocks[g][b, j]: a bias gradient in torch's order. */
+FRNN_UNUSED static void SFX(direct_step_bias_gradient)(ptrdiff_t B, ptrdiff_t H, ptrdiff_t G,
+                                                       const REAL *const *blocks,
+                                                       const ptrdiff_t *ld, const int *gate_rows,
+                                                       REAL *out) {
+    for (ptrdiff_t g = 0; g < G; ++g)
+        SFX(column_sums)(blocks[g], B, H, ld[g], out + gate_rows[g] * H);
+}
+
+/* ---- Longer backward passes in torch's layout ---------------------------------------- */
+
+/* Torch's rows (G*H, N) from Keras' columns (N, G*H), both contiguous: one transpose per
+ * gate block (the inverse of keras_weights_from_rows, for gradients). */
+FRNN_UNUSED static void SFX(rows_from_keras)(ptrdiff_t N, ptrdiff_t H, ptrdiff_t G,
+                                             const int *gate_rows, const REAL *columns,
+                                             REAL *rows) {
+    for (ptrdiff_t g = 0; g < G; ++g) /* valid sizes and strides: cannot fail */
+        (void)SFX(frnn_transpose)(N, H, columns + g * H, G * H, rows + gate_rows[g] * H * N, N);
+}
+
+/* Gate blocks reordered for `count` rows of G*H values: to_torch = 1 moves Keras' block g
+ * to torch's block gate_rows[g], 0 back.  from and to must not overlap. */
+FRNN_UNUSED static void SFX(reorder_gate_blocks)(ptrdiff_t count, ptrdiff_t H, ptrdiff_t G,
+                                                 const int *gate_rows, int to_torch,
+                                                 const REAL *from, REAL *to) {
+    for (ptrdiff_t row = 0; row < count; ++row)
+        for (ptrdiff_t g = 0; g < G; ++g) {
+            const ptrdiff_t keras = row * G * H + g * H, torch = row * G * H + gate_rows[g] * H;
+            memcpy(to + (to_torch ? torch : keras), from + (to_torch ? keras : torch),
+                   (size_t)H * sizeof(REAL));
+        }
 }

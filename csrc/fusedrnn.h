@@ -67,13 +67,15 @@ typedef struct {
     int zero_output_for_mask; /* masked steps output zeros instead of the carried h */
     frnn_activation activation;           /* candidate / cell activation (tanh) */
     frnn_activation recurrent_activation; /* gate activation (sigmoid) */
-    /* 0: kernel and recurrent in Keras' layout (above).  1 (forward passes only; backward
-     * returns FRNN_EINVAL): torch.nn's layout, weight_ih (G*H, I) and weight_hh (G*H, H)
-     * contiguous, gate blocks stacked along the rows in torch's order (LSTM i, f, g, o;
-     * GRU r, z, n; SimpleRNN one block), and the bias likewise in torch's gate order: LSTM
-     * and SimpleRNN (G*H,) = bias_ih + bias_hh; GRU reset_after=1 (2, 3H) = [bias_ih;
-     * bias_hh], reset_after=0 (3H,).  A single step (T = 1) is computed straight from the
-     * rows; longer inputs convert them to Keras' layout once per call (csrc/direct_step.h). */
+    /* 0: kernel and recurrent in Keras' layout (above).  1: torch.nn's layout, weight_ih
+     * (G*H, I) and weight_hh (G*H, H) contiguous, gate blocks stacked along the rows in
+     * torch's order (LSTM i, f, g, o; GRU r, z, n; SimpleRNN one block), and the bias
+     * likewise in torch's gate order: LSTM and SimpleRNN (G*H,) = bias_ih + bias_hh; GRU
+     * reset_after=1 (2, 3H) = [bias_ih; bias_hh], reset_after=0 (3H,).  Backward passes
+     * then take the same weights and write d_kernel, d_recurrent and d_bias in that
+     * layout too.  A single step (T = 1) is computed straight from the rows, forward and
+     * backward; longer inputs convert the weights to Keras' layout once per call, and
+     * backward the gradients back (csrc/direct_step.h). */
     int weight_rows;
 } frnn_dims;
 
@@ -112,6 +114,11 @@ int frnn_override_split_by(void);
 int frnn_override_simd(void);
 int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);
+/* 1 when a single step (T = 1) of `batch` rows on torch's rows (frnn_dims.weight_rows)
+ * runs forward and backward straight from them (csrc/direct_step.h), 0 when it converts
+ * the weights for the loops (and backward the gradients back): a caller holding torch's
+ * weights (fusedrnn.torch) then converts them itself, once for both passes. */
+int frnn_one_step_from_rows(ptrdiff_t batch);
 /* PAUSEs a thread spins at a time loop's per-step meeting before it sleeps on a futex
  * (csrc/internal.h's frnn_step_barrier; default FRNN_BARRIER_SPINS).  Tests set 0 to make
  * every wait sleep.  Returns the previous count; n < 0 restores the default. */

@@ -256,10 +256,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                                               &kernel_k, &recurrent_k);
         if (!status && bias && !bias_k) status = FRNN_ENOMEM;
         if (!status) {
-            for (ptrdiff_t row = 0; bias && row < bias_rows; ++row)
-                for (ptrdiff_t g = 0; g < 3; ++g)
-                    memcpy(bias_k + row * G3 + g * H, bias + row * G3 + SFX(gru_gate_rows)[g] * H,
-                           (size_t)H * sizeof(REAL));
+            if (bias) SFX(reorder_gate_blocks)(bias_rows, H, 3, SFX(gru_gate_rows), 0, bias, bias_k);
             status = SFX(frnn_gru_forward)(blas, &keras, reset_after, x, xs, kernel_k,
                                            recurrent_k, bias_k, mask, ms, h0, outputs, os, h_n,
                                            rec_mask, x_cache, gates, hr_cache, h_states,
@@ -632,6 +629,54 @@ FRNN_CLONES static void SFX(gru_step_before_backward_r)(
     }
 }
 
+/* Backward of one reset_after=1 step (T = 1) from torch's rows (d->weight_rows), without
+ * recurrent dropout: the pointwise pass gives dR (B, 3H), the gradient w.r.t. h0 U + b_rec,
+ * and dxh (B, H); the input projection's gradient is dR's z, r blocks and dxh.  Then dh0
+ * += dR weight_hh, dx = [dR_z dR_r dxh] weight_ih, and the gradients in torch's layout
+ * (d_kernel (3H, I), d_recurrent (3H, H), d_bias (2, 3H) [bias_ih; bias_hh], gate rows
+ * r, z, n) straight from them (direct_step.h).  Arguments as for frnn_gru_backward. */
+static int SFX(gru_direct_step_backward)(const frnn_dims *d, const REAL *kernel,
+                                         const REAL *recurrent, const REAL *h0,
+                                         const REAL *x_cache, const REAL *gates,
+                                         const REAL *hr_cache, const uint8_t *mask_cache,
+                                         const REAL *d_outputs, frnn_seq_strides dos,
+                                         const REAL *d_h_n, REAL *dx, frnn_seq_strides dxs,
+                                         REAL *d_kernel, REAL *d_recurrent, REAL *d_bias,
+                                         REAL *d_h0) {
+    const ptrdiff_t B = d->batch, I = d->input_size, H = d->units, G3 = 3 * H;
+    int status = FRNN_OK;
+    REAL *dr = frnn_alloc((size_t)(B * G3), sizeof(REAL));
+    REAL *dxh = frnn_alloc((size_t)(B * H), sizeof(REAL));
+    REAL *blocks_t = frnn_alloc((size_t)(B * G3), sizeof(REAL));
+    if (!dr || !dxh || !blocks_t) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (d_h_n) memcpy(d_h0, d_h_n, (size_t)(B * H) * sizeof(REAL));
+    else memset(d_h0, 0, (size_t)(B * H) * sizeof(REAL));
+    SFX(gru_step_after_backward_pointwise)(d, gates, hr_cache, h0, mask_cache, d_outputs,
+                                           dos.stride_b, d_h0, dr, dxh, 0, H);
+    const REAL *rec[3] = {dr, dr + H, dr + 2 * H}, *in[3] = {dr, dr + H, dxh};
+    const ptrdiff_t rec_ld[3] = {G3, G3, G3}, in_ld[3] = {G3, G3, H};
+    const int *rows = SFX(gru_gate_rows);
+    SFX(direct_step_rows_gradient)(B, H, 3, rec, rec_ld, rows, recurrent, H, d_h0, H, 1);
+    if (dx) SFX(direct_step_rows_gradient)(B, H, 3, in, in_ld, rows, kernel, I, dx,
+                                           dxs.stride_b, 0);
+    SFX(direct_step_blocks_t)(B, H, 3, in, in_ld, rows, blocks_t);
+    SFX(direct_step_weight_gradient)(B, G3, blocks_t, x_cache, I, I, d_kernel);
+    SFX(direct_step_blocks_t)(B, H, 3, rec, rec_ld, rows, blocks_t);
+    SFX(direct_step_weight_gradient)(B, G3, blocks_t, h0, H, H, d_recurrent);
+    if (d_bias) {
+        SFX(direct_step_bias_gradient)(B, H, 3, in, in_ld, rows, d_bias);
+        SFX(direct_step_bias_gradient)(B, H, 3, rec, rec_ld, rows, d_bias + G3);
+    }
+done:
+    frnn_free(dr);
+    frnn_free(dxh);
+    frnn_free(blocks_t);
+    return status;
+}
+
 int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                            const REAL *kernel, const REAL *recurrent, const REAL *h0,
                            const REAL *x_cache, const REAL *gates, const REAL *hr_cache,
@@ -642,8 +687,42 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                            REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
     int status = frnn_check_dims(d, 3);
     if (status) return status;
-    if (d->weight_rows) return FRNN_EINVAL; /* backward takes Keras' layout only */
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G3 = 3 * H;
+    if (d->weight_rows && T == 1 && B > 0 && !rec_mask && reset_after
+        && frnn_direct_step(B, 1))
+        return SFX(gru_direct_step_backward)(d, kernel, recurrent, h0, x_cache, gates, hr_cache,
+                                             mask_cache, d_outputs, dos, d_h_n, dx, dxs,
+                                             d_kernel, d_recurrent, d_bias, d_h0);
+    if (d->weight_rows) { /* torch's layout: Keras' in, the gradients back out */
+        frnn_dims keras = *d;
+        keras.weight_rows = 0;
+        const ptrdiff_t bias_rows = reset_after ? 2 : 1;
+        const int *rows = SFX(gru_gate_rows);
+        REAL *kernel_k = NULL, *recurrent_k = NULL;
+        REAL *d_kernel_k = frnn_alloc((size_t)(I * G3), sizeof(REAL));
+        REAL *d_recurrent_k = frnn_alloc((size_t)(H * G3), sizeof(REAL));
+        REAL *d_bias_k = d_bias ? frnn_alloc((size_t)(bias_rows * G3), sizeof(REAL)) : NULL;
+        status = SFX(keras_weights_from_rows)(I, H, 3, rows, kernel, recurrent, &kernel_k,
+                                              &recurrent_k);
+        if (!status && (!d_kernel_k || !d_recurrent_k || (d_bias && !d_bias_k)))
+            status = FRNN_ENOMEM;
+        if (!status)
+            status = SFX(frnn_gru_backward)(blas, &keras, reset_after, kernel_k, recurrent_k, h0,
+                                            x_cache, gates, hr_cache, h_states, mask_cache,
+                                            rec_mask, d_outputs, dos, d_h_n, dx, dxs, d_kernel_k,
+                                            d_recurrent_k, d_bias_k, d_h0);
+        if (!status) {
+            SFX(rows_from_keras)(I, H, 3, rows, d_kernel_k, d_kernel);
+            SFX(rows_from_keras)(H, H, 3, rows, d_recurrent_k, d_recurrent);
+            if (d_bias) SFX(reorder_gate_blocks)(bias_rows, H, 3, rows, 1, d_bias_k, d_bias);
+        }
+        frnn_free(kernel_k);
+        frnn_free(recurrent_k);
+        frnn_free(d_kernel_k);
+        frnn_free(d_recurrent_k);
+        frnn_free(d_bias_k);
+        return status;
+    }
     SFX(backward_prologue)(d, G3, (reset_after ? 2 : 1) * G3, d_h_n, d_h0, d_kernel, d_recurrent,
                            d_bias);
     if (T == 0 || B == 0) return FRNN_OK;

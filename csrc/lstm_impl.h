@@ -423,6 +423,54 @@ FRNN_CLONES static void SFX(lstm_step_backward_pointwise)(
     }
 }
 
+/* Backward of one step (T = 1) from torch's rows (d->weight_rows), without recurrent
+ * dropout: the pointwise pass gives dZ (B, 4H), then dh0 += dZ weight_hh, dx = dZ
+ * weight_ih and the gradients in torch's layout (d_kernel (4H, I), d_recurrent (4H, H),
+ * d_bias (4H,), the summed bias's) straight from dZ (direct_step.h).  Arguments as for
+ * frnn_lstm_backward. */
+static int SFX(lstm_direct_step_backward)(const frnn_dims *d, const REAL *kernel,
+                                          const REAL *recurrent, const REAL *h0, const REAL *c0,
+                                          const REAL *x_cache, const REAL *gates,
+                                          const REAL *c_states, const uint8_t *mask_cache,
+                                          const REAL *d_outputs, frnn_seq_strides dos,
+                                          const REAL *d_h_n, const REAL *d_c_n, REAL *dx,
+                                          frnn_seq_strides dxs, REAL *d_kernel,
+                                          REAL *d_recurrent, REAL *d_bias, REAL *d_h0,
+                                          REAL *d_c0) {
+    const ptrdiff_t B = d->batch, I = d->input_size, H = d->units, G4 = 4 * H;
+    const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
+    int status = FRNN_OK;
+    REAL *dz = frnn_alloc((size_t)(B * G4), sizeof(REAL));
+    REAL *dz_t = frnn_alloc((size_t)(B * G4), sizeof(REAL));
+    REAL *scratch = frnn_alloc((size_t)(2 * H), sizeof(REAL));
+    if (!dz || !dz_t || !scratch) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
+    else memset(d_h0, 0, state_bytes);
+    if (d_c_n) memcpy(d_c0, d_c_n, state_bytes);
+    else memset(d_c0, 0, state_bytes);
+    SFX(lstm_step_backward_pointwise)(d, gates, c_states, c0, mask_cache, d_outputs,
+                                      dos.stride_b, d_h0, d_c0, dz, G4, scratch, scratch + H, 0,
+                                      H);
+    const REAL *blocks[4] = {dz, dz + H, dz + 2 * H, dz + 3 * H};
+    const ptrdiff_t ld[4] = {G4, G4, G4, G4};
+    const int *rows = SFX(same_gate_rows);
+    SFX(direct_step_rows_gradient)(B, H, 4, blocks, ld, rows, recurrent, H, d_h0, H, 1);
+    if (dx) SFX(direct_step_rows_gradient)(B, H, 4, blocks, ld, rows, kernel, I, dx,
+                                           dxs.stride_b, 0);
+    SFX(direct_step_blocks_t)(B, H, 4, blocks, ld, rows, dz_t);
+    SFX(direct_step_weight_gradient)(B, G4, dz_t, x_cache, I, I, d_kernel);
+    SFX(direct_step_weight_gradient)(B, G4, dz_t, h0, H, H, d_recurrent);
+    if (d_bias) SFX(direct_step_bias_gradient)(B, H, 4, blocks, ld, rows, d_bias);
+done:
+    frnn_free(dz);
+    frnn_free(dz_t);
+    frnn_free(scratch);
+    return status;
+}
+
 int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                             const REAL *kernel, const REAL *recurrent,
                             const REAL *h0, const REAL *c0,
@@ -436,8 +484,36 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                             REAL *d_h0, REAL *d_c0) {
     int status = frnn_check_dims(d, 4);
     if (status) return status;
-    if (d->weight_rows) return FRNN_EINVAL; /* backward takes Keras' layout only */
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units, G4 = 4 * H;
+    if (d->weight_rows && T == 1 && B > 0 && !rec_mask && frnn_direct_step(B, 1))
+        return SFX(lstm_direct_step_backward)(d, kernel, recurrent, h0, c0, x_cache, gates,
+                                              c_states, mask_cache, d_outputs, dos, d_h_n,
+                                              d_c_n, dx, dxs, d_kernel, d_recurrent, d_bias,
+                                              d_h0, d_c0);
+    if (d->weight_rows) { /* torch's layout: Keras' in, the gradients back out */
+        frnn_dims keras = *d;
+        keras.weight_rows = 0;
+        REAL *kernel_k = NULL, *recurrent_k = NULL;
+        REAL *d_kernel_k = frnn_alloc((size_t)(I * G4), sizeof(REAL));
+        REAL *d_recurrent_k = frnn_alloc((size_t)(H * G4), sizeof(REAL));
+        status = SFX(keras_weights_from_rows)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
+                                              &kernel_k, &recurrent_k);
+        if (!status && (!d_kernel_k || !d_recurrent_k)) status = FRNN_ENOMEM;
+        if (!status)
+            status = SFX(frnn_lstm_backward)(blas, &keras, kernel_k, recurrent_k, h0, c0,
+                                             x_cache, gates, c_states, h_states, mask_cache,
+                                             rec_mask, d_outputs, dos, d_h_n, d_c_n, dx, dxs,
+                                             d_kernel_k, d_recurrent_k, d_bias, d_h0, d_c0);
+        if (!status) {
+            SFX(rows_from_keras)(I, H, 4, SFX(same_gate_rows), d_kernel_k, d_kernel);
+            SFX(rows_from_keras)(H, H, 4, SFX(same_gate_rows), d_recurrent_k, d_recurrent);
+        }
+        frnn_free(kernel_k);
+        frnn_free(recurrent_k);
+        frnn_free(d_kernel_k);
+        frnn_free(d_recurrent_k);
+        return status;
+    }
     SFX(backward_prologue)(d, G4, G4, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (d_c_n) memcpy(d_c0, d_c_n, (size_t)(B * H) * sizeof(REAL));
     else memset(d_c0, 0, (size_t)(B * H) * sizeof(REAL));

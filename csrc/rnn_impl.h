@@ -288,6 +288,46 @@ FRNN_CLONES static void SFX(rnn_step_backward_pointwise)(
     }
 }
 
+/* Backward of one step (T = 1) from torch's rows (d->weight_rows), without recurrent
+ * dropout: the pointwise pass gives dz (B, H), then dh0 += dz weight_hh, dx = dz weight_ih
+ * and the gradients in torch's layout (d_kernel (H, I), d_recurrent (H, H), d_bias (H,),
+ * the summed bias's) straight from dz (direct_step.h).  Arguments as for
+ * frnn_rnn_backward. */
+static int SFX(rnn_direct_step_backward)(const frnn_dims *d, const REAL *kernel,
+                                         const REAL *recurrent, const REAL *h0,
+                                         const REAL *x_cache, const REAL *h_states,
+                                         const uint8_t *mask_cache, const REAL *d_outputs,
+                                         frnn_seq_strides dos, const REAL *d_h_n, REAL *dx,
+                                         frnn_seq_strides dxs, REAL *d_kernel,
+                                         REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
+    const ptrdiff_t B = d->batch, I = d->input_size, H = d->units;
+    int status = FRNN_OK;
+    REAL *dz = frnn_alloc((size_t)(B * H), sizeof(REAL));
+    REAL *dz_t = frnn_alloc((size_t)(B * H), sizeof(REAL));
+    if (!dz || !dz_t) {
+        status = FRNN_ENOMEM;
+        goto done;
+    }
+    if (d_h_n) memcpy(d_h0, d_h_n, (size_t)(B * H) * sizeof(REAL));
+    else memset(d_h0, 0, (size_t)(B * H) * sizeof(REAL));
+    SFX(rnn_step_backward_pointwise)(d, h_states, mask_cache, d_outputs, dos.stride_b, d_h0, dz,
+                                     H, 0, H);
+    const REAL *blocks[1] = {dz};
+    const ptrdiff_t ld[1] = {H};
+    const int *rows = SFX(same_gate_rows);
+    SFX(direct_step_rows_gradient)(B, H, 1, blocks, ld, rows, recurrent, H, d_h0, H, 1);
+    if (dx) SFX(direct_step_rows_gradient)(B, H, 1, blocks, ld, rows, kernel, I, dx,
+                                           dxs.stride_b, 0);
+    SFX(direct_step_blocks_t)(B, H, 1, blocks, ld, rows, dz_t);
+    SFX(direct_step_weight_gradient)(B, H, dz_t, x_cache, I, I, d_kernel);
+    SFX(direct_step_weight_gradient)(B, H, dz_t, h0, H, H, d_recurrent);
+    if (d_bias) SFX(direct_step_bias_gradient)(B, H, 1, blocks, ld, rows, d_bias);
+done:
+    frnn_free(dz);
+    frnn_free(dz_t);
+    return status;
+}
+
 int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                            const REAL *kernel, const REAL *recurrent, const REAL *h0,
                            const REAL *x_cache, const REAL *h_states, const uint8_t *mask_cache,
@@ -296,8 +336,35 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                            REAL *d_kernel, REAL *d_recurrent, REAL *d_bias, REAL *d_h0) {
     int status = frnn_check_dims(d, 1);
     if (status) return status;
-    if (d->weight_rows) return FRNN_EINVAL; /* backward takes Keras' layout only */
     const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
+    if (d->weight_rows && T == 1 && B > 0 && !rec_mask && frnn_direct_step(B, 1))
+        return SFX(rnn_direct_step_backward)(d, kernel, recurrent, h0, x_cache, h_states,
+                                             mask_cache, d_outputs, dos, d_h_n, dx, dxs,
+                                             d_kernel, d_recurrent, d_bias, d_h0);
+    if (d->weight_rows) { /* torch's layout: Keras' in, the gradients back out */
+        frnn_dims keras = *d;
+        keras.weight_rows = 0;
+        REAL *kernel_k = NULL, *recurrent_k = NULL;
+        REAL *d_kernel_k = frnn_alloc((size_t)(I * H), sizeof(REAL));
+        REAL *d_recurrent_k = frnn_alloc((size_t)(H * H), sizeof(REAL));
+        status = SFX(keras_weights_from_rows)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
+                                              &kernel_k, &recurrent_k);
+        if (!status && (!d_kernel_k || !d_recurrent_k)) status = FRNN_ENOMEM;
+        if (!status)
+            status = SFX(frnn_rnn_backward)(blas, &keras, kernel_k, recurrent_k, h0, x_cache,
+                                            h_states, mask_cache, rec_mask, d_outputs, dos,
+                                            d_h_n, dx, dxs, d_kernel_k, d_recurrent_k, d_bias,
+                                            d_h0);
+        if (!status) {
+            SFX(rows_from_keras)(I, H, 1, SFX(same_gate_rows), d_kernel_k, d_kernel);
+            SFX(rows_from_keras)(H, H, 1, SFX(same_gate_rows), d_recurrent_k, d_recurrent);
+        }
+        frnn_free(kernel_k);
+        frnn_free(recurrent_k);
+        frnn_free(d_kernel_k);
+        frnn_free(d_recurrent_k);
+        return status;
+    }
     SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (T == 0 || B == 0) return FRNN_OK;
 

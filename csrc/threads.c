@@ -45,6 +45,7 @@ int frnn_override_fuse_input(void) { return frnn_fuse_input_choice; }
 int frnn_override_direct_step(void) { return frnn_direct_step_choice; }
 int frnn_override_split_by(void) { return frnn_split_by_choice; }
 int frnn_override_blas_steps(void) { return frnn_blas_steps_choice; }
+int frnn_one_step_from_rows(ptrdiff_t batch) { return frnn_direct_step(batch, 1); }
 long long frnn_override_split_min_macs(void) { return frnn_split_min_choice; }
 
 static _Atomic int frnn_barrier_spin_count = FRNN_BARRIER_SPINS;

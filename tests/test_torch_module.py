@@ -159,6 +159,35 @@ def test_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind, con
     assert_parity(torch, reference, ours, make_input, hx, dtype)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_one_step_training_parity_with_torch_nn_on_random_configurations(torch, ft, rng, kind,
+                                                                         config):
+    """One step in training, a teacher-forced decoder's call: forward and backward straight
+    from torch's weights, the gradients in torch's layout (csrc/direct_step.h)."""
+    reference, ours, make_input, hx, dtype = configured_pair(
+        torch, ft, rng, kind, config, lambda: 1)
+    assert_parity(torch, reference, ours, make_input, hx, dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batch", [32, 33, 70])
+def test_one_step_training_either_side_of_the_rows_threshold(torch, ft, rng, kind, batch):
+    """One step in training with up to 32 rows runs straight from torch's weights, with more
+    converts them in Python once (fusedrnn._kernels.one_step_from_rows); both match
+    torch.nn, two layers and both directions, on two threads."""
+    import fusedrnn
+
+    assert fusedrnn._kernels.one_step_from_rows(batch) == (batch <= 32)
+    reference, ours = make_pair(torch, ft, kind, 5, 67, torch.float64, num_layers=2,
+                                bidirectional=True, batch_first=True)
+    make_input = input_maker(torch, rng, layout="tensor", steps=1, batch=batch, input_size=5,
+                             batch_first=True, dtype=torch.float64)
+    hx = random_hx(torch, rng, kind, 4, batch, 67, torch.float64)
+    with fusedrnn.threads(2):
+        assert_parity(torch, reference, ours, make_input, hx, torch.float64)
+
+
 def configured_pair(torch, ft, rng, kind, config, draw_steps):
     """torch.nn's module and ours for one of CONFIGS, with sizes drawn from rng (odd ones
     among them): (reference, ours, make_input, hx or None, dtype)."""
@@ -517,15 +546,17 @@ def test_backward_twice_with_retained_graph(torch, ft, rng):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradcheck_against_finite_differences(torch, ft, rng, kind):
-    """torch.autograd.gradcheck through the module: packed, bidirectional, with hx."""
+@pytest.mark.parametrize("lengths", [[2, 4, 1], [1, 1, 1]])
+def test_gradcheck_against_finite_differences(torch, ft, rng, kind, lengths):
+    """torch.autograd.gradcheck through the module: packed, bidirectional, with hx; over
+    four steps and over one (straight from torch's weights)."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
     module = getattr(ft, kind)(2, 3, bidirectional=True, dtype=torch.float64)
-    x = torch.tensor(rng.standard_normal((4, 3, 2)), requires_grad=True)
+    x = torch.tensor(rng.standard_normal((max(lengths), 3, 2)), requires_grad=True)
     h0 = torch.tensor(rng.standard_normal((2, 3, 3)), requires_grad=True)
     c0 = torch.tensor(rng.standard_normal((2, 3, 3)), requires_grad=True)
-    lengths = torch.tensor([2, 4, 1])
+    lengths = torch.tensor(lengths)
 
     def run(x, h0, c0, *params):
         named = dict(zip([n for n, _ in module.named_parameters()], params))

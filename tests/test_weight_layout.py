@@ -148,8 +148,6 @@ def test_torch_layout_misuse_is_refused_by_name(rng, cell):
         forward(x, *rows, weight_layout="pytorch", **kwargs)
     with pytest.raises(ValueError, match="weight_layout: expected"):
         forward(x, *rows, weight_layout=None, **kwargs)
-    with pytest.raises(ValueError, match="inference"):
-        forward(x, *rows, weight_layout="torch", training=True, **kwargs)
     blocks = "units" if gates == 1 else f"{gates}\\*units"
     # Keras-shaped weights given as torch's: named, with the shape torch's layout needs
     with pytest.raises(ValueError, match=f"kernel: expected shape \\({blocks}, features\\)"):
@@ -205,3 +203,86 @@ def test_one_step_training_caches_give_the_reference_gradients(rng, cell, path):
                                               err_msg=name)
     finally:
         _kernels.set_path_overrides(*previous)
+
+
+def torch_layout_gradients(cell, grads, units):
+    """A Keras-layout gradient tuple's weight gradients in torch's layout."""
+    kernel, recurrent, bias = as_torch(cell, grads.kernel, grads.recurrent_kernel, grads.bias,
+                                       units)
+    return grads._replace(kernel=kernel, recurrent_kernel=recurrent, bias=bias)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_torch_layout_training_gives_the_reference_gradients_in_torch_layout(
+        rng, cell, steps, threads, path):
+    """Training on torch's rows: backward returns the weight and bias gradients in torch's
+    layout.  One step runs straight from the rows both ways (the GRU with reset_after;
+    reset_after=False converts), longer inputs convert in C; both give the reference's
+    gradients (float64), with odd sizes, masks, initial states, go_backwards and upstream
+    gradients for the final states, and leave the caller's arrays alone."""
+    _, forward, reference_forward, _, gate_rows = CELLS[cell]
+    backward, reference_backward = BACKWARD[cell]
+    previous = _kernels.set_path_overrides(**PATHS[path])
+    try:
+        with fusedrnn.threads(threads):
+            for (batch, features, units), backwards, input_gradient in itertools.product(
+                    [(1, 1, 1), (3, 67, 3), (1, 3, 67), (8, 5, 130)], [False, True],
+                    [True, False]):
+                arrays, kwargs = problem(rng, cell, batch, steps, features, units, np.float64,
+                                         masked=True, with_state=True)
+                kwargs["go_backwards"] = backwards
+                x, kernel, recurrent, bias = arrays
+                rows = as_torch(cell, kernel, recurrent, bias, units)
+                kept = [a.copy() for a in (x, *rows)]
+                got = forward(x, *rows, weight_layout="torch", training=True, **kwargs)
+                want = reference_forward(*arrays, training=True, **kwargs)
+                upstream = {"d_outputs": rng.standard_normal((batch, steps, units)),
+                            "d_h_n": rng.standard_normal((batch, units))}
+                if cell == "lstm":
+                    upstream["d_c_n"] = rng.standard_normal((batch, units))
+                grads = backward(got.cache, **upstream, input_gradient=input_gradient)
+                want_grads = torch_layout_gradients(
+                    cell, reference_backward(want.cache, **upstream), units)
+                np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-10, atol=1e-10)
+                for name in want_grads._fields:
+                    if name == "x" and not input_gradient:
+                        assert grads.x is None
+                        continue
+                    np.testing.assert_allclose(getattr(grads, name), getattr(want_grads, name),
+                                               rtol=1e-9, atol=1e-9, err_msg=name)
+                for before, now in zip(kept, (x, *rows)):
+                    np.testing.assert_array_equal(before, now)
+    finally:
+        _kernels.set_path_overrides(*previous)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_torch_layout_training_without_bias_or_state_and_with_recurrent_dropout(rng, cell):
+    """No bias and no initial state (zero gradients w.r.t. weight_hh at one step); and
+    recurrent dropout, which a step in torch's layout takes through the converted loops."""
+    _, forward, reference_forward, _, _ = CELLS[cell]
+    backward, reference_backward = BACKWARD[cell]
+    for steps in (1, 4):
+        arrays, kwargs = problem(rng, cell, 3, steps, 4, 7, np.float64, masked=False,
+                                 with_state=False)
+        x, kernel, recurrent, _ = arrays
+        for dropout in (False, True):
+            if dropout:
+                shape = (3, 3, 7) if cell.startswith("gru") else (3, 7)
+                kwargs["recurrent_dropout_mask"] = (rng.random(shape) > 0.3) / 0.7
+            got = forward(x, *as_torch(cell, kernel, recurrent, None, 7)[:2], None,
+                          weight_layout="torch", training=True, **kwargs)
+            want = reference_forward(x, kernel, recurrent, None, training=True, **kwargs)
+            d_outputs = rng.standard_normal((3, steps, 7))
+            grads = backward(got.cache, d_outputs)
+            want_grads = torch_layout_gradients(cell, reference_backward(want.cache, d_outputs),
+                                                7)
+            assert grads.bias is None and grads.h0 is None
+            for name in ("x", "kernel", "recurrent_kernel"):
+                np.testing.assert_allclose(getattr(grads, name), getattr(want_grads, name),
+                                           rtol=1e-9, atol=1e-9, err_msg=name)
+            if steps == 1 and not dropout:
+                assert not grads.recurrent_kernel.any()  # h0 = 0: no gradient for weight_hh

@@ -49,10 +49,11 @@ class LSTMCache:
     hidden state (units each), plus the input in time-major order (features)."""
 
     __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "c0", "recurrent_dropout_mask",
-                 "arrays", "options", "shape")
+                 "arrays", "options", "shape", "weight_rows")
 
     def __init__(self, kernel, recurrent_kernel, has_bias, h0, c0, recurrent_dropout_mask, arrays,
-                 options, shape):
+                 options, shape, weight_rows=False):
+        self.weight_rows = weight_rows  # torch's layout: the gradients come in it too
         self.recurrent_dropout_mask = recurrent_dropout_mask
         self.kernel = kernel
         self.recurrent_kernel = recurrent_kernel
@@ -95,13 +96,10 @@ def _upstream_gradients(cache, d_outputs, d_h_n):
     return d_outputs, d_h_n
 
 
-def _weight_rows(weight_layout, training) -> bool:
-    """True for torch's weight layout (inference only), False for Keras'."""
+def _weight_rows(weight_layout) -> bool:
+    """True for torch's weight layout, False for Keras'."""
     if not isinstance(weight_layout, str) or weight_layout not in ("keras", "torch"):
         raise ValueError(f"weight_layout: expected 'keras' or 'torch', got {weight_layout!r}")
-    if weight_layout == "torch" and v.flag(training, "training"):
-        raise ValueError("weight_layout='torch' is for inference (training=False): the "
-                         "backward pass takes the weights in Keras' layout")
     return weight_layout == "torch"
 
 
@@ -144,14 +142,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     dropout mask (not copies): do not modify them in place before lstm_backward.
     weight_layout: "keras" (get_weights()' layout, the default) or "torch": kernel and
     recurrent_kernel are torch.nn.LSTM's weight_ih (4*units, features) and weight_hh
-    (4*units, units), bias is bias_ih + bias_hh.  Inference only (training=False): one
-    step (time = 1) is computed straight from torch's rows, longer sequences convert them
-    once per call.
+    (4*units, units), bias is bias_ih + bias_hh; lstm_backward then returns the kernel,
+    recurrent_kernel and bias gradients in that layout (bias: the sum's, which is each
+    torch bias's).  One step (time = 1) is computed straight from torch's rows, forward
+    and backward; longer sequences convert the weights once per call (and backward the
+    gradients back).
     Returns LSTMOutput(outputs, h_n, c_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
     batch, steps, features = x.shape
-    rows = _weight_rows(weight_layout, training)
+    rows = _weight_rows(weight_layout)
     kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 4, rows)
     if bias is not None:
         bias = v.weight(bias, (4 * units,), "bias", "(4*units,)", x.dtype)
@@ -167,7 +167,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     cache = None
     if training:
         cache = LSTMCache(kernel, recurrent_kernel, bias is not None, h0, c0, rec_mask, arrays,
-                          options, (batch, steps, features, units))
+                          options, (batch, steps, features, units), rows)
     return LSTMOutput(outputs, h_n, c_n, cache)
 
 
@@ -189,7 +189,8 @@ def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None, *,
     dx, dk, dr, db, dh0, dc0 = _lstm_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.c0,
         cache.recurrent_dropout_mask, cache.arrays, d_outputs, d_h_n, d_c_n, *cache.options,
-        _input_gradient_flag(input_gradient)
+        _input_gradient_flag(input_gradient),
+        cache.weight_rows
     )
     return LSTMGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None,
                          dc0 if cache.c0 is not None else None)
@@ -226,10 +227,11 @@ class _RecurrentCache:
     Opaque; reusable (backward only reads it)."""
 
     __slots__ = ("kernel", "recurrent_kernel", "has_bias", "h0", "recurrent_dropout_mask",
-                 "arrays", "options", "shape")
+                 "arrays", "options", "shape", "weight_rows")
 
     def __init__(self, kernel, recurrent_kernel, has_bias, h0, recurrent_dropout_mask, arrays,
-                 options, shape):
+                 options, shape, weight_rows=False):
+        self.weight_rows = weight_rows  # torch's layout: the gradients come in it too
         self.kernel = kernel
         self.recurrent_kernel = recurrent_kernel
         self.has_bias = has_bias
@@ -298,8 +300,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     weight_layout: "keras" (get_weights()' layout, the default) or "torch": kernel and
     recurrent_kernel are torch.nn.GRU's weight_ih (3*units, features) and weight_hh
     (3*units, units), gate rows r, z, n, and bias is [bias_ih; bias_hh] (2, 3*units) in
-    that order ((3*units,) with reset_after=False).  Inference only (training=False), as
-    for lstm_forward.
+    that order ((3*units,) with reset_after=False); gru_backward's weight gradients come
+    in that layout too, as for lstm_forward.
     Returns GRUOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -307,7 +309,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     if not isinstance(reset_after, (bool, np.bool_)):
         raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
     reset_after = v.flag(reset_after, "reset_after")
-    rows = _weight_rows(weight_layout, training)
+    rows = _weight_rows(weight_layout)
     kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 3, rows)
     if bias is not None:
         if reset_after:
@@ -327,7 +329,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     cache = None
     if training:
         cache = GRUCache(kernel, recurrent_kernel, bias is not None, h0, rec_mask, arrays,
-                         options, (batch, steps, features, units))
+                         options, (batch, steps, features, units), rows)
     return GRUOutput(outputs, h_n, cache)
 
 
@@ -342,7 +344,8 @@ def gru_backward(cache: GRUCache, d_outputs=None, d_h_n=None, *,
     dx, dk, dr, db, dh0 = _gru_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
-        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient)
+        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient),
+        cache.weight_rows
     )
     return GRUGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
 
@@ -375,13 +378,13 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     or None; multiplies h_{t-1} where it meets the recurrent kernel (Keras 3).
     weight_layout: "keras" (get_weights()' layout, the default) or "torch": kernel and
     recurrent_kernel are torch.nn.RNN's weight_ih (units, features) and weight_hh (units,
-    units), bias is bias_ih + bias_hh.  Inference only (training=False), as for
+    units), bias is bias_ih + bias_hh; the gradients come in that layout too, as for
     lstm_forward.
     Returns SimpleRNNOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
     batch, steps, features = x.shape
-    rows = _weight_rows(weight_layout, training)
+    rows = _weight_rows(weight_layout)
     kernel, recurrent_kernel, units = _recurrent_weights(x, kernel, recurrent_kernel, 1, rows)
     if bias is not None:
         bias = v.weight(bias, (units,), "bias", "(units,)", x.dtype)
@@ -398,7 +401,7 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     cache = None
     if training:
         cache = SimpleRNNCache(kernel, recurrent_kernel, bias is not None, h0, rec_mask, arrays,
-                               options, (batch, steps, features, units))
+                               options, (batch, steps, features, units), rows)
     return SimpleRNNOutput(outputs, h_n, cache)
 
 
@@ -413,7 +416,8 @@ def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None, *,
     dx, dk, dr, db, dh0 = _simple_rnn_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
-        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient)
+        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient),
+        cache.weight_rows
     )
     return SimpleRNNGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
 

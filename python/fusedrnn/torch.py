@@ -91,13 +91,15 @@ class _SummedBiasCell:
         bias = None if b_ih is None else _numpy(b_ih) + _numpy(b_hh)
         return _numpy(w_ih), _numpy(w_hh), bias
 
-    def torch_gradients(self, d_kernel, d_recurrent, d_bias):
-        """Kernel-layout gradients -> torch's (weight_ih, weight_hh, bias_ih, bias_hh).
+    def torch_gradients(self, d_kernel, d_recurrent, d_bias, weight_rows=False):
+        """Kernel gradients -> torch's (weight_ih, weight_hh, bias_ih, bias_hh), from
+        Keras' layout or, with weight_rows, torch's own (weight_layout="torch").
 
         The summed bias feeds both torch biases, so both receive its gradient (as two
         separate tensors: autograd may keep a returned gradient as a parameter's .grad)."""
-        d_w_ih = torch.from_numpy(_transposed(d_kernel))
-        d_w_hh = torch.from_numpy(_transposed(d_recurrent))
+        if not weight_rows:
+            d_kernel, d_recurrent = _transposed(d_kernel), _transposed(d_recurrent)
+        d_w_ih, d_w_hh = torch.from_numpy(d_kernel), torch.from_numpy(d_recurrent)
         if d_bias is None:
             return d_w_ih, d_w_hh, None, None
         d_b = torch.from_numpy(d_bias)
@@ -215,7 +217,10 @@ class _GRUCell:
                                             input_gradient=input_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
 
-    def torch_gradients(self, d_kernel, d_recurrent, d_bias):
+    def torch_gradients(self, d_kernel, d_recurrent, d_bias, weight_rows=False):
+        if weight_rows:  # torch's layout and gate order already; d_bias [bias_ih; bias_hh]
+            return (torch.from_numpy(d_kernel), torch.from_numpy(d_recurrent),
+                    *((None, None) if d_bias is None else map(torch.from_numpy, d_bias)))
         h = d_recurrent.shape[0]
         order = self._swap_rz(h)
         d_w_ih = torch.from_numpy(self._columns_to_rows(d_kernel, h))
@@ -247,10 +252,17 @@ class _FusedDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, mask, go_backwards, x, w_ih, w_hh, b_ih, b_hh, *initial):
         ctx.set_materialize_grads(False)  # None gradients reach the kernels as "zero"
-        kernel, recurrent, bias = cell.keras_weights(w_ih, w_hh, b_ih, b_hh)
+        # A single step of a few rows (a decoding loop's call) runs forward and backward
+        # straight from torch's weights, gradients in torch's layout; otherwise the weights
+        # are converted once here, where the kernels would convert them in both passes.
+        weight_rows = x.shape[1] == 1 and _kernels.one_step_from_rows(x.shape[0])
+        layout = cell.torch_weights if weight_rows else cell.keras_weights
+        kernel, recurrent, bias = layout(w_ih, w_hh, b_ih, b_hh)
         initial_np = tuple(_numpy(s) for s in initial) if initial else None
-        outputs, states, cache = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np,
-                                              mask, go_backwards, training=True)
+        outputs, states, cache = cell.forward(
+            _numpy(x), kernel, recurrent, bias, initial_np, mask, go_backwards, training=True,
+            weight_layout="torch" if weight_rows else "keras")
+        ctx.weight_rows = weight_rows
         ctx.cell = cell
         ctx.cache = cache
         ctx.go_backwards = go_backwards
@@ -271,7 +283,7 @@ class _FusedDirection(torch.autograd.Function):
         dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.backward(
             ctx.cache, d_out, d_states_np, need_dx)
         d_w_ih, d_w_hh, d_b_ih, d_b_hh = ctx.cell.torch_gradients(d_kernel, d_recurrent,
-                                                                  d_bias)
+                                                                  d_bias, ctx.weight_rows)
         d_initial_t = tuple(torch.from_numpy(d) for d in d_initial) if ctx.n_initial else ()
         return (None, None, None, torch.from_numpy(dx) if need_dx else None, d_w_ih, d_w_hh,
                 d_b_ih, d_b_hh, *d_initial_t)

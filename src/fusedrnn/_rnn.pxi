@@ -110,19 +110,20 @@ def simple_rnn_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent,
 def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0,
                         rec_mask, tuple cache, d_outputs, d_h_n, bint go_backwards,
                         bint zero_output_for_mask, int activation,
-                        bint input_gradient=True):
+                        bint input_gradient=True, bint weight_rows=False):
     """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0); dx is None, and not
     computed, when input_gradient is false."""
     x_cache, h_states, mask_cache = cache
     cdef Py_ssize_t T = x_cache.shape[0], B = x_cache.shape[1], I = x_cache.shape[2]
-    cdef Py_ssize_t H = recurrent.shape[0]
+    cdef Py_ssize_t H = recurrent.shape[1 if weight_rows else 0]  # rows: (G*H, H)
     dtype = kernel.dtype
     cdef bint is_f32 = dtype == np.float32
     cdef frnn_dims d = make_rnn_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
+    d.weight_rows = weight_rows  # the gradients in the weights' layout
     cdef frnn_blas blas = scipy_blas()
     dx = pooled_empty((B, T, I), dtype) if input_gradient else None
-    cdef cnp.ndarray d_kernel = pooled_empty((I, H), dtype)
-    cdef cnp.ndarray d_recurrent = pooled_empty((H, H), dtype)
+    cdef cnp.ndarray d_kernel = pooled_empty((<object>kernel).shape, dtype)
+    cdef cnp.ndarray d_recurrent = pooled_empty((<object>recurrent).shape, dtype)
     d_bias = pooled_empty((H,), dtype) if has_bias else None
     cdef cnp.ndarray d_h0 = pooled_empty((B, H), dtype)
     cdef frnn_seq_strides dxs

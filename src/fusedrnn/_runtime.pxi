@@ -13,6 +13,7 @@ cdef extern from "fusedrnn.h" nogil:
     int frnn_override_simd() noexcept
     int frnn_override_blas_steps() noexcept
     long long frnn_override_split_min_macs() noexcept
+    int frnn_one_step_from_rows(Py_ssize_t batch) noexcept
     int frnn_cpu_has_avx2_fma() noexcept
     int frnn_cpu_has_avx512vl() noexcept
     int frnn_measure_peak(int threads, long long iterations, int use_f64,
@@ -151,6 +152,12 @@ def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=
                 frnn_override_fuse_input(), frnn_override_direct_step())
     frnn_set_path_overrides(simd, blas_steps, split_min_macs, split_by, fuse_input, direct_step)
     return previous
+
+
+def one_step_from_rows(Py_ssize_t batch):
+    """Whether one step of `batch` rows in torch's weight layout runs forward and backward
+    straight from torch's rows (csrc/fusedrnn.h: frnn_one_step_from_rows)."""
+    return frnn_one_step_from_rows(batch) != 0
 
 
 def measure_peak(int threads, long long iterations, bint float64=False):
