@@ -97,9 +97,12 @@ FRNN_AVX2_TARGET FRNN_INLINE void SFX(rows_sum4)(const RV s[4], REAL sums[4]) {
 #endif
 }
 
-/* 4 weight rows x NB (1 or 2) rows of a: the NB * 4 dot products out[b0 + i, c0 + r].
- * Two rows of a give 8 independent accumulators, enough to hide the FMA latency; one row
- * (batch 1) is bound by reading the weights anyway. */
+/* 4 weight rows x NB (1, 2 or 3) rows of a: the NB * 4 dot products out[b0 + i, c0 + r].
+ * Three rows of a give 12 independent accumulators (7 loads per 12 FMAs; two rows: 6 per
+ * 8, whose chains barely cover the FMA latency): a GRU step at batch 32 with 512 units ran
+ * 1.2-1.35x faster forward, 1.1-1.4x backward (which uses the column tiles below, also
+ * three rows) than with two-row tiles.  One row (batch 1) is bound by reading the weights
+ * anyway. */
 #define FRNN_ROWS_TILE(NB)                                                                  \
     FRNN_AVX2_TARGET FRNN_INLINE void SFX(rows_tile_##NB)(                                  \
         ptrdiff_t K, const REAL *a, ptrdiff_t lda, const REAL *w, ptrdiff_t ldr, REAL *out, \
@@ -129,6 +132,7 @@ FRNN_AVX2_TARGET FRNN_INLINE void SFX(rows_sum4)(const RV s[4], REAL sums[4]) {
     }
 FRNN_ROWS_TILE(1)
 FRNN_ROWS_TILE(2)
+FRNN_ROWS_TILE(3)
 #undef FRNN_ROWS_TILE
 
 /* rows_product_generic's contract on the tiles above. */
@@ -139,6 +143,9 @@ FRNN_AVX2_TARGET static void SFX(rows_product_avx2)(ptrdiff_t B, ptrdiff_t K, co
     ptrdiff_t c = 0;
     for (; c + 4 <= N; c += 4) {
         ptrdiff_t b = 0;
+        for (; b + 3 <= B; b += 3)
+            SFX(rows_tile_3)(K, a + b * lda, lda, rows + c * ldr, ldr, out + b * ldo + c, ldo,
+                             accumulate);
         for (; b + 2 <= B; b += 2)
             SFX(rows_tile_2)(K, a + b * lda, lda, rows + c * ldr, ldr, out + b * ldo + c, ldo,
                              accumulate);
@@ -150,7 +157,7 @@ FRNN_AVX2_TARGET static void SFX(rows_product_avx2)(ptrdiff_t B, ptrdiff_t K, co
                                          accumulate);
 }
 
-/* out[b, c..c + 4 vectors) for NB (1 or 2) rows of a over K rows of W (w: those rows'
+/* out[b, c..c + 4 vectors) for NB (1, 2 or 3) rows of a over K rows of W (w: those rows'
  * first column of the tile, row stride ldw), added to out's values when add_out, else
  * stored; the rows of a share each load of W. */
 #define FRNN_COLUMNS_TILE(NB)                                                               \
@@ -174,6 +181,7 @@ FRNN_AVX2_TARGET static void SFX(rows_product_avx2)(ptrdiff_t B, ptrdiff_t K, co
     }
 FRNN_COLUMNS_TILE(1)
 FRNN_COLUMNS_TILE(2)
+FRNN_COLUMNS_TILE(3)
 #undef FRNN_COLUMNS_TILE
 
 /* columns_product_generic's contract on the tiles above, KC rows of W at a time: walking
@@ -190,6 +198,9 @@ FRNN_AVX2_TARGET static void SFX(columns_product_avx2)(ptrdiff_t B, ptrdiff_t K,
         const int add_out = accumulate || k0 > 0;
         for (ptrdiff_t c = 0; c < N_tiles; c += tile) {
             ptrdiff_t b = 0;
+            for (; b + 3 <= B; b += 3)
+                SFX(columns_tile_3)(kc, a + b * lda + k0, lda, w + k0 * ldw + c, ldw,
+                                    out + b * ldo + c, ldo, add_out);
             for (; b + 2 <= B; b += 2)
                 SFX(columns_tile_2)(kc, a + b * lda + k0, lda, w + k0 * ldw + c, ldw,
                                     out + b * ldo + c, ldo, add_out);
@@ -211,6 +222,9 @@ FRNN_AVX2_TARGET static void SFX(outer_rows_avx2)(ptrdiff_t R, ptrdiff_t K, cons
                                                   REAL *out) {
     const ptrdiff_t tile = 4 * RV_LANES, N_tiles = N - N % tile;
     ptrdiff_t r = 0;
+    for (; r + 3 <= R; r += 3)
+        for (ptrdiff_t c = 0; c < N_tiles; c += tile)
+            SFX(columns_tile_3)(K, s + r * K, K, a + c, lda, out + r * N + c, N, 0);
     for (; r + 2 <= R; r += 2)
         for (ptrdiff_t c = 0; c < N_tiles; c += tile)
             SFX(columns_tile_2)(K, s + r * K, K, a + c, lda, out + r * N + c, N, 0);
