@@ -16,7 +16,10 @@ with ``training=False`` and save nothing.  CPU tensors only, float32 or float64.
 Weight mapping to the kernels' Keras layout: ``kernel = weight_ih.T``, ``recurrent_kernel
 = weight_hh.T``.  LSTM and RNN use one bias ``bias_ih + bias_hh`` (its gradient goes to
 both); GRU keeps torch's two biases as the ``reset_after=True`` bias ``[b_ih; b_hh]`` and
-reorders torch's gate rows (r, z, n) into Keras' gate columns (z, r, h).
+reorders torch's gate rows (r, z, n) into Keras' gate columns (z, r, h).  Inference, and
+training on a single step of up to 32 rows (a decoder run token by token), skip that
+mapping: the kernels take torch's weights as they are (``weight_layout="torch"``) and
+return the weight gradients in torch's layout.
 
 ``proj_size > 0`` (LSTM with projections) is not supported: the fused kernel has no
 projection inside the recurrence, so the constructor raises a ValueError.
@@ -38,11 +41,13 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Cells: how one torch layer/direction maps onto the kernels of fusedrnn.ops.
 # Each has n_states (2 for LSTM's (h, c), else 1) and five methods:
 #   keras_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy,
-#   torch_weights(...) -> the same in torch's layout (inference: weight_layout="torch"),
+#   torch_weights(...) -> the same in torch's layout (weight_layout="torch": inference,
+#                          and training on one step of up to 32 rows),
 #   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training,
 #           weight_layout) -> (outputs in processing order, final states tuple, cache or None),
 #   backward(cache, d_outputs, d_states) -> (dx, d_kernel, d_recurrent, d_bias, d_initial),
-#   torch_gradients(d_kernel, d_recurrent, d_bias) -> torch gradients of the 4 parameters.
+#   torch_gradients(d_kernel, d_recurrent, d_bias, weight_rows) -> torch gradients of the
+#       4 parameters, from the kernels' gradients in Keras' layout or (weight_rows) torch's.
 # --------------------------------------------------------------------------------------
 
 def _numpy(tensor):
