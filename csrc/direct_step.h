@@ -488,6 +488,32 @@ FRNN_UNUSED static void SFX(direct_step_bias_gradient)(ptrdiff_t B, ptrdiff_t H,
         SFX(column_sums)(blocks[g], B, H, ld[g], out + gate_rows[g] * H);
 }
 
+/* Everything of a step's backward on torch's rows after its pointwise pass, from the gate
+ * gradients w.r.t. the input projection (in[g], row stride in_ld[g]) and w.r.t. the
+ * recurrent one (rec[g], rec_ld[g]), the same for the LSTM and SimpleRNN, not for the GRU
+ * (r scales the recurrent part of its candidate):
+ *   d_h0 (B, H) += sum_g rec_g weight_hh_g;  dx (B, I) row stride ldx = sum_g in_g weight_ih_g
+ *     (dx NULL: skipped);
+ *   d_kernel (G*H, I) = in^T x_rows;  d_recurrent (G*H, H) = rec^T h0 (zeros without h0);
+ *   d_bias_in (G*H,) = in's column sums, d_bias_rec likewise from rec (either NULL: skipped).
+ * x_rows (B, I) contiguous: the step's input with masked rows zeroed (forward's cache).
+ * blocks_t: scratch of G*H*B values.  Call outside parallel regions. */
+FRNN_UNUSED static void SFX(direct_step_backward_products)(
+    ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const int *gate_rows,
+    const REAL *const *in, const ptrdiff_t *in_ld, const REAL *const *rec,
+    const ptrdiff_t *rec_ld, const REAL *kernel, const REAL *recurrent, const REAL *x_rows,
+    const REAL *h0, REAL *dx, ptrdiff_t ldx, REAL *d_kernel, REAL *d_recurrent,
+    REAL *d_bias_in, REAL *d_bias_rec, REAL *d_h0, REAL *blocks_t) {
+    SFX(direct_step_rows_gradient)(B, H, G, rec, rec_ld, gate_rows, recurrent, H, d_h0, H, 1);
+    if (dx) SFX(direct_step_rows_gradient)(B, H, G, in, in_ld, gate_rows, kernel, I, dx, ldx, 0);
+    SFX(direct_step_blocks_t)(B, H, G, in, in_ld, gate_rows, blocks_t);
+    SFX(direct_step_weight_gradient)(B, G * H, blocks_t, x_rows, I, I, d_kernel);
+    if (rec != in) SFX(direct_step_blocks_t)(B, H, G, rec, rec_ld, gate_rows, blocks_t);
+    SFX(direct_step_weight_gradient)(B, G * H, blocks_t, h0, H, H, d_recurrent);
+    if (d_bias_in) SFX(direct_step_bias_gradient)(B, H, G, in, in_ld, gate_rows, d_bias_in);
+    if (d_bias_rec) SFX(direct_step_bias_gradient)(B, H, G, rec, rec_ld, gate_rows, d_bias_rec);
+}
+
 /* ---- Longer backward passes in torch's layout ---------------------------------------- */
 
 /* Torch's rows (G*H, N) from Keras' columns (N, G*H), both contiguous: one transpose per
@@ -497,6 +523,45 @@ FRNN_UNUSED static void SFX(rows_from_keras)(ptrdiff_t N, ptrdiff_t H, ptrdiff_t
                                              REAL *rows) {
     for (ptrdiff_t g = 0; g < G; ++g) /* valid sizes and strides: cannot fail */
         (void)SFX(frnn_transpose)(N, H, columns + g * H, G * H, rows + gate_rows[g] * H * N, N);
+}
+
+/* A longer backward pass on torch's rows runs the loops on Keras' layout: the weights
+ * converted (keras_weights_from_rows) and the gradients computed there, then transposed
+ * back.  Each pointer NULL or allocated; the caller's backward runs between
+ * keras_copies_for_backward and gradients_to_rows, which frees them all. */
+typedef struct {
+    REAL *kernel, *recurrent;     /* (I, G*H), (H, G*H) */
+    REAL *d_kernel, *d_recurrent; /* the gradients, same shapes */
+} SFX(keras_copies);
+
+/* FRNN_OK, or FRNN_ENOMEM (copies still to be freed by gradients_to_rows). */
+FRNN_UNUSED static int SFX(keras_copies_for_backward)(ptrdiff_t I, ptrdiff_t H, ptrdiff_t G,
+                                                      const int *gate_rows,
+                                                      const REAL *kernel_rows,
+                                                      const REAL *recurrent_rows,
+                                                      SFX(keras_copies) *copies) {
+    copies->d_kernel = frnn_alloc((size_t)(I * G * H), sizeof(REAL));
+    copies->d_recurrent = frnn_alloc((size_t)(H * G * H), sizeof(REAL));
+    int status = SFX(keras_weights_from_rows)(I, H, G, gate_rows, kernel_rows, recurrent_rows,
+                                              &copies->kernel, &copies->recurrent);
+    if (!status && (!copies->d_kernel || !copies->d_recurrent)) status = FRNN_ENOMEM;
+    return status;
+}
+
+/* When status is FRNN_OK, d_kernel (G*H, I) and d_recurrent (G*H, H) in torch's layout from
+ * the copies' gradients; frees the copies either way and returns status. */
+FRNN_UNUSED static int SFX(gradients_to_rows)(int status, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G,
+                                              const int *gate_rows, SFX(keras_copies) *copies,
+                                              REAL *d_kernel, REAL *d_recurrent) {
+    if (!status) {
+        SFX(rows_from_keras)(I, H, G, gate_rows, copies->d_kernel, d_kernel);
+        SFX(rows_from_keras)(H, H, G, gate_rows, copies->d_recurrent, d_recurrent);
+    }
+    frnn_free(copies->kernel);
+    frnn_free(copies->recurrent);
+    frnn_free(copies->d_kernel);
+    frnn_free(copies->d_recurrent);
+    return status;
 }
 
 /* Gate blocks reordered for `count` rows of G*H values: to_torch = 1 moves Keras' block g

@@ -658,18 +658,10 @@ static int SFX(gru_direct_step_backward)(const frnn_dims *d, const REAL *kernel,
                                            dos.stride_b, d_h0, dr, dxh, 0, H);
     const REAL *rec[3] = {dr, dr + H, dr + 2 * H}, *in[3] = {dr, dr + H, dxh};
     const ptrdiff_t rec_ld[3] = {G3, G3, G3}, in_ld[3] = {G3, G3, H};
-    const int *rows = SFX(gru_gate_rows);
-    SFX(direct_step_rows_gradient)(B, H, 3, rec, rec_ld, rows, recurrent, H, d_h0, H, 1);
-    if (dx) SFX(direct_step_rows_gradient)(B, H, 3, in, in_ld, rows, kernel, I, dx,
-                                           dxs.stride_b, 0);
-    SFX(direct_step_blocks_t)(B, H, 3, in, in_ld, rows, blocks_t);
-    SFX(direct_step_weight_gradient)(B, G3, blocks_t, x_cache, I, I, d_kernel);
-    SFX(direct_step_blocks_t)(B, H, 3, rec, rec_ld, rows, blocks_t);
-    SFX(direct_step_weight_gradient)(B, G3, blocks_t, h0, H, H, d_recurrent);
-    if (d_bias) {
-        SFX(direct_step_bias_gradient)(B, H, 3, in, in_ld, rows, d_bias);
-        SFX(direct_step_bias_gradient)(B, H, 3, rec, rec_ld, rows, d_bias + G3);
-    }
+    SFX(direct_step_backward_products)(B, I, H, 3, SFX(gru_gate_rows), in, in_ld, rec, rec_ld,
+                                       kernel, recurrent, x_cache, h0, dx, dxs.stride_b,
+                                       d_kernel, d_recurrent, d_bias, d_bias ? d_bias + G3 : NULL,
+                                       d_h0, blocks_t);
 done:
     frnn_free(dr);
     frnn_free(dxh);
@@ -693,35 +685,24 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         return SFX(gru_direct_step_backward)(d, kernel, recurrent, h0, x_cache, gates, hr_cache,
                                              mask_cache, d_outputs, dos, d_h_n, dx, dxs,
                                              d_kernel, d_recurrent, d_bias, d_h0);
-    if (d->weight_rows) { /* torch's layout: Keras' in, the gradients back out */
+    if (d->weight_rows) { /* torch's layout: the loops on Keras', the gradients back */
         frnn_dims keras = *d;
         keras.weight_rows = 0;
         const ptrdiff_t bias_rows = reset_after ? 2 : 1;
         const int *rows = SFX(gru_gate_rows);
-        REAL *kernel_k = NULL, *recurrent_k = NULL;
-        REAL *d_kernel_k = frnn_alloc((size_t)(I * G3), sizeof(REAL));
-        REAL *d_recurrent_k = frnn_alloc((size_t)(H * G3), sizeof(REAL));
+        SFX(keras_copies) k;
         REAL *d_bias_k = d_bias ? frnn_alloc((size_t)(bias_rows * G3), sizeof(REAL)) : NULL;
-        status = SFX(keras_weights_from_rows)(I, H, 3, rows, kernel, recurrent, &kernel_k,
-                                              &recurrent_k);
-        if (!status && (!d_kernel_k || !d_recurrent_k || (d_bias && !d_bias_k)))
-            status = FRNN_ENOMEM;
+        status = SFX(keras_copies_for_backward)(I, H, 3, rows, kernel, recurrent, &k);
+        if (!status && d_bias && !d_bias_k) status = FRNN_ENOMEM;
         if (!status)
-            status = SFX(frnn_gru_backward)(blas, &keras, reset_after, kernel_k, recurrent_k, h0,
+            status = SFX(frnn_gru_backward)(blas, &keras, reset_after, k.kernel, k.recurrent, h0,
                                             x_cache, gates, hr_cache, h_states, mask_cache,
-                                            rec_mask, d_outputs, dos, d_h_n, dx, dxs, d_kernel_k,
-                                            d_recurrent_k, d_bias_k, d_h0);
-        if (!status) {
-            SFX(rows_from_keras)(I, H, 3, rows, d_kernel_k, d_kernel);
-            SFX(rows_from_keras)(H, H, 3, rows, d_recurrent_k, d_recurrent);
-            if (d_bias) SFX(reorder_gate_blocks)(bias_rows, H, 3, rows, 1, d_bias_k, d_bias);
-        }
-        frnn_free(kernel_k);
-        frnn_free(recurrent_k);
-        frnn_free(d_kernel_k);
-        frnn_free(d_recurrent_k);
+                                            rec_mask, d_outputs, dos, d_h_n, dx, dxs, k.d_kernel,
+                                            k.d_recurrent, d_bias_k, d_h0);
+        if (!status && d_bias)
+            SFX(reorder_gate_blocks)(bias_rows, H, 3, rows, 1, d_bias_k, d_bias);
         frnn_free(d_bias_k);
-        return status;
+        return SFX(gradients_to_rows)(status, I, H, 3, rows, &k, d_kernel, d_recurrent);
     }
     SFX(backward_prologue)(d, G3, (reset_after ? 2 : 1) * G3, d_h_n, d_h0, d_kernel, d_recurrent,
                            d_bias);

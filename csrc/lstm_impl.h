@@ -456,14 +456,9 @@ static int SFX(lstm_direct_step_backward)(const frnn_dims *d, const REAL *kernel
                                       H);
     const REAL *blocks[4] = {dz, dz + H, dz + 2 * H, dz + 3 * H};
     const ptrdiff_t ld[4] = {G4, G4, G4, G4};
-    const int *rows = SFX(same_gate_rows);
-    SFX(direct_step_rows_gradient)(B, H, 4, blocks, ld, rows, recurrent, H, d_h0, H, 1);
-    if (dx) SFX(direct_step_rows_gradient)(B, H, 4, blocks, ld, rows, kernel, I, dx,
-                                           dxs.stride_b, 0);
-    SFX(direct_step_blocks_t)(B, H, 4, blocks, ld, rows, dz_t);
-    SFX(direct_step_weight_gradient)(B, G4, dz_t, x_cache, I, I, d_kernel);
-    SFX(direct_step_weight_gradient)(B, G4, dz_t, h0, H, H, d_recurrent);
-    if (d_bias) SFX(direct_step_bias_gradient)(B, H, 4, blocks, ld, rows, d_bias);
+    SFX(direct_step_backward_products)(B, I, H, 4, SFX(same_gate_rows), blocks, ld, blocks, ld,
+                                       kernel, recurrent, x_cache, h0, dx, dxs.stride_b,
+                                       d_kernel, d_recurrent, d_bias, NULL, d_h0, dz_t);
 done:
     frnn_free(dz);
     frnn_free(dz_t);
@@ -490,29 +485,19 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                                               c_states, mask_cache, d_outputs, dos, d_h_n,
                                               d_c_n, dx, dxs, d_kernel, d_recurrent, d_bias,
                                               d_h0, d_c0);
-    if (d->weight_rows) { /* torch's layout: Keras' in, the gradients back out */
+    if (d->weight_rows) { /* torch's layout: the loops on Keras', the gradients back */
         frnn_dims keras = *d;
         keras.weight_rows = 0;
-        REAL *kernel_k = NULL, *recurrent_k = NULL;
-        REAL *d_kernel_k = frnn_alloc((size_t)(I * G4), sizeof(REAL));
-        REAL *d_recurrent_k = frnn_alloc((size_t)(H * G4), sizeof(REAL));
-        status = SFX(keras_weights_from_rows)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
-                                              &kernel_k, &recurrent_k);
-        if (!status && (!d_kernel_k || !d_recurrent_k)) status = FRNN_ENOMEM;
+        SFX(keras_copies) k;
+        status = SFX(keras_copies_for_backward)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
+                                                &k);
         if (!status)
-            status = SFX(frnn_lstm_backward)(blas, &keras, kernel_k, recurrent_k, h0, c0,
+            status = SFX(frnn_lstm_backward)(blas, &keras, k.kernel, k.recurrent, h0, c0,
                                              x_cache, gates, c_states, h_states, mask_cache,
                                              rec_mask, d_outputs, dos, d_h_n, d_c_n, dx, dxs,
-                                             d_kernel_k, d_recurrent_k, d_bias, d_h0, d_c0);
-        if (!status) {
-            SFX(rows_from_keras)(I, H, 4, SFX(same_gate_rows), d_kernel_k, d_kernel);
-            SFX(rows_from_keras)(H, H, 4, SFX(same_gate_rows), d_recurrent_k, d_recurrent);
-        }
-        frnn_free(kernel_k);
-        frnn_free(recurrent_k);
-        frnn_free(d_kernel_k);
-        frnn_free(d_recurrent_k);
-        return status;
+                                             k.d_kernel, k.d_recurrent, d_bias, d_h0, d_c0);
+        return SFX(gradients_to_rows)(status, I, H, 4, SFX(same_gate_rows), &k, d_kernel,
+                                      d_recurrent);
     }
     SFX(backward_prologue)(d, G4, G4, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (d_c_n) memcpy(d_c0, d_c_n, (size_t)(B * H) * sizeof(REAL));

@@ -314,14 +314,9 @@ static int SFX(rnn_direct_step_backward)(const frnn_dims *d, const REAL *kernel,
                                      H, 0, H);
     const REAL *blocks[1] = {dz};
     const ptrdiff_t ld[1] = {H};
-    const int *rows = SFX(same_gate_rows);
-    SFX(direct_step_rows_gradient)(B, H, 1, blocks, ld, rows, recurrent, H, d_h0, H, 1);
-    if (dx) SFX(direct_step_rows_gradient)(B, H, 1, blocks, ld, rows, kernel, I, dx,
-                                           dxs.stride_b, 0);
-    SFX(direct_step_blocks_t)(B, H, 1, blocks, ld, rows, dz_t);
-    SFX(direct_step_weight_gradient)(B, H, dz_t, x_cache, I, I, d_kernel);
-    SFX(direct_step_weight_gradient)(B, H, dz_t, h0, H, H, d_recurrent);
-    if (d_bias) SFX(direct_step_bias_gradient)(B, H, 1, blocks, ld, rows, d_bias);
+    SFX(direct_step_backward_products)(B, I, H, 1, SFX(same_gate_rows), blocks, ld, blocks, ld,
+                                       kernel, recurrent, x_cache, h0, dx, dxs.stride_b,
+                                       d_kernel, d_recurrent, d_bias, NULL, d_h0, dz_t);
 done:
     frnn_free(dz);
     frnn_free(dz_t);
@@ -341,29 +336,19 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         return SFX(rnn_direct_step_backward)(d, kernel, recurrent, h0, x_cache, h_states,
                                              mask_cache, d_outputs, dos, d_h_n, dx, dxs,
                                              d_kernel, d_recurrent, d_bias, d_h0);
-    if (d->weight_rows) { /* torch's layout: Keras' in, the gradients back out */
+    if (d->weight_rows) { /* torch's layout: the loops on Keras', the gradients back */
         frnn_dims keras = *d;
         keras.weight_rows = 0;
-        REAL *kernel_k = NULL, *recurrent_k = NULL;
-        REAL *d_kernel_k = frnn_alloc((size_t)(I * H), sizeof(REAL));
-        REAL *d_recurrent_k = frnn_alloc((size_t)(H * H), sizeof(REAL));
-        status = SFX(keras_weights_from_rows)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
-                                              &kernel_k, &recurrent_k);
-        if (!status && (!d_kernel_k || !d_recurrent_k)) status = FRNN_ENOMEM;
+        SFX(keras_copies) k;
+        status = SFX(keras_copies_for_backward)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
+                                                &k);
         if (!status)
-            status = SFX(frnn_rnn_backward)(blas, &keras, kernel_k, recurrent_k, h0, x_cache,
+            status = SFX(frnn_rnn_backward)(blas, &keras, k.kernel, k.recurrent, h0, x_cache,
                                             h_states, mask_cache, rec_mask, d_outputs, dos,
-                                            d_h_n, dx, dxs, d_kernel_k, d_recurrent_k, d_bias,
+                                            d_h_n, dx, dxs, k.d_kernel, k.d_recurrent, d_bias,
                                             d_h0);
-        if (!status) {
-            SFX(rows_from_keras)(I, H, 1, SFX(same_gate_rows), d_kernel_k, d_kernel);
-            SFX(rows_from_keras)(H, H, 1, SFX(same_gate_rows), d_recurrent_k, d_recurrent);
-        }
-        frnn_free(kernel_k);
-        frnn_free(recurrent_k);
-        frnn_free(d_kernel_k);
-        frnn_free(d_recurrent_k);
-        return status;
+        return SFX(gradients_to_rows)(status, I, H, 1, SFX(same_gate_rows), &k, d_kernel,
+                                      d_recurrent);
     }
     SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (T == 0 || B == 0) return FRNN_OK;
