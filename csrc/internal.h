@@ -41,8 +41,8 @@ static inline int frnn_use_avx2(void) {
     if (forced == 0) return 0;
     return frnn_cpu_has_avx2_fma();
 }
-/* The same tiles compiled for AVX-512VL, whose 32 vector registers hold taller tiles
- * (recurrent_matmul.h: the LSTM forward's 4-row tiles). */
+/* Tiles on 512-bit registers (AVX-512F/VL: recurrent_matmul.h's *_avx512, weight_gradient.c's
+ * wg_tile2_f32_avx512), where the CPU has them. */
 #define FRNN_AVX512VL_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl")))
 static inline int frnn_use_avx512vl(void) {
     int forced = frnn_override_simd();

@@ -296,15 +296,15 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  * with constant indices, fully unrolled), the weights are loaded once per k and reused by
  * every row of the tile.  Same packed layouts and contracts as the generic versions.
  *
- * AVX-512: on an AMD Zen 4 (AVX-512, 1 MiB L2 per core) the same tiles built for
- * AVX-512VL, whose 32 registers hold twice the rows (LSTM 6, GRU 8, transposed 12),
- * measured 0.96-1.09 of these (2 threads, T=100, LSTM/GRU/SimpleRNN forward and training,
- * B=1-128, H=128-512; within the run-to-run noise), and 512-bit FMAs do no more work per
- * cycle there (117 GFLOP/s per core either way).  The large tiles are FMA-bound, the small
- * ones bound by L2/L3 bandwidth, which wider registers do not change.  One exception, the
- * LSTM forward, whose 3-row tiles leave a 1-row tile at the usual batch sizes:
- * recurrent_matmul_g4_avx512vl below (4-row tiles; GRU 6-row tiles measured 1.00-1.07,
- * within the noise, and stay AVX2). */
+ * AVX-512: where the CPU has it these tiles give way to 512-bit ones (the *_avx512 kernels
+ * below).  On an AMD Zen 4 (2026-11-30) 512-bit FMAs did no more work per cycle than
+ * 256-bit ones (117 GFLOP/s per core either way) and the AVX2 tiles built for AVX-512VL
+ * measured 0.96-1.09 of these, save the LSTM forward's 4-row tiles (1.04-1.19).  The
+ * Intel Xeon with AMX this machine is since 2026-12-02 does twice the work with 512-bit
+ * FMAs (240 against 130 GFLOP/s per core), and the 512-bit tiles measured, against these
+ * (A/B in one process, 2 threads, T=100, I=H/2, float32): LSTM forward 1.19-1.71 (1.03 at
+ * B=1, H=512), training 1.12-1.38; GRU forward 1.08-1.13 at B >= 32, training 1.02-1.25;
+ * SimpleRNN forward 1.16-1.57, training 1.14-1.38.  Zen 4 has not been measured with them. */
 #if FRNN_AVX2_KERNELS
 #include <immintrin.h>
 #if FRNN_F32
@@ -456,20 +456,6 @@ FRNN_DEFINE_RECMM_AVX2(3, 4)
 FRNN_DEFINE_RECMM_AVX2(4, 3)
 #undef FRNN_DEFINE_RECMM_AVX2
 
-/* The LSTM tiles compiled for AVX-512VL, whose 32 vector registers hold 4-row tiles (16
- * accumulators, every weight in a register: 8 loads per 16 multiply-adds, against 9 per
- * 12 for the AVX2 3-row tile, which reads one weight from memory) and 5- or 6-row ones
- * for the rest of a batch (rows % 4 == 1 or 2).  The AVX2 tiles leave one row at 4, 16
- * and 64 rows per thread (batch 8, 32 and 128 on two threads), and a 1-row tile loads
- * the same weights as a 3-row one for a third of the work, in about half its time.
- * Measured on a Zen 4 (A/B in one process, 2 threads, T=100): inference 1.11-1.18x at
- * batch 8 (4 rows per thread), 1.19x at batch 8 with 512 units (8 rows per thread,
- * split by units), 1.04-1.08x at batch 32, 1.02x at batch 128; training 1.04-1.08x at
- * batch 8; one thread, 5 and 6 rows: 1.10 and 1.02x.  Tiles of 6 rows throughout
- * measured 0.91-1.01x of these 4-row ones. */
-FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g4_avx512vl)(FRNN_RECMM_PARAMS) {
-    FRNN_RECMM_BODY(4, 4, B % 4 == 1 && B > 4 ? B - 5 : B % 4 == 2 && B > 4 ? B - 6 : B - B % 4)
-}
 #undef FRNN_RECMM_PARAMS
 #undef FRNN_RECMM_BODY
 #undef FRNN_DEFINE_FWD_TILE
@@ -594,6 +580,234 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #undef FRNN_BWD_TILE_ARGS
     }
 }
+
+/* The transposed product on 512-bit registers, where the CPU has AVX-512 (frnn_use_avx512vl).
+ * A unit block (VW, 64 bytes) is one vector, so a row's sums are one accumulator and a
+ * weight load feeds every row of the tile.  On an Intel Xeon with AMX (two 512-bit FMA
+ * units per core: 240 GFLOP/s per core against 130 with 256-bit vectors) these are what
+ * lets the SimpleRNN forward and every backward's dh and dx products use that width; on an
+ * AMD Zen 4 they would do the same work per cycle as the AVX2 tiles (see above).
+ * Tiles of R rows keep P partial sums over c per row, so that R * P >= 8 chains hide the
+ * FMA latency (4 cycles, 2 units) even for 1-3 rows. */
+#if FRNN_F32
+#define FZ __m512
+#define FZ_MASK __mmask16
+#define FZ_LOAD _mm512_loadu_ps
+#define FZ_MASKZ_LOAD _mm512_maskz_loadu_ps
+#define FZ_MASK_STORE _mm512_mask_storeu_ps
+#define FZ_STORE _mm512_storeu_ps
+#define FZ_SET1 _mm512_set1_ps
+#define FZ_FMA _mm512_fmadd_ps
+#define FZ_ADD _mm512_add_ps
+#define FZ_MUL _mm512_mul_ps
+#define FZ_ZERO _mm512_setzero_ps
+#else
+#define FZ __m512d
+#define FZ_MASK __mmask8
+#define FZ_LOAD _mm512_loadu_pd
+#define FZ_MASKZ_LOAD _mm512_maskz_loadu_pd
+#define FZ_MASK_STORE _mm512_mask_storeu_pd
+#define FZ_STORE _mm512_storeu_pd
+#define FZ_SET1 _mm512_set1_pd
+#define FZ_FMA _mm512_fmadd_pd
+#define FZ_ADD _mm512_add_pd
+#define FZ_MUL _mm512_mul_pd
+#define FZ_ZERO _mm512_setzero_pd
+#endif
+
+/* Rows [b, b+R) x one unit block, P partial sums per row; arguments as bwd_tile_r##R. */
+#define FRNN_DEFINE_ZMM_TILE(R, P)                                                        \
+    FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_tile_r##R)(                            \
+        const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
+        ptrdiff_t ldx, ptrdiff_t GH, const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,       \
+        const REAL *bb, const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh,         \
+        ptrdiff_t ldh, ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {            \
+        FZ acc[P][R];                                                                   \
+        FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
+            FRNN_UNROLL for (int r = 0; r < (R); ++r)                                   \
+                acc[p][r] = p == 0 && bb ? FZ_LOAD(bb) : FZ_ZERO();                     \
+        for (int part = 0; part < 2; ++part) { /* x W, then dz U */                     \
+            const REAL *ar = part ? dz + b * ldz : x + b * ldx;                         \
+            const ptrdiff_t lda = part ? ldz : ldx, K = part ? GH : I;                  \
+            const REAL *pp = part ? pb + I * VW : pb;                                   \
+            ptrdiff_t c = 0;                                                            \
+            for (; c + (P) <= K; c += (P))                                              \
+                FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
+                    const FZ w = FZ_LOAD(pp + (c + p) * VW);                            \
+                    FRNN_UNROLL for (int r = 0; r < (R); ++r)                           \
+                        acc[p][r] = FZ_FMA(FZ_SET1(ar[r * lda + c + p]), w, acc[p][r]); \
+                }                                                                       \
+            for (; c < K; ++c) {                                                        \
+                const FZ w = FZ_LOAD(pp + c * VW);                                      \
+                FRNN_UNROLL for (int r = 0; r < (R); ++r)                               \
+                    acc[0][r] = FZ_FMA(FZ_SET1(ar[r * lda + c]), w, acc[0][r]);         \
+            }                                                                           \
+        }                                                                               \
+        const FZ_MASK valid = (FZ_MASK)(n == VW ? (1u << VW) - 1 : (1u << n) - 1);      \
+        FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                     \
+            FZ sum = acc[0][r];                                                         \
+            FRNN_UNROLL for (int p = 1; p < (P); ++p) sum = FZ_ADD(sum, acc[p][r]);     \
+            REAL *dp = dh + (b + r) * ldh + j0;                                         \
+            if (!bb) {                                                                  \
+                if (keep) sum = FZ_MUL(sum, FZ_MASKZ_LOAD(valid, keep + (b + r) * H + j0)); \
+                sum = FZ_ADD(sum, FZ_MASKZ_LOAD(valid, dp));                            \
+            }                                                                           \
+            FZ_MASK_STORE(dp, valid, sum);                                              \
+        }                                                                               \
+    }
+FRNN_DEFINE_ZMM_TILE(8, 1)
+FRNN_DEFINE_ZMM_TILE(7, 2)
+FRNN_DEFINE_ZMM_TILE(6, 2)
+FRNN_DEFINE_ZMM_TILE(5, 2)
+FRNN_DEFINE_ZMM_TILE(4, 2)
+FRNN_DEFINE_ZMM_TILE(3, 3)
+FRNN_DEFINE_ZMM_TILE(2, 4)
+FRNN_DEFINE_ZMM_TILE(1, 8)
+#undef FRNN_DEFINE_ZMM_TILE
+
+/* recurrent_matmul_t_avx2 on 512-bit registers: 8-row tiles, then one of 1-7 rows. */
+FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
+    const REAL *FRNN_RESTRICT packed_t, ptrdiff_t I, const REAL *FRNN_RESTRICT x,
+    ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B, const REAL *FRNN_RESTRICT dz,
+    ptrdiff_t ldz, const REAL *FRNN_RESTRICT packed_bias, const REAL *FRNN_RESTRICT keep,
+    REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t jb0, ptrdiff_t jb1) {
+    for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
+        const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
+        const REAL *pb = packed_t + jb * (I + GH) * VW;
+        const REAL *bb = packed_bias ? packed_bias + jb * VW : NULL;
+#define FRNN_ZMM_TILE_ARGS pb, I, x, ldx, GH, dz, ldz, bb, keep, dh, ldh, H, b, j0, n
+        ptrdiff_t b = 0;
+        for (; b + 8 <= B; b += 8) SFX(zmm_tile_r8)(FRNN_ZMM_TILE_ARGS);
+        switch (B - b) {
+        case 7: SFX(zmm_tile_r7)(FRNN_ZMM_TILE_ARGS); break;
+        case 6: SFX(zmm_tile_r6)(FRNN_ZMM_TILE_ARGS); break;
+        case 5: SFX(zmm_tile_r5)(FRNN_ZMM_TILE_ARGS); break;
+        case 4: SFX(zmm_tile_r4)(FRNN_ZMM_TILE_ARGS); break;
+        case 3: SFX(zmm_tile_r3)(FRNN_ZMM_TILE_ARGS); break;
+        case 2: SFX(zmm_tile_r2)(FRNN_ZMM_TILE_ARGS); break;
+        case 1: SFX(zmm_tile_r1)(FRNN_ZMM_TILE_ARGS); break;
+        default: break;
+        }
+#undef FRNN_ZMM_TILE_ARGS
+    }
+}
+
+/* The forward products (recurrent_matmul_g3/g4) on 512-bit registers, on the same packing:
+ * a packed row of a unit block, GN gates x VWF units, is two vectors, the second half
+ * empty for the GRU (a masked load: its upper lanes stay zero and are never stored).
+ * That quarter of idle lanes costs the GRU below 8 rows (B=1: 0.85-0.88 of the AVX2
+ * tiles, B=8 with 4 rows per thread 0.99-1.01), so recurrent_matmul_g3 takes these from
+ * 8 rows on; the LSTM's rows are full and gain from 1 row on (1.03-1.19 at B=1).
+ * Rows [b, b+R), P partial sums over k per row (R * P * 2 >= 8 chains); arguments as
+ * fwd_tile_g##GN##_r##R. */
+#define FRNN_DEFINE_ZMM_FWD_TILE(GN, R, P)                                                \
+    FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_fwd_g##GN##_r##R)(                     \
+        const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
+        ptrdiff_t ldx, ptrdiff_t H, const REAL *FRNN_RESTRICT h, const REAL *bb, ptrdiff_t b, \
+        REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, ptrdiff_t n) {               \
+        const FZ_MASK upper = (FZ_MASK)(((GN) == 4 ? 1u << VW : 1u << VW / 2) - 1);     \
+        FZ acc[P][R][2];                                                                \
+        FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
+            FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                 \
+                acc[p][r][0] = p == 0 && bb ? FZ_LOAD(bb) : FZ_ZERO();                  \
+                acc[p][r][1] = p == 0 && bb ? FZ_MASKZ_LOAD(upper, bb + VW) : FZ_ZERO(); \
+            }                                                                           \
+        for (int part = 0; part < 2; ++part) { /* x_t W, then h_{t-1} U */              \
+            const REAL *ar = part ? h + b * H : x + b * ldx;                            \
+            const ptrdiff_t lda = part ? H : ldx, K = part ? H : I;                     \
+            const REAL *pp = part ? pb + I * (GN) * VWF : pb;                           \
+            ptrdiff_t k = 0;                                                            \
+            for (; k + (P) <= K; k += (P))                                              \
+                FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
+                    const REAL *pk = pp + (k + p) * (GN) * VWF;                         \
+                    const FZ w0 = FZ_LOAD(pk);                                          \
+                    const FZ w1 = (GN) == 4 ? FZ_LOAD(pk + VW) : FZ_MASKZ_LOAD(upper, pk + VW); \
+                    FRNN_UNROLL for (int r = 0; r < (R); ++r) {                         \
+                        const FZ a = FZ_SET1(ar[r * lda + k + p]);                      \
+                        acc[p][r][0] = FZ_FMA(a, w0, acc[p][r][0]);                     \
+                        acc[p][r][1] = FZ_FMA(a, w1, acc[p][r][1]);                     \
+                    }                                                                   \
+                }                                                                       \
+            for (; k < K; ++k) {                                                        \
+                const REAL *pk = pp + k * (GN) * VWF;                                   \
+                const FZ w0 = FZ_LOAD(pk);                                              \
+                const FZ w1 = (GN) == 4 ? FZ_LOAD(pk + VW) : FZ_MASKZ_LOAD(upper, pk + VW); \
+                FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
+                    const FZ a = FZ_SET1(ar[r * lda + k]);                              \
+                    acc[0][r][0] = FZ_FMA(a, w0, acc[0][r][0]);                         \
+                    acc[0][r][1] = FZ_FMA(a, w1, acc[0][r][1]);                         \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                     \
+            FZ sum0 = acc[0][r][0], sum1 = acc[0][r][1];                                \
+            FRNN_UNROLL for (int p = 1; p < (P); ++p) {                                 \
+                sum0 = FZ_ADD(sum0, acc[p][r][0]);                                      \
+                sum1 = FZ_ADD(sum1, acc[p][r][1]);                                      \
+            }                                                                           \
+            REAL tmp[2 * VW] __attribute__((aligned(64)));                              \
+            FZ_STORE(tmp, sum0);                                                        \
+            FZ_STORE(tmp + VW, sum1);                                                   \
+            FRNN_UNROLL for (int g = 0; g < (GN); ++g) {                                \
+                REAL *zp = z + (b + r) * ldz + g * H + j0;                              \
+                const REAL *src = tmp + g * VWF;                                        \
+                if (n == VWF) {                                                         \
+                    FV_STORE(zp, bb ? FV_LOAD(src) : FV_ADD(FV_LOAD(zp), FV_LOAD(src))); \
+                } else {                                                                \
+                    for (ptrdiff_t w = 0; w < n; ++w) zp[w] = (bb ? 0 : zp[w]) + src[w]; \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+    }
+#define FRNN_DEFINE_ZMM_FWD(GN)                                                           \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 8, 1)                                                  \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 7, 1)                                                  \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 6, 1)                                                  \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 5, 1)                                                  \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 4, 1)                                                  \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 3, 2)                                                  \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 2, 2)                                                  \
+    FRNN_DEFINE_ZMM_FWD_TILE(GN, 1, 4)                                                  \
+    /* recurrent_matmul_g##GN##_avx2 on 512-bit registers: 8-row tiles, then 1-7 rows */ \
+    FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g##GN##_avx512)(               \
+        const REAL *FRNN_RESTRICT packed, ptrdiff_t I, const REAL *FRNN_RESTRICT x,     \
+        ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h,           \
+        const REAL *FRNN_RESTRICT packed_bias, REAL *FRNN_RESTRICT z, ptrdiff_t ldz,    \
+        ptrdiff_t jb0, ptrdiff_t jb1) {                                                 \
+        for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {                                      \
+            const ptrdiff_t j0 = jb * VWF, n = H - j0 < VWF ? H - j0 : VWF;            \
+            const REAL *pb = packed + jb * (I + H) * (GN) * VWF;                       \
+            const REAL *bb = packed_bias ? packed_bias + jb * (GN) * VWF : NULL;       \
+            ptrdiff_t b = 0;                                                            \
+            for (; b + 8 <= B; b += 8)                                                  \
+                SFX(zmm_fwd_g##GN##_r8)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n);     \
+            switch (B - b) {                                                            \
+            case 7: SFX(zmm_fwd_g##GN##_r7)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 6: SFX(zmm_fwd_g##GN##_r6)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 5: SFX(zmm_fwd_g##GN##_r5)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 4: SFX(zmm_fwd_g##GN##_r4)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 3: SFX(zmm_fwd_g##GN##_r3)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 2: SFX(zmm_fwd_g##GN##_r2)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            case 1: SFX(zmm_fwd_g##GN##_r1)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
+            default: break;                                                             \
+            }                                                                           \
+        }                                                                               \
+    }
+FRNN_DEFINE_ZMM_FWD(3)
+FRNN_DEFINE_ZMM_FWD(4)
+#undef FRNN_DEFINE_ZMM_FWD
+#undef FRNN_DEFINE_ZMM_FWD_TILE
+#undef FZ
+#undef FZ_MASK
+#undef FZ_LOAD
+#undef FZ_MASKZ_LOAD
+#undef FZ_MASK_STORE
+#undef FZ_STORE
+#undef FZ_SET1
+#undef FZ_FMA
+#undef FZ_ADD
+#undef FZ_MUL
+#undef FZ_ZERO
 #undef FV
 #undef FV_LOAD
 #undef FV_STORE
@@ -612,8 +826,15 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
         if (frnn_use_avx2()) SFX(name##_avx2)(__VA_ARGS__);                     \
         else SFX(name##_generic)(__VA_ARGS__);                                          \
     } while (0)
+/* The transposed product: 512-bit tiles first (recurrent_matmul_t_avx512). */
+#define FRNN_PICK_T(...)                                                                  \
+    do {                                                                                \
+        if (frnn_use_avx512vl()) SFX(recurrent_matmul_t_avx512)(__VA_ARGS__);           \
+        else FRNN_PICK(recurrent_matmul_t, __VA_ARGS__);                                \
+    } while (0)
 #else
 #define FRNN_PICK(name, ...) SFX(name##_generic)(__VA_ARGS__)
+#define FRNN_PICK_T(...) SFX(recurrent_matmul_t_generic)(__VA_ARGS__)
 #endif
 /* z = h_{t-1} U, three gates (U packed alone by pack_recurrent, width VWF; GRU): z is
  * overwritten, the tiles starting from `zeros` (ceil(H / VWF) * 3 * VWF zeros), so z
@@ -622,6 +843,12 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 FRNN_UNUSED static void SFX(recurrent_matmul_g3)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
                                                 const REAL *h, const REAL *zeros, REAL *z,
                                                 ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {
+#if FRNN_AVX2_KERNELS
+    if (frnn_use_avx512vl() && B >= 8) { /* fewer rows: see recurrent_matmul_g3_avx512 */
+        SFX(recurrent_matmul_g3_avx512)(packed, 0, h, 0, H, B, h, zeros, z, ldz, jb0, jb1);
+        return;
+    }
+#endif
     FRNN_PICK(recurrent_matmul_g3, packed, 0, h, 0, H, B, h, zeros, z, ldz, jb0, jb1);
 }
 /* z = bias + x_t W + h_{t-1} U, the whole pre-activation of a step in one pass (operands
@@ -634,8 +861,8 @@ FRNN_UNUSED static void SFX(input_recurrent_matmul_g4)(const REAL *packed, ptrdi
                                                       ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {
 #if FRNN_AVX2_KERNELS
     if (frnn_use_avx512vl()) {
-        SFX(recurrent_matmul_g4_avx512vl)(packed, I, x, ldx, H, B, h, packed_bias, z, ldz, jb0,
-                                          jb1);
+        SFX(recurrent_matmul_g4_avx512)(packed, I, x, ldx, H, B, h, packed_bias, z, ldz, jb0,
+                                        jb1);
         return;
     }
 #endif
@@ -645,7 +872,7 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t)(const REAL *packed_t, ptrdiff_t 
                                                ptrdiff_t B, const REAL *dz, ptrdiff_t ldz,
                                                const REAL *keep, REAL *dh, ptrdiff_t ldh,
                                                ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_t, packed_t, 0, dz, 0, H, GH, B, dz, ldz, NULL, keep, dh, ldh,
+    FRNN_PICK_T(packed_t, 0, dz, 0, H, GH, B, dz, ldz, NULL, keep, dh, ldh,
               jb0, jb1);
 }
 /* The input gradient of one step, for all rows b < B and the input columns i of blocks
@@ -661,7 +888,7 @@ FRNN_UNUSED static void SFX(input_gradient_matmul)(const REAL *packed_wt, ptrdif
                                                   ptrdiff_t B, const REAL *zeros, REAL *dx,
                                                   ptrdiff_t ldx, ptrdiff_t ib0, ptrdiff_t ib1) {
     if (K1 == 0) a1 = a2, ld1 = 0; /* never read */
-    FRNN_PICK(recurrent_matmul_t, packed_wt, K1, a1, ld1, I, K2, B, a2, ld2, zeros, NULL, dx,
+    FRNN_PICK_T(packed_wt, K1, a1, ld1, I, K2, B, a2, ld2, zeros, NULL, dx,
               ldx, ib0, ib1);
 }
 /* SimpleRNN's whole step: z = bias + x_t W + h_{t-1} U (W over U and the bias packed in
@@ -672,10 +899,11 @@ FRNN_UNUSED static void SFX(input_recurrent_matmul_t)(const REAL *packed, ptrdif
                                                      ptrdiff_t B, const REAL *h,
                                                      const REAL *packed_bias, REAL *z,
                                                      ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {
-    FRNN_PICK(recurrent_matmul_t, packed, I, x, ldx, H, H, B, h, H, packed_bias, NULL, z, ldz,
+    FRNN_PICK_T(packed, I, x, ldx, H, H, B, h, H, packed_bias, NULL, z, ldz,
               jb0, jb1);
 }
 #undef FRNN_PICK
+#undef FRNN_PICK_T
 
 /* dx rows [b0, b0 + rows) of processing step t, straight into the caller's layout, from
  * the step's gate gradients (a1, a2: see input_gradient_matmul, rows from b0).  Called by

@@ -88,6 +88,13 @@ SKIPPED = "-"           # left out by the time-budget rule (numpy_skipped)
 NOT_AVAILABLE = "n/a"   # the implementation cannot run this cell, or did not measure it
 NOT_SELECTED = "off"    # left out with --impls
 
+# After a multi-threaded product NumPy's OpenBLAS workers spin for about 0.1 s (OpenBLAS'
+# THREAD_TIMEOUT, 2**28 cycles) before they sleep, and on two cores they take one from
+# whatever runs next: the SimpleRNN forward at B=32, T=50, H=256 took 1.8 and 5.9 ms on
+# alternate calls for 0.1 s after NumPy products, 1.8 ms from then on.  The grid waits that
+# long after the NumPy reference, so that fusedrnn and torch are timed on quiet cores.
+NUMPY_BLAS_SPIN_SECONDS = 0.15
+
 
 # --------------------------------------------------------------------------------------
 # Measuring
@@ -231,6 +238,7 @@ def run_grid(cells: Sequence[str], modes: Sequence[str], points: Sequence[Point]
                     case = make_case(implementation, cell, mode, point, dtype)
                     if implementation == "numpy":
                         result.timings[implementation] = measure(case.run, settings.for_numpy())
+                        time.sleep(NUMPY_BLAS_SPIN_SECONDS)
                         if progress is not None:
                             progress(f"{case.name}: {result.timings[implementation].median_ms:.3f} ms")
                     else:
