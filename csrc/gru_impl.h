@@ -298,7 +298,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const int gate_tiles = tiles_ok && !use_tiles;
     /* the gate-by-gate loop meets 2-3 times per step */
     const frnn_split split = frnn_pick_split(
-        B, use_tiles ? nb : nbg, B * H * G3, frnn_row_split_min_rows(H),
+        B, use_tiles ? nb : nbg, B * H * G3, frnn_row_split_min_rows(H, 3, sizeof(REAL)),
         gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
     const int nt = tiles_ok ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
@@ -730,7 +730,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     REAL *packed_gates_t = gate_tiles ? frnn_alloc((size_t)(3 * gate_stride), sizeof(REAL)) : NULL;
     /* the gate-by-gate loop meets twice per step */
     const frnn_split split = frnn_pick_split(
-        B, nb, B * H * G3, frnn_row_split_min_rows(H),
+        B, nb, B * H * G3, frnn_row_split_min_rows(H, 3, sizeof(REAL)),
         gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
     const int nt = tiles_ok ? split.threads : 1;
     /* dx_t = d(x_t W) W^T in the time loop while the step's gradients are in cache, or

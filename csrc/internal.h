@@ -229,8 +229,8 @@ static inline int frnn_direct_step(ptrdiff_t batch, int weight_rows) {
  *     (I=512, H=256: 1.04) and 0.99-1.06 at B=128 on a Zen 4 (1 MiB L2 per core), so
  *     training fuses whatever the input width, like inference (which then computes the
  *     same sums in the same order).
- *   On the Zen 4, B=8 with 512 units (inference splits the units there, see
- *     frnn_lstm_inference_min_rows): inference 1.07-1.12 at I=128-512; training 1.00-1.03;
+ *   On the Zen 4, B=8 with 512 units (inference split the units there, see
+ *     frnn_row_split_min_rows): inference 1.07-1.12 at I=128-512; training 1.00-1.03;
  *     but B=8, H=256: 0.96-1.07; B=4, H=512: 1.02; B=1-2: 0.91-0.94.
  *   SimpleRNN inference: B=1 0.83-0.96; B=8 0.94-1.00; B=32 1.04-1.09 (I=1024, H=128:
  *     1.07); B=128 1.03-1.25.
@@ -304,21 +304,31 @@ static inline ptrdiff_t frnn_band_start(ptrdiff_t len, int band, int nt) {
 #define FRNN_ROW_SPLIT_MIN_MACS ((ptrdiff_t)1 << 16)
 
 /* Rows per thread a time loop needs to split by rows.  Split by rows, every thread streams
- * all of U each step; split by units, half of it, at the price of a barrier per step.
- * From 256 units the halved traffic wins with 2 rows per thread.  Measured on an AMD Zen 4
+ * all of U each step; split by units, half of it, at the price of a barrier per step; so
+ * the row count grows with U's size (gates * units^2 elements).  Measured on an AMD Zen 4
  * (1 MiB L2 per core), 2 threads, T=100, I = H/2, time split by rows over split by units:
  *   B=4, H=256 and 512: LSTM forward 1.01-1.11, training 1.09-1.11; GRU forward
  *     1.16-1.32, training 1.12-1.15; SimpleRNN forward 1.07-1.27, training 1.03-1.06;
  *   B=4, H=128: LSTM forward 0.94-1.00 (rows stay);
  *   B=8: LSTM forward H=512 1.06-1.20 (three runs) but training 0.95, H=256 0.95-1.10,
  *     H=128 0.94-0.95; GRU and SimpleRNN forward 0.81-0.97; B=16 LSTM forward 0.81-1.05.
- * So from 256 units rows need 4 per thread, and LSTM inference, whose steps only read U,
- * 8 per thread from 512 units. */
-static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units) {
+ * So from 256 units rows need 4 per thread.  On the Intel Xeon (2 MiB L2 per core, and
+ * 512-bit tiles that wait on memory sooner), time split by units over split by rows
+ * (> 1: rows faster; inference, training forward, backward), float32:
+ *   U of 1 MiB or less: LSTM H=256 B=8-32 1.01-1.18; SimpleRNN H=512 B=8-32 1.08-1.22,
+ *     H=256 B=4 0.94-1.01; every cell at H=128 from B=4 0.98-1.96;
+ *   U of 1-2 MiB (GRU H=384): B=8 0.81-0.95, B=16 0.99-1.07;
+ *   U over 2 MiB: LSTM H=512 B=8 0.52-0.71, B=16 0.78-0.89, B=32 0.86-0.94, B=64
+ *     0.95-1.02, B=128 1.01-1.04; LSTM H=384 B=32 0.91-0.97, B=64 0.98-1.03; GRU H=512
+ *     B=8 0.63-0.74, B=32 0.94-0.98, B=64 1.01-1.04.
+ * Half of a U over 2 MiB still fits a core's L2 with room, all of it does not.  Float64
+ * counts its bytes the same way (not measured). */
+static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units, ptrdiff_t gates,
+                                                size_t real_size) {
+    const double u_bytes = (double)gates * (double)units * (double)units * (double)real_size;
+    if (u_bytes > (double)(2 << 20)) return 32;
+    if (u_bytes > (double)(1 << 20)) return 8;
     return units >= 256 ? 4 : FRNN_ROW_SPLIT_MIN_ROWS;
-}
-static inline ptrdiff_t frnn_lstm_inference_min_rows(ptrdiff_t units) {
-    return units >= 512 ? 8 : frnn_row_split_min_rows(units);
 }
 
 /* How a fused time loop shares its work between threads.
