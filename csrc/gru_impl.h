@@ -291,8 +291,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
      * gates in one tile pass (use_tiles); otherwise gate block by gate block (gate_tiles),
      * since reset_after=0 multiplies Uh by r*hp and recurrent dropout gives each block its
      * own input h*m_g.  Both split by rows or by units (gate_tiles then meet after h*m_g,
-     * after q and after h).  BLAS per step only without AVX2 and with many rows. */
-    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H), nbg = SFX(unit_blocks)(H);
+     * after q and after h).  BLAS per step only without AVX2 and with many rows.  The
+     * tiles' unit blocks are fwd_width wide (VW for the 512-bit tiles, else VWF). */
+    const ptrdiff_t fwd_width = SFX(g3_width)();
+    const ptrdiff_t nb = (H + fwd_width - 1) / fwd_width, nbg = SFX(unit_blocks)(H);
     const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
     const int gate_tiles = tiles_ok && !use_tiles;
@@ -301,9 +303,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         B, use_tiles ? nb : nbg, B * H * G3, frnn_row_split_min_rows(H, 3, sizeof(REAL)),
         gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
     const int nt = tiles_ok ? split.threads : 1;
-    REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * VWF), sizeof(REAL)) : NULL;
+    REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * fwd_width), sizeof(REAL)) : NULL;
     /* the tiles' start (zeros): they store h U into rec instead of adding it */
-    REAL *tile_zeros = use_tiles ? frnn_alloc((size_t)(nb * 3 * VWF), sizeof(REAL)) : NULL;
+    REAL *tile_zeros = use_tiles ? frnn_alloc((size_t)(nb * 3 * fwd_width), sizeof(REAL)) : NULL;
     /* gate block g's columns in blocks of VW units, at packed_gates + g * gate_stride */
     const ptrdiff_t gate_stride = nbg * H * VW;
     REAL *packed_gates = gate_tiles ? frnn_alloc((size_t)(3 * gate_stride), sizeof(REAL)) : NULL;
@@ -316,8 +318,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (tile_zeros) memset(tile_zeros, 0, (size_t)(nb * 3 * VWF) * sizeof(REAL));
-    if (packed) SFX(pack_recurrent)(recurrent, G3, H, 3, VWF, packed, nt);
+    if (tile_zeros) memset(tile_zeros, 0, (size_t)(nb * 3 * fwd_width) * sizeof(REAL));
+    if (packed) SFX(pack_recurrent)(recurrent, G3, H, 3, fwd_width, packed, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)
         SFX(pack_recurrent)(recurrent + g * H, G3, H, 1, VW, packed_gates + g * gate_stride, nt);
     if (in_bias) {
@@ -413,10 +415,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
 #pragma omp parallel num_threads(nt)
             {
                 int step_phase = 0; /* this thread's side of step_barrier */
-                const frnn_part p = frnn_thread_part(d, split, nb, VWF);
+                const frnn_part p = frnn_thread_part(d, split, nb, fwd_width);
                 const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
-                    SFX(recurrent_matmul_g3)(packed, H, p.rows.batch, h_buf[t & 1] + b0 * H,
+                    SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch, h_buf[t & 1] + b0 * H,
                                              tile_zeros, rec + b0 * G3, G3, p.jb0, p.jb1);
                     SFX(gru_step_after_pointwise)(
                         &p.rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
@@ -445,7 +447,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                     status = SFX(gru_masked_recurrent_gemm)(blas, B, H, 0, 3, h_n, rec_mask,
                                                             recurrent, 0, rec, h_dropped);
                 else if (packed)
-                    SFX(recurrent_matmul_g3)(packed, H, B, h_n, tile_zeros, rec, G3, 0, nb);
+                    SFX(recurrent_matmul_g3)(packed, fwd_width, H, B, h_n, tile_zeros, rec, G3, 0,
+                                             nb);
                 else
                     status = SFX(gemm_rm)(blas, 0, 0, B, G3, H, 1, h_n, H, recurrent, G3, 0, rec, G3);
                 if (status) goto done;

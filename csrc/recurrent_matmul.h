@@ -692,25 +692,20 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
     }
 }
 
-/* The forward products (recurrent_matmul_g3/g4) on 512-bit registers, on the same packing:
- * a packed row of a unit block, GN gates x VWF units, is two vectors, the second half
- * empty for the GRU (a masked load: its upper lanes stay zero and are never stored).
- * That quarter of idle lanes costs the GRU below 8 rows (B=1: 0.85-0.88 of the AVX2
- * tiles, B=8 with 4 rows per thread 0.99-1.01), so recurrent_matmul_g3 takes these from
- * 8 rows on; the LSTM's rows are full and gain from 1 row on (1.03-1.19 at B=1).
- * Rows [b, b+R), P partial sums over k per row (R * P * 2 >= 8 chains); arguments as
- * fwd_tile_g##GN##_r##R. */
+/* The LSTM's forward product (recurrent_matmul_g4) on 512-bit registers, on the same
+ * packing: a packed row of a unit block, 4 gates x VWF units, is two full vectors.  It
+ * gains from 1 row on (B=1: 1.03-1.19 over the AVX2 tiles).  Rows [b, b+R), P partial
+ * sums over k per row (R * P * 2 >= 8 chains); arguments as fwd_tile_g4_r##R. */
 #define FRNN_DEFINE_ZMM_FWD_TILE(GN, R, P)                                                \
     FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_fwd_g##GN##_r##R)(                     \
         const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
         ptrdiff_t ldx, ptrdiff_t H, const REAL *FRNN_RESTRICT h, const REAL *bb, ptrdiff_t b, \
         REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, ptrdiff_t n) {               \
-        const FZ_MASK upper = (FZ_MASK)(((GN) == 4 ? 1u << VW : 1u << VW / 2) - 1);     \
         FZ acc[P][R][2];                                                                \
         FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
             FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                 \
                 acc[p][r][0] = p == 0 && bb ? FZ_LOAD(bb) : FZ_ZERO();                  \
-                acc[p][r][1] = p == 0 && bb ? FZ_MASKZ_LOAD(upper, bb + VW) : FZ_ZERO(); \
+                acc[p][r][1] = p == 0 && bb ? FZ_LOAD(bb + VW) : FZ_ZERO();             \
             }                                                                           \
         for (int part = 0; part < 2; ++part) { /* x_t W, then h_{t-1} U */              \
             const REAL *ar = part ? h + b * H : x + b * ldx;                            \
@@ -721,7 +716,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
                 FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
                     const REAL *pk = pp + (k + p) * (GN) * VWF;                         \
                     const FZ w0 = FZ_LOAD(pk);                                          \
-                    const FZ w1 = (GN) == 4 ? FZ_LOAD(pk + VW) : FZ_MASKZ_LOAD(upper, pk + VW); \
+                    const FZ w1 = FZ_LOAD(pk + VW);                                     \
                     FRNN_UNROLL for (int r = 0; r < (R); ++r) {                         \
                         const FZ a = FZ_SET1(ar[r * lda + k + p]);                      \
                         acc[p][r][0] = FZ_FMA(a, w0, acc[p][r][0]);                     \
@@ -731,7 +726,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
             for (; k < K; ++k) {                                                        \
                 const REAL *pk = pp + k * (GN) * VWF;                                   \
                 const FZ w0 = FZ_LOAD(pk);                                              \
-                const FZ w1 = (GN) == 4 ? FZ_LOAD(pk + VW) : FZ_MASKZ_LOAD(upper, pk + VW); \
+                const FZ w1 = FZ_LOAD(pk + VW);                                         \
                 FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
                     const FZ a = FZ_SET1(ar[r * lda + k]);                              \
                     acc[0][r][0] = FZ_FMA(a, w0, acc[0][r][0]);                         \
@@ -793,10 +788,92 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
             }                                                                           \
         }                                                                               \
     }
-FRNN_DEFINE_ZMM_FWD(3)
 FRNN_DEFINE_ZMM_FWD(4)
 #undef FRNN_DEFINE_ZMM_FWD
 #undef FRNN_DEFINE_ZMM_FWD_TILE
+
+/* The GRU's forward product on its own packing, blocks of VW units (pack_recurrent with
+ * width VW): a packed row of a block is three full vectors, one per gate.  On the usual
+ * packing (3 gates x VWF units) a 512-bit tile would leave a quarter of its lanes idle:
+ * measured (A/B in one process, 2 threads, T=100, I=H/2) that one ran 1.02-1.15 of the
+ * AVX2 tiles from 8 rows (0.85-0.88 below), this one 1.05-1.49 forward from 1 row
+ * (B=8-128: 1.25-1.49 at 128-256 units, 1.32-1.36 at 512) and 1.03-1.14 for a training
+ * step.  Rows [b, b+R), P partial sums over k per row; z rows of 3H, row stride ldz,
+ * overwritten from the start bb (ceil(H / VW) * 3 * VW zeros or a bias). */
+#define FRNN_DEFINE_ZMM_G3_TILE(R, P)                                                     \
+    FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_g3_r##R)(                              \
+        const REAL *FRNN_RESTRICT pb, ptrdiff_t H, const REAL *FRNN_RESTRICT h,         \
+        const REAL *bb, ptrdiff_t b, REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, \
+        ptrdiff_t n) {                                                                  \
+        FZ acc[P][R][3];                                                                \
+        FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
+            FRNN_UNROLL for (int r = 0; r < (R); ++r)                                   \
+                FRNN_UNROLL for (int g = 0; g < 3; ++g)                                 \
+                    acc[p][r][g] = p == 0 ? FZ_LOAD(bb + g * VW) : FZ_ZERO();           \
+        const REAL *ar = h + b * H;                                                     \
+        ptrdiff_t k = 0;                                                                \
+        for (; k + (P) <= H; k += (P))                                                  \
+            FRNN_UNROLL for (int p = 0; p < (P); ++p) {                                 \
+                const REAL *pk = pb + (k + p) * 3 * VW;                                 \
+                const FZ w0 = FZ_LOAD(pk), w1 = FZ_LOAD(pk + VW), w2 = FZ_LOAD(pk + 2 * VW); \
+                FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
+                    const FZ a = FZ_SET1(ar[r * H + k + p]);                            \
+                    acc[p][r][0] = FZ_FMA(a, w0, acc[p][r][0]);                         \
+                    acc[p][r][1] = FZ_FMA(a, w1, acc[p][r][1]);                         \
+                    acc[p][r][2] = FZ_FMA(a, w2, acc[p][r][2]);                         \
+                }                                                                       \
+            }                                                                           \
+        for (; k < H; ++k) {                                                            \
+            const REAL *pk = pb + k * 3 * VW;                                           \
+            const FZ w0 = FZ_LOAD(pk), w1 = FZ_LOAD(pk + VW), w2 = FZ_LOAD(pk + 2 * VW); \
+            FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                 \
+                const FZ a = FZ_SET1(ar[r * H + k]);                                    \
+                acc[0][r][0] = FZ_FMA(a, w0, acc[0][r][0]);                             \
+                acc[0][r][1] = FZ_FMA(a, w1, acc[0][r][1]);                             \
+                acc[0][r][2] = FZ_FMA(a, w2, acc[0][r][2]);                             \
+            }                                                                           \
+        }                                                                               \
+        const FZ_MASK valid = (FZ_MASK)(n == VW ? (1u << VW) - 1 : (1u << n) - 1);      \
+        FRNN_UNROLL for (int r = 0; r < (R); ++r)                                       \
+            FRNN_UNROLL for (int g = 0; g < 3; ++g) {                                   \
+                FZ sum = acc[0][r][g];                                                  \
+                FRNN_UNROLL for (int p = 1; p < (P); ++p) sum = FZ_ADD(sum, acc[p][r][g]); \
+                FZ_MASK_STORE(z + (b + r) * ldz + g * H + j0, valid, sum);              \
+            }                                                                           \
+    }
+FRNN_DEFINE_ZMM_G3_TILE(8, 1)
+FRNN_DEFINE_ZMM_G3_TILE(7, 1)
+FRNN_DEFINE_ZMM_G3_TILE(6, 1)
+FRNN_DEFINE_ZMM_G3_TILE(5, 1)
+FRNN_DEFINE_ZMM_G3_TILE(4, 1)
+FRNN_DEFINE_ZMM_G3_TILE(3, 1)
+FRNN_DEFINE_ZMM_G3_TILE(2, 2)
+FRNN_DEFINE_ZMM_G3_TILE(1, 3)
+#undef FRNN_DEFINE_ZMM_G3_TILE
+
+/* z (B rows of 3H, row stride ldz) = start + h U for the units of blocks [jb0, jb1) of VW
+ * units: U packed alone by pack_recurrent with width VW; start: ceil(H / VW) * 3 * VW. */
+FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g3_wide_avx512)(
+    const REAL *FRNN_RESTRICT packed, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h,
+    const REAL *FRNN_RESTRICT start, REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t jb0,
+    ptrdiff_t jb1) {
+    for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
+        const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
+        const REAL *pb = packed + jb * H * 3 * VW, *bb = start + jb * 3 * VW;
+        ptrdiff_t b = 0;
+        for (; b + 8 <= B; b += 8) SFX(zmm_g3_r8)(pb, H, h, bb, b, z, ldz, j0, n);
+        switch (B - b) {
+        case 7: SFX(zmm_g3_r7)(pb, H, h, bb, b, z, ldz, j0, n); break;
+        case 6: SFX(zmm_g3_r6)(pb, H, h, bb, b, z, ldz, j0, n); break;
+        case 5: SFX(zmm_g3_r5)(pb, H, h, bb, b, z, ldz, j0, n); break;
+        case 4: SFX(zmm_g3_r4)(pb, H, h, bb, b, z, ldz, j0, n); break;
+        case 3: SFX(zmm_g3_r3)(pb, H, h, bb, b, z, ldz, j0, n); break;
+        case 2: SFX(zmm_g3_r2)(pb, H, h, bb, b, z, ldz, j0, n); break;
+        case 1: SFX(zmm_g3_r1)(pb, H, h, bb, b, z, ldz, j0, n); break;
+        default: break;
+        }
+    }
+}
 #undef FZ
 #undef FZ_MASK
 #undef FZ_LOAD
@@ -836,20 +913,27 @@ FRNN_DEFINE_ZMM_FWD(4)
 #define FRNN_PICK(name, ...) SFX(name##_generic)(__VA_ARGS__)
 #define FRNN_PICK_T(...) SFX(recurrent_matmul_t_generic)(__VA_ARGS__)
 #endif
-/* z = h_{t-1} U, three gates (U packed alone by pack_recurrent, width VWF; GRU): z is
- * overwritten, the tiles starting from `zeros` (ceil(H / VWF) * 3 * VWF zeros), so z
- * needs no clearing.  The input operand is never read (I = 0); h stands in for it so no
- * pointer arithmetic touches NULL. */
-FRNN_UNUSED static void SFX(recurrent_matmul_g3)(const REAL *packed, ptrdiff_t H, ptrdiff_t B,
-                                                const REAL *h, const REAL *zeros, REAL *z,
-                                                ptrdiff_t ldz, ptrdiff_t jb0, ptrdiff_t jb1) {
+/* z = h_{t-1} U, three gates (U packed alone by pack_recurrent in blocks of `width` =
+ * g3_width() units; GRU): z is overwritten, the tiles starting from `zeros` (ceil(H /
+ * width) * 3 * width zeros), so z needs no clearing.  The input operand of the AVX2 and
+ * generic tiles is never read (I = 0); h stands in for it so no pointer arithmetic touches
+ * NULL. */
+FRNN_UNUSED static void SFX(recurrent_matmul_g3)(const REAL *packed, ptrdiff_t width,
+                                                ptrdiff_t H, ptrdiff_t B, const REAL *h,
+                                                const REAL *zeros, REAL *z, ptrdiff_t ldz,
+                                                ptrdiff_t jb0, ptrdiff_t jb1) {
 #if FRNN_AVX2_KERNELS
-    if (frnn_use_avx512vl() && B >= 8) { /* fewer rows: see recurrent_matmul_g3_avx512 */
-        SFX(recurrent_matmul_g3_avx512)(packed, 0, h, 0, H, B, h, zeros, z, ldz, jb0, jb1);
+    if (width == VW) {
+        SFX(recurrent_matmul_g3_wide_avx512)(packed, H, B, h, zeros, z, ldz, jb0, jb1);
         return;
     }
 #endif
     FRNN_PICK(recurrent_matmul_g3, packed, 0, h, 0, H, B, h, zeros, z, ldz, jb0, jb1);
+}
+/* The width of recurrent_matmul_g3's unit blocks: VW for the 512-bit tiles where the CPU
+ * has them, else VWF. */
+FRNN_UNUSED static inline ptrdiff_t SFX(g3_width)(void) {
+    return frnn_use_avx512vl() ? VW : VWF;
 }
 /* z = bias + x_t W + h_{t-1} U, the whole pre-activation of a step in one pass (operands
  * from pack_input_recurrent; see FRNN_DEFINE_RECMM), LSTM.  With I = 0 and no bias:
