@@ -136,7 +136,7 @@ def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=
     """Force the kernels' automatic path choices, for tests and benchmarks; -1 = automatic.
 
     simd: 0 runs the generic C tiles even where AVX2 is available, 1 the AVX2 tiles only
-    (not their AVX-512VL variant), 2 (as automatic) every variant the CPU has.
+    (not the 512-bit ones of AVX-512 CPUs), 2 (as automatic) every variant the CPU has.
     blas_steps: 1 computes every step's recurrent product with a BLAS GEMM, 0 with the
     packed tiles.
     split_min_macs: per-step multiply-adds from which a time loop splits its units over the
