@@ -303,7 +303,7 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  * Intel Xeon with AMX this machine is since 2026-12-02 does twice the work with 512-bit
  * FMAs (240 against 130 GFLOP/s per core), and the 512-bit tiles measured, against these
  * (A/B in one process, 2 threads, T=100, I=H/2, float32): LSTM forward 1.19-1.71 (1.03 at
- * B=1, H=512), training 1.12-1.38; GRU training 1.06-1.25 from the transposed tiles,
+ * B=1, H=512), training 1.12-1.38; GRU training 1.06-1.15 from the transposed tiles,
  * and forward 1.05-1.49 (training another 1.03-1.14) from its own on 16-unit blocks
  * (recurrent_matmul_g3_wide_avx512); SimpleRNN forward 1.16-1.57, training 1.14-1.38.
  * Zen 4 has not been measured with them. */
