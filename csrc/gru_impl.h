@@ -418,8 +418,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 const frnn_part p = frnn_thread_part(d, split, nb, fwd_width);
                 const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
-                    SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch, h_buf[t & 1] + b0 * H,
-                                             tile_zeros, rec + b0 * G3, G3, p.jb0, p.jb1);
+                    SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch,
+                                             h_buf[t & 1] + b0 * H, tile_zeros, rec + b0 * G3,
+                                             G3, p.jb0, p.jb1);
                     SFX(gru_step_after_pointwise)(
                         &p.rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
                         h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,

@@ -505,7 +505,8 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     if (T == 0 || B == 0) return FRNN_OK;
 
     const ptrdiff_t nb = SFX(unit_blocks)(H);
-    const frnn_split split = frnn_pick_split(B, nb, B * H * G4, frnn_row_split_min_rows(H, 4, sizeof(REAL)),
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G4,
+                                             frnn_row_split_min_rows(H, 4, sizeof(REAL)),
                                              FRNN_PARALLEL_MIN_MACS);
     const int nt = split.threads;
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);

@@ -1,8 +1,9 @@
 /* The machine's floating-point peak as the kernels can reach it: every thread of a team
  * runs a loop of independent multiply-adds on registers (no memory traffic), with the same
  * SIMD path the recurrent tiles use (512-bit AVX-512 where the CPU has it, else AVX2+FMA,
- * else whatever the compiler makes of the generic loop).  Benchmarks report GFLOP/s against this measured
- * number instead of a datasheet figure (clock, SIMD width and FMA units vary by CPU and VM). */
+ * else whatever the compiler makes of the generic loop).  Benchmarks report GFLOP/s
+ * against this measured number instead of a datasheet figure (clock, SIMD width and FMA
+ * units vary by CPU and VM). */
 #include "internal.h"
 #ifdef _OPENMP
 #include <omp.h>

@@ -152,7 +152,8 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     /* the per-step product runs on U packed once (recurrent_matmul.h), not BLAS.  With a
      * single gate, h U = h (U^T)^T is the backward kernel's product on U^T, whose 4-row x
      * 64-byte tiles measured 41 GFLOP/s against 11 for the one-gate forward tiles. */
-    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H, 1, sizeof(REAL)),
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H,
+                                             frnn_row_split_min_rows(H, 1, sizeof(REAL)),
                                              FRNN_PARALLEL_MIN_MACS);
     const int nt = use_tiles ? split.threads : 1;
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * (fuse_input ? I + H : H) * VW), sizeof(REAL))
@@ -359,7 +360,8 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
     const ptrdiff_t nb = SFX(unit_blocks)(H), nbx = SFX(unit_blocks)(I);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
-    const frnn_split split = frnn_pick_split(B, nb, B * H * H, frnn_row_split_min_rows(H, 1, sizeof(REAL)),
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H,
+                                             frnn_row_split_min_rows(H, 1, sizeof(REAL)),
                                              FRNN_PARALLEL_MIN_MACS);
     const int nt = use_tiles ? split.threads : 1;
     /* dx_t = dz_t W^T in the time loop while dz_t is in cache, or one GEMM after it */
