@@ -107,6 +107,7 @@ int frnn_measure_peak(int threads, long long iterations, int use_f64,
         }
         const double elapsed = frnn_thread_cpu_seconds() - start;
         const double kept = use_f64 ? sink64[0] : (double)sink32[0];
+        (void)kept; /* GCC 12 counts the atomic store below as no use (-Wunused-but-set) */
 #pragma omp atomic write
         frnn_peak_sink = kept;
         if (start < 0 || elapsed <= 0) failed += 1;

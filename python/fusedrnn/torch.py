@@ -350,12 +350,11 @@ class _FusedRNNMixin:
             return w_ih, w_hh, getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)
         return w_ih, w_hh, None, None
 
-    def _initial_states(self, hx, batch, is_batched, dtype):
+    def _initial_states(self, hx, batch, is_batched, dtype, n_states):
         """hx as a tuple of (layers*directions, batch, hidden) tensors, or None."""
         if hx is None:
             return None
         cls = type(self).__name__
-        n_states = self._cell().n_states
         if n_states == 2:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"{cls}: hx must be a tuple (h_0, c_0) of tensors, got "
@@ -425,12 +424,16 @@ class _FusedRNNMixin:
         for name, param in self._parameters.items():  # named_parameters(recurse=False)
             if param is not None and not (param.dtype == dtype and param.is_cpu):
                 self._check_tensor(param, f"parameter {name}", dtype)  # raises
-        initial = self._initial_states(hx, x.shape[0], is_batched, dtype)
+        cell = self._cell()
+        initial = self._initial_states(hx, x.shape[0], is_batched, dtype, cell.n_states)
 
-        output, finals = self._run_layers(x, initial, mask)
+        output, finals = self._run_layers(cell, x, initial, mask)
 
-        n_states = self._cell().n_states
-        final_states = tuple(torch.stack([f[k] for f in finals]) for k in range(n_states))
+        if len(finals) == 1:  # one layer and direction: a view, not torch.stack's copy
+            final_states = tuple(state.unsqueeze(0) for state in finals[0])
+        else:
+            final_states = tuple(torch.stack([f[k] for f in finals])
+                                 for k in range(cell.n_states))
         if packed:
             output = self._pack_like(output, lengths, input)
         elif not is_batched:
@@ -438,10 +441,10 @@ class _FusedRNNMixin:
             final_states = tuple(s.squeeze(1) for s in final_states)
         elif not self.batch_first:
             output = output.transpose(0, 1).contiguous()  # torch returns a contiguous tensor
-        hidden = final_states if n_states == 2 else final_states[0]
+        hidden = final_states if cell.n_states == 2 else final_states[0]
         return output, hidden
 
-    def _run_layers(self, x, initial, mask):
+    def _run_layers(self, cell, x, initial, mask):
         """Stack the layers on batch-major x (batch, time, features).
 
         Returns the last layer's output (batch, time, directions * hidden) and, per layer
@@ -454,7 +457,6 @@ class _FusedRNNMixin:
         processed first, leaves the initial state untouched, and each sequence effectively
         starts from its own last valid step, which is torch's per-sequence reversal without
         an index gather; its outputs come back in processing order and are flipped."""
-        cell = self._cell()
         directions = 2 if self.bidirectional else 1
         finals = []
         layer_input = x
