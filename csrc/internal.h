@@ -321,8 +321,15 @@ static inline ptrdiff_t frnn_band_start(ptrdiff_t len, int band, int nt) {
  *   U over 2 MiB: LSTM H=512 B=8 0.52-0.71, B=16 0.78-0.89, B=32 0.86-0.94, B=64
  *     0.95-1.02, B=128 1.01-1.04; LSTM H=384 B=32 0.91-0.97, B=64 0.98-1.03; GRU H=512
  *     B=8 0.63-0.74, B=32 0.94-0.98, B=64 1.01-1.04.
- * Half of a U over 2 MiB still fits a core's L2 with room, all of it does not.  Float64
- * counts its bytes the same way (not measured). */
+ * Half of a U over 2 MiB still fits a core's L2 with room, all of it does not.  Back on an
+ * AMD Zen 3 (512 KiB L2 per core, AVX2 tiles; 2026-12-02) the same A/B, units over rows:
+ * LSTM H=512 B=8-16 0.93-0.98, B=32 1.00-1.01, B=64 1.08-1.09; LSTM H=256 B=8-16
+ * 0.85-1.00; LSTM H=128 B=8 0.94-1.00; GRU H=512 B=8-32 1.00-1.04, H=256 B=8 1.03-1.04;
+ * SimpleRNN H=512 B=8 1.17-1.21, B=4 0.76: the rule's choice within 7% of the faster split
+ * (one noisy 15%), so it stays.  Float64 counts its bytes the same way; on the Zen 3 it
+ * picked the faster split at 9 of 15 points (LSTM H=128-512, GRU H=256, SimpleRNN
+ * H=256-512, B=8-64) and lost 1-12% at five others, 27% once (GRU H=256 B=8, rounds
+ * 0.89-1.57). */
 static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units, ptrdiff_t gates,
                                                 size_t real_size) {
     const double u_bytes = (double)gates * (double)units * (double)units * (double)real_size;
