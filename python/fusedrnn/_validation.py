@@ -35,6 +35,8 @@ def flag(value, argname: str) -> bool:
 
 def check_blas_dims(array: np.ndarray, argname: str) -> None:
     """Refuse (before any copy) dimensions that 32-bit BLAS indices cannot address."""
+    if 0 < array.size <= INT32_MAX:  # then every dimension fits (cheaper than the scan)
+        return
     if any(n > INT32_MAX for n in array.shape):
         raise ValueError(
             f"{argname}: dimension {max(array.shape)} of shape {array.shape} exceeds the "
@@ -68,6 +70,8 @@ def float_array(value, argname: str, dtype=None) -> np.ndarray:
 
 def check_shape(array: np.ndarray, expected: tuple, argname: str, names: str) -> None:
     """Compare array.shape with expected (None entries match anything)."""
+    if array.shape == expected:  # the usual case, without the generator below (per call)
+        return
     ok = array.ndim == len(expected) and all(
         e is None or s == e for s, e in zip(array.shape, expected)
     )
@@ -91,7 +95,8 @@ def sequence_input(x, argname: str = "x") -> np.ndarray:
 
 def c_array(array: np.ndarray) -> np.ndarray:
     """The array itself if it is C-contiguous and aligned, else an aligned C-ordered copy."""
-    if array.flags.c_contiguous and array.flags.aligned:
+    flags = array.flags
+    if flags.c_contiguous and flags.aligned:
         return array
     return np.array(array, order="C", copy=True)
 
@@ -100,6 +105,9 @@ def strided_ok(array: np.ndarray) -> np.ndarray:
     """The array itself when the kernels can address it by element strides (aligned, feature
     axis contiguous, every stride a whole number of elements), else a C-ordered copy."""
     if array.size == 0:
+        return array
+    flags = array.flags
+    if flags.c_contiguous and flags.aligned:  # the usual case: nothing to check
         return array
     needs_copy = (
         not array.flags.aligned
