@@ -110,7 +110,7 @@ def strided_ok(array: np.ndarray) -> np.ndarray:
     if flags.c_contiguous and flags.aligned:  # the usual case: nothing to check
         return array
     needs_copy = (
-        not array.flags.aligned
+        not flags.aligned
         or any(stride % array.itemsize for stride in array.strides)
         or (array.shape[-1] > 1 and array.strides[-1] != array.itemsize)
     )
