@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -216,11 +217,34 @@ def test_measure_warms_up_then_repeats_until_count_and_budget():
     assert timing.repeats == 4 and len(calls) == 4  # max_repeats ends a long budget
 
 
+def test_measure_interleaved_warms_each_short_call_after_a_switch():
+    """A call shorter than warm_below follows an untimed call of its own implementation
+    (the first call after the other implementation's pays for its spinning threads)."""
+    calls = []
+
+    def slow_b():
+        calls.append("b")
+        time.sleep(0.02)
+
+    timings = bench.measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": slow_b},
+        bench.MeasureSettings(warmup=1, min_repeats=2, max_repeats=9, budget=0.0,
+                              warm_below=0.01))
+    assert calls == ["a", "b"] + ["a", "a", "b"] * 2  # only the fast one is warmed
+    assert timings["a"].repeats == timings["b"].repeats == 2
+    calls.clear()  # one implementation alone never switches, so nothing is warmed
+    bench.measure_interleaved({"a": lambda: calls.append("a")},
+                              bench.MeasureSettings(warmup=1, min_repeats=3, max_repeats=3,
+                                                    budget=0.0, warm_below=1.0))
+    assert calls == ["a"] * 4
+
+
 def test_measure_interleaved_alternates_and_stops_by_rounds():
     calls = []
     timings = bench.measure_interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-        bench.MeasureSettings(warmup=1, min_repeats=3, max_repeats=9, budget=0.0))
+        bench.MeasureSettings(warmup=1, min_repeats=3, max_repeats=9, budget=0.0,
+                              warm_below=0.0))
     assert calls == ["a", "b"] + ["a", "b"] * 3      # warm-up each, then 3 rounds in turn
     assert timings["a"].repeats == timings["b"].repeats == 3
     calls.clear()

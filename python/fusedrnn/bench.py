@@ -100,20 +100,37 @@ NUMPY_BLAS_SPIN_SECONDS = 0.15
 # Measuring
 # --------------------------------------------------------------------------------------
 
+# Switching from one implementation to the other costs the first call after the switch:
+# the other's OpenMP workers still spin for a while after its call (GNU OpenMP's default
+# before they sleep), and its data has displaced ours from the caches.  Measured
+# (2026-12-02, Zen 3, 2 threads, medians of 40; the k-th call of one implementation after
+# a call of the other, k = 1, 2, 3): SimpleRNN forward B=1, H=128: ours 0.418, 0.258,
+# 0.244 ms, torch 2.29, 2.04, 2.04 ms; LSTM training B=1, H=128: ours 1.53, 1.18, 1.16 ms,
+# torch 4.29, 3.58, 3.48 ms; GRU forward B=8, H=128: ours 2.35, 2.00, 2.01 ms, torch
+# 10.7, 10.3, 10.4 ms.  The switch costs either side 0.2-0.8 ms, so it distorted short
+# calls (the faster implementation's most) while the second call is already steady, as in
+# a loop of one implementation's calls.  So measure_interleaved precedes a call shorter
+# than WARM_CALL_BELOW_SECONDS with one untimed call of the same implementation.
+WARM_CALL_BELOW_SECONDS = 0.05
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
     """How long to time one case: `warmup` untimed calls, then timed calls until at least
-    `min_repeats` were made and `budget` seconds have passed (at most `max_repeats`)."""
+    `min_repeats` were made and `budget` seconds have passed (at most `max_repeats`).
+    measure_interleaved also makes an untimed call before each timed call of an
+    implementation whose last call took less than `warm_below` seconds."""
 
     warmup: int = 1
-    min_repeats: int = 3
+    min_repeats: int = 5
     max_repeats: int = 50
     budget: float = 0.3
+    warm_below: float = WARM_CALL_BELOW_SECONDS
 
     def for_numpy(self) -> "MeasureSettings":
         """The NumPy reference is slow: a third of the repeats and of the budget."""
-        return MeasureSettings(self.warmup, max(1, self.min_repeats // 3), self.max_repeats,
-                               self.budget / 3)
+        return dataclasses.replace(self, min_repeats=max(1, self.min_repeats // 3),
+                                   budget=self.budget / 3)
 
 
 @dataclass
@@ -155,18 +172,25 @@ def measure_interleaved(functions: Dict[str, Callable[[], object]],
     """Time several implementations of one case call by call in turn (A, B, A, B, ...), so
     that load changes on a shared machine hit them alike and their ratio stays fair.  The
     stopping rule of `measure`, counted in rounds, with `settings.budget` seconds per
-    implementation."""
-    for function in functions.values():
+    implementation.  A call shorter than `settings.warm_below` is preceded by an untimed
+    call of the same implementation (WARM_CALL_BELOW_SECONDS says why)."""
+    last_seconds: Dict[str, float] = {name: float("inf") for name in functions}
+    for name, function in functions.items():
         for _ in range(settings.warmup):
+            t0 = time.perf_counter()
             function()
+            last_seconds[name] = time.perf_counter() - t0
     seconds: Dict[str, List[float]] = {name: [] for name in functions}
     budget = settings.budget * len(functions)
     start = time.perf_counter()
     for rounds in range(1, settings.max_repeats + 1):
         for name, function in functions.items():
+            if len(functions) > 1 and last_seconds[name] < settings.warm_below:
+                function()
             t0 = time.perf_counter()
             function()
-            seconds[name].append(time.perf_counter() - t0)
+            last_seconds[name] = time.perf_counter() - t0
+            seconds[name].append(last_seconds[name])
         if rounds >= settings.min_repeats and time.perf_counter() - start >= budget:
             break
     return {name: Timing(times) for name, times in seconds.items()}
@@ -579,7 +603,10 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
         f"- dtype {config['dtype']}; each time is the median of >= {config['min_repeats']} "
         f"calls after {config['warmup']} warm-up call (NumPy: >= "
         f"{max(1, config['min_repeats'] // 3)}), repeated until a {config['budget']:g} s "
-        "budget per measurement",
+        "budget per measurement; implementations timed together alternate call by call, and a call "
+        f"under {config.get('warm_below', WARM_CALL_BELOW_SECONDS) * 1e3:g} ms is preceded "
+        "by an untimed call of the same implementation (the first call after the other's "
+        "costs 0.2-0.8 ms more: its spinning threads and evicted caches)",
         f"- run time {config['elapsed_seconds']:.0f} s; 1-minute load average "
         f"{_load(config.get('load_before'))} before, {_load(config.get('load_after'))} after "
         "(above the thread count means other processes competed for the CPUs)",
@@ -803,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads for BLAS (threadpoolctl) and torch "
                              "(default: the CPUs this process may use)")
     parser.add_argument("--repeat", type=_positive_int, default=None,
-                        help="minimum timed calls per measurement (default 3, quick 2; the "
+                        help="minimum timed calls per measurement (default 5, quick 2; the "
                              "NumPy reference gets a third)")
     parser.add_argument("--budget", type=_positive_float, default=None,
                         help="seconds of timed calls per measurement (default 0.3, quick 0.03)")
@@ -858,7 +885,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     # without torch the torch column says n/a (see implementation_available)
     args.torch_missing = "torch" in args.impls and not torch_available()
     args.threads = args.threads or available_cores()
-    args.repeat = args.repeat or (2 if args.quick else 3)
+    args.repeat = args.repeat or (2 if args.quick else 5)
     args.budget = args.budget or (0.03 if args.quick else 0.3)
 
     for option in ("json", "markdown", "plot"):
@@ -937,6 +964,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "implementations": args.impls, "threads": args.threads, "dtype": args.dtype,
         "warmup": settings.warmup, "min_repeats": settings.min_repeats,
         "max_repeats": settings.max_repeats, "budget": settings.budget,
+        "warm_below": settings.warm_below,
         "numpy_everywhere": args.numpy_everywhere, "drop_in": args.drop_in,
         "elapsed_seconds": elapsed,
         "load_before": load_before, "load_after": load_average(),
