@@ -416,7 +416,14 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
     }
 
 /* Rows per forward tile: R*GN accumulators + GN weights + 1 broadcast <= 16 registers
- * (LSTM 3 rows, one weight then read from memory by its FMAs; GRU 4 rows). */
+ * (LSTM 3 rows, one weight then read from memory by its FMAs; GRU 4 rows).
+ * Measured on the Zen 3 and not kept (A/B in one process, T=100, I=H/2, float32):
+ *   - K-blocking, so a slice of packed rows stays in L1 across row tiles (KC = 64, 128,
+ *     256): 0.87-0.92, 0.85-1.02, 0.68-1.10; the GRU lost at every size;
+ *   - the LSTM's 4H columns as one matrix on the transposed product's 6-row x 16-column
+ *     tiles (half the weight loads per FMA; split by rows only): 0.91-0.96 at B=32-128,
+ *     1.04 at B=8 (one thread, alternating calls), so the weight stream from L2 is not
+ *     what holds these tiles at about 70% of the peak. */
 #define FRNN_DEFINE_RECMM_AVX2(GN, RMAX)                                                  \
     FRNN_DEFINE_FWD_TILE1(GN)                                                           \
     FRNN_DEFINE_FWD_TILE(GN, 2)                                                         \
