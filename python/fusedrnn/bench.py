@@ -603,10 +603,10 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
         f"- dtype {config['dtype']}; each time is the median of >= {config['min_repeats']} "
         f"calls after {config['warmup']} warm-up call (NumPy: >= "
         f"{max(1, config['min_repeats'] // 3)}), repeated until a {config['budget']:g} s "
-        "budget per measurement; implementations timed together alternate call by call, and a call "
-        f"under {config.get('warm_below', WARM_CALL_BELOW_SECONDS) * 1e3:g} ms is preceded "
-        "by an untimed call of the same implementation (the first call after the other's "
-        "costs 0.2-0.8 ms more: its spinning threads and evicted caches)",
+        "budget per measurement; implementations timed together alternate call by call, "
+        f"and a call under {config.get('warm_below', WARM_CALL_BELOW_SECONDS) * 1e3:g} ms is "
+        "preceded by an untimed call of the same implementation (the first call after the "
+        "other's costs 0.2-0.8 ms more: its spinning threads and evicted caches)",
         f"- run time {config['elapsed_seconds']:.0f} s; 1-minute load average "
         f"{_load(config.get('load_before'))} before, {_load(config.get('load_after'))} after "
         "(above the thread count means other processes competed for the CPUs)",
