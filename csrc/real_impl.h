@@ -42,13 +42,7 @@ static void SFX(fill_rows)(REAL *c, ptrdiff_t ldc, const REAL *row, ptrdiff_t r0
  * after a call and stole a core from the fused time loops (measured up to 8x slower).
  * c_init (n values, or NULL): every row of C starts from it (C = c_init + alpha op(A)
  * op(B); beta is then ignored), each thread filling its own band just before its product
- * reads it back.  Filling all of C on one thread first, as the input projection did
- * until 2026-12-02, left the other thread waiting: with the fill split, inference 1.03-1.10x
- * faster (GRU B=32 and 128 with H=128, I=64; B=8, H=256; B=128, H=512; LSTM B=8, H=128;
- * SimpleRNN B=16, H=256), GRU training at B=32, H=128 1.04x, and 0.99x at B=1 (Zen 3,
- * 2 threads, T=100, alternating calls).  Own register tiles for the projection (the
- * transposed product's, W packed in 16-column blocks, the bias as the sums' start) gained
- * another 1.05x only for the GRU at B=128, H=128 and lost up to 6% from 512 columns.
+ * reads it back (see input_projection for why).
  * Call it outside parallel regions; small products run serially. */
 static int SFX(gemm_rm_init)(const frnn_blas *blas, int trans_a, int trans_b,
                              ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, REAL alpha,
@@ -70,19 +64,16 @@ static int SFX(gemm_rm_init)(const frnn_blas *blas, int trans_a, int trans_b,
             const ptrdiff_t lo = frnn_band_start(len, band, nt);
             const ptrdiff_t hi = frnn_band_start(len, band + 1, nt);
             int st = FRNN_OK;
-            if (hi > lo) {
-                if (c_init) {
-                    if (by_rows) SFX(fill_rows)(c, ldc, c_init, lo, hi, 0, n);
-                    else SFX(fill_rows)(c, ldc, c_init, 0, m, lo, hi);
-                }
-                if (by_rows)
-                    st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, hi - lo, n, k, alpha,
-                                             trans_a ? a + lo : a + lo * lda, lda, b, ldb, beta,
-                                             c + lo * ldc, ldc);
-                else
-                    st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, hi - lo, k, alpha, a,
-                                             lda, trans_b ? b + lo * ldb : b + lo, ldb, beta,
-                                             c + lo, ldc);
+            if (hi > lo && by_rows) {
+                if (c_init) SFX(fill_rows)(c, ldc, c_init, lo, hi, 0, n);
+                st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, hi - lo, n, k, alpha,
+                                         trans_a ? a + lo : a + lo * lda, lda, b, ldb, beta,
+                                         c + lo * ldc, ldc);
+            } else if (hi > lo) {
+                if (c_init) SFX(fill_rows)(c, ldc, c_init, 0, m, lo, hi);
+                st = SFX(gemm_rm_serial)(blas, trans_a, trans_b, m, hi - lo, k, alpha, a, lda,
+                                         trans_b ? b + lo * ldb : b + lo, ldb, beta, c + lo,
+                                         ldc);
             }
             if (st) {
 #pragma omp atomic write
@@ -268,7 +259,14 @@ FRNN_UNUSED static void SFX(zero_masked_rows)(const frnn_dims *d, const uint8_t 
                 memset(x_chunk + ((t - t0) * B + b) * I, 0, (size_t)I * sizeof(REAL));
 }
 
-/* Z[rows, cols] = X[rows, I] W[I, cols] + bias (bias broadcast over rows; NULL = 0). */
+/* Z[rows, cols] = X[rows, I] W[I, cols] + bias (bias broadcast over rows; NULL = 0).
+ * The bias goes in band by band (gemm_rm_init): filling all of Z on one thread first, as
+ * until 2026-12-02, left the other thread waiting; split, inference ran 1.03-1.10x faster
+ * (GRU B=32 and 128 with H=128, I=64; B=8, H=256; B=128, H=512; LSTM B=8, H=128;
+ * SimpleRNN B=16, H=256), GRU training at B=32, H=128 1.04x, 0.99x at B=1 (Zen 3, 2
+ * threads, T=100, alternating calls).  Own register tiles for the projection (the
+ * transposed product's, W packed in 16-column blocks, the bias as the sums' start) gained
+ * another 1.05x only for the GRU at B=128, H=128 and lost up to 6% from 512 columns. */
 static int SFX(input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrdiff_t in, ptrdiff_t cols,
                                  const REAL *xrows, const REAL *w, const REAL *bias, REAL *z) {
     return SFX(gemm_rm_init)(blas, 0, 0, rows, cols, in, 1, xrows, in, w, cols, 0, z, cols, bias);
