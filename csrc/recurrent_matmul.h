@@ -299,14 +299,19 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  * AVX-512: where the CPU has it these tiles give way to 512-bit ones (the *_avx512 kernels
  * below).  On an AMD Zen 4 (2026-11-30) 512-bit FMAs did no more work per cycle than
  * 256-bit ones (117 GFLOP/s per core either way) and the AVX2 tiles built for AVX-512VL
- * measured 0.96-1.09 of these, save the LSTM forward's 4-row tiles (1.04-1.19).  The
- * Intel Xeon with AMX this machine is since 2026-12-02 does twice the work with 512-bit
- * FMAs (240 against 130 GFLOP/s per core), and the 512-bit tiles measured, against these
+ * measured 0.96-1.09 of these, save the LSTM forward's 4-row tiles (1.04-1.19).  On an
+ * Intel Xeon with AMX (a session's machine, 2026-12-02), 512-bit FMAs do twice the work
+ * (240 against 130 GFLOP/s per core), and the 512-bit tiles measured, against these
  * (A/B in one process, 2 threads, T=100, I=H/2, float32): LSTM forward 1.19-1.71 (1.03 at
  * B=1, H=512), training 1.12-1.38; GRU training 1.06-1.15 from the transposed tiles,
  * and forward 1.05-1.49 (training another 1.03-1.14) from its own on 16-unit blocks
  * (recurrent_matmul_g3_wide_avx512); SimpleRNN forward 1.16-1.57, training 1.14-1.38.
- * Zen 4 has not been measured with them. */
+ * Back on a Zen 4 (2026-12-02), the same A/B over the benchmark grid, 512-bit tiles
+ * against these (simd=1): from 8 rows LSTM 1.05-1.53, GRU 1.05-1.19, SimpleRNN
+ * 1.01-1.38, though the FMAs do no more work per cycle (not profiled; half the loads
+ * and broadcasts per multiply-add is the likely cause); at batch 1 0.97-1.06, but
+ * 0.87-0.92 where U streams from L3 (LSTM and GRU at 512 units), which the prefetch rule
+ * below mends (FRNN_ZMM_PREFETCH).  So the 512-bit tiles run wherever the CPU has them. */
 #if FRNN_AVX2_KERNELS
 #include <immintrin.h>
 #if FRNN_F32
@@ -625,13 +630,26 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #endif
 
 /* The packed weights' rows a few iterations ahead (`lines` 64-byte vectors from `at`),
- * asked for L1: the weights stream from L2 (or L3) once per tile, and the hardware's own
- * prefetch left them late.  Measured (A/B in one process, 2 threads, T=100): 1.00-1.07
- * for the SimpleRNN forward and the backwards at 16 packed rows ahead in the transposed
- * tiles, 1.01-1.08 for the LSTM and GRU forward at 8 rows ahead; more was no better. */
-#define FRNN_ZMM_PREFETCH(at, lines)                                                      \
-    FRNN_UNROLL for (int line = 0; line < (lines); ++line)                              \
-        _mm_prefetch((const char *)((at) + line * VW), _MM_HINT_T0)
+ * asked for L1 by tiles of more than 2 rows: the weights stream from L2 (or L3) once per
+ * tile, and the hardware's own prefetch left them late.  Measured on the Intel Xeon (A/B
+ * in one process, 2 threads, T=100): 1.00-1.07 for the SimpleRNN forward and the
+ * backwards at 16 packed rows ahead in the transposed tiles, 1.01-1.08 for the LSTM and
+ * GRU forward at 8 rows ahead; more was no better.  Tiles of 1-2 rows (a thread's rows
+ * at batch 1-2) do 1-2 FMAs per weight vector and only stream the weights; where U is
+ * larger than the L2s it comes from L3, and on the AMD Zen 4 (2026-12-02) these
+ * prefetches slowed that stream.  Without them in 1-2-row tiles, batch 1, T=100, I=256,
+ * 2 threads: LSTM forward 1.13-1.19 at 384-512 units, training 1.05-1.19; GRU forward
+ * 1.10-1.17 at 512 units (1.05 at 384), training 1.09-1.17 (1.01); SimpleRNN at 1024
+ * units 1.21-1.23; batch 2, 512 units: 0.99-1.19; with U in the L2s (B=1, 128-256 units)
+ * 0.98-1.03.  Without any prefetch the rest of the benchmark grid measured 0.97-1.05
+ * there (two noisy points of 3 rounds: 0.90, 1.23), so the Xeon's gain stays for tiles
+ * of 3 rows or more. */
+#define FRNN_ZMM_PREFETCH(at, lines, rows)                                                \
+    do {                                                                                \
+        if ((rows) > 2)                                                                 \
+            FRNN_UNROLL for (int line = 0; line < (lines); ++line)                      \
+                _mm_prefetch((const char *)((at) + line * VW), _MM_HINT_T0);            \
+    } while (0)
 
 /* Rows [b, b+R) x one unit block, P partial sums per row; arguments as bwd_tile_r##R. */
 #define FRNN_DEFINE_ZMM_TILE(R, P)                                                        \
@@ -651,7 +669,7 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
             ptrdiff_t c = 0;                                                            \
             for (; c + (P) <= K; c += (P))                                              \
                 FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
-                    FRNN_ZMM_PREFETCH(pp + (c + p + 16) * VW, 1);                       \
+                    FRNN_ZMM_PREFETCH(pp + (c + p + 16) * VW, 1, R);                     \
                     const FZ w = FZ_LOAD(pp + (c + p) * VW);                            \
                     FRNN_UNROLL for (int r = 0; r < (R); ++r)                           \
                         acc[p][r] = FZ_FMA(FZ_SET1(ar[r * lda + c + p]), w, acc[p][r]); \
@@ -734,7 +752,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
             for (; k + (P) <= K; k += (P))                                              \
                 FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
                     const REAL *pk = pp + (k + p) * (GN) * VWF;                         \
-                    FRNN_ZMM_PREFETCH(pk + 8 * (GN) * VWF, 2);                          \
+                    FRNN_ZMM_PREFETCH(pk + 8 * (GN) * VWF, 2, R);                        \
                     const FZ w0 = FZ_LOAD(pk);                                          \
                     const FZ w1 = FZ_LOAD(pk + VW);                                     \
                     FRNN_UNROLL for (int r = 0; r < (R); ++r) {                         \
@@ -835,7 +853,7 @@ FRNN_DEFINE_ZMM_FWD(4)
         for (; k + (P) <= H; k += (P))                                                  \
             FRNN_UNROLL for (int p = 0; p < (P); ++p) {                                 \
                 const REAL *pk = pb + (k + p) * 3 * VW;                                 \
-                FRNN_ZMM_PREFETCH(pk + 8 * 3 * VW, 3);                                  \
+                FRNN_ZMM_PREFETCH(pk + 8 * 3 * VW, 3, R);                                \
                 const FZ w0 = FZ_LOAD(pk), w1 = FZ_LOAD(pk + VW), w2 = FZ_LOAD(pk + 2 * VW); \
                 FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
                     const FZ a = FZ_SET1(ar[r * H + k + p]);                            \
