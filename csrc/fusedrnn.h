@@ -139,9 +139,10 @@ size_t frnn_pool_retained(void);
 
 /* 1 when this CPU runs the AVX2+FMA kernels (the build has them and CPUID reports both). */
 int frnn_cpu_has_avx2_fma(void);
-/* 1 when it also runs the AVX-512VL variant of the LSTM forward tiles (CPUID: AVX-512F
- * and VL). */
+/* 1 when it also runs the 512-bit tiles (CPUID: AVX-512F and VL). */
 int frnn_cpu_has_avx512vl(void);
+/* Bytes of one core's L2 cache as the C library reports it (sysconf), or 0 if unknown. */
+long frnn_l2_cache_bytes(void);
 
 /* The floating-point peak as the kernels' SIMD path reaches it: `threads` threads each run
  * `iterations` rounds of independent multiply-adds on registers (float64 if use_f64).

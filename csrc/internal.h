@@ -329,11 +329,21 @@ static inline ptrdiff_t frnn_band_start(ptrdiff_t len, int band, int nt) {
  * (one noisy 15%), so it stays.  Float64 counts its bytes the same way; on the Zen 3 it
  * picked the faster split at 9 of 15 points (LSTM H=128-512, GRU H=256, SimpleRNN
  * H=256-512, B=8-64) and lost 1-12% at five others, 27% once (GRU H=256 B=8, rounds
- * 0.89-1.57). */
+ * 0.89-1.57).  Back on the Zen 4 with the 512-bit tiles (2026-12-02), U over 2 MiB, rows
+ * over units (> 1: rows faster): LSTM H=512 B=8 forward 0.91, training 1.00; B=16
+ * 1.00-1.02; B=24 forward 0.995 (twice), training 1.11-1.13; B=32 forward 1.02-1.15,
+ * training 1.00-1.04; LSTM H=384 B=32 1.03-1.06 forward, 1.05-1.15 training; GRU H=512
+ * B=8 0.96-0.98, B=16 1.00-1.03, B=32 1.01-1.21.  There half of U is larger than a
+ * core's L2 (1 MiB), so splitting by units does not keep it there; on the Xeon it did
+ * (2 MiB).  So where half of U exceeds the L2, rows from 12 per thread. */
+#define FRNN_ROW_SPLIT_MIN_ROWS_PAST_L2 12
 static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units, ptrdiff_t gates,
                                                 size_t real_size) {
     const double u_bytes = (double)gates * (double)units * (double)units * (double)real_size;
-    if (u_bytes > (double)(2 << 20)) return 32;
+    if (u_bytes > (double)(2 << 20)) {
+        const long l2 = frnn_l2_cache_bytes();
+        return l2 > 0 && u_bytes / 2 > (double)l2 ? FRNN_ROW_SPLIT_MIN_ROWS_PAST_L2 : 32;
+    }
     if (u_bytes > (double)(1 << 20)) return 8;
     return units >= 256 ? 4 : FRNN_ROW_SPLIT_MIN_ROWS;
 }

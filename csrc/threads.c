@@ -78,3 +78,16 @@ static int frnn_cpu_features(void) {
 
 int frnn_cpu_has_avx2_fma(void) { return frnn_cpu_features() & 1; }
 int frnn_cpu_has_avx512vl(void) { return frnn_cpu_features() >> 1 & 1; }
+
+long frnn_l2_cache_bytes(void) {
+    static _Atomic long cached = -1;
+    long bytes = cached;
+    if (bytes < 0) {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+        bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        if (bytes < 0) bytes = 0;
+        cached = bytes;
+    }
+    return bytes;
+}
