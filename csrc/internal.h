@@ -239,11 +239,25 @@ static inline int frnn_direct_step(ptrdiff_t batch, int weight_rows) {
  *     (Zen 4): B=8-32 0.94-1.01, B=64-128 1.04-1.06 (B=128, H=512: 1.06-1.23), so
  *     training fuses from 64 rows.
  *   GRU keeps the GEMM: a fused tile (3 rows x z, r, input and recurrent parts of h, the
- *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128. */
-static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units) {
+ *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128.
+ *   Back on the Zen 4 with the 512-bit tiles (2026-12-02), LSTM, I = H/2 unless given:
+ *     from 4 rows with 256-512 units fusing gains: inference B=4 1.04-1.11 (I=512: 0.99-1.04),
+ *     B=6 1.09, B=8 H=256 1.03-1.07 (I=256: 1.04), training 1.02-1.07; with 128 units
+ *     B=4-8 0.96-1.00; B=2 0.97.  But it streams W with U every step, and where the two
+ *     packed exceed 8 MiB it loses below 32 rows: H=1024 (24 MiB) B=4 0.64, B=8 0.82
+ *     (training 0.84), B=16 0.95, B=32 1.00; H=768 (13.5 MiB) B=4 1.01, B=8 0.94, B=16
+ *     1.02.  Hence from 4 rows with 256 units or more, from 8 with 64 inputs or fewer,
+ *     from 16 otherwise, all below 32 rows only while W and U packed fit in 8 MiB. */
+#define FRNN_LSTM_FUSE_MAX_PACKED_BYTES ((double)(8 << 20))
+static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units,
+                                        size_t real_size) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    return batch >= 16 || (batch >= 8 && (features <= 64 || units >= 512));
+    if (batch >= 32) return 1;
+    const double packed_bytes =
+        4.0 * (double)units * (double)(features + units) * (double)real_size;
+    if (packed_bytes > FRNN_LSTM_FUSE_MAX_PACKED_BYTES) return 0;
+    return batch >= 16 || (batch >= 8 && features <= 64) || (batch >= 4 && units >= 256);
 }
 static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
     int forced = frnn_override_fuse_input();

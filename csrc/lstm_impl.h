@@ -222,7 +222,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
      * chunks of steps so its scratch stays bounded (and warm in cache). */
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
-    const int fuse_input = !blas_steps && frnn_lstm_fuses_input(B, I, H);
+    const int fuse_input = !blas_steps && frnn_lstm_fuses_input(B, I, H, sizeof(REAL));
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = fuse_input ? B * I : B * (G4 + I);
