@@ -247,7 +247,9 @@ static inline int frnn_direct_step(ptrdiff_t batch, int weight_rows) {
  *     packed exceed 8 MiB it loses below 32 rows: H=1024 (24 MiB) B=4 0.64, B=8 0.82
  *     (training 0.84), B=16 0.95, B=32 1.00; H=768 (13.5 MiB) B=4 1.01, B=8 0.94, B=16
  *     1.02.  Hence from 4 rows with 256 units or more, from 8 with 64 inputs or fewer,
- *     from 16 otherwise, all below 32 rows only while W and U packed fit in 8 MiB. */
+ *     from 16 otherwise, all below 32 rows only while W and U packed fit in 8 MiB.
+ *     SimpleRNN inference there: B=16 1.01-1.08 (1.06-1.07 at 256-512 units), B=8
+ *     1.00-1.03, B=4 (H=512) 1.03: it fuses from 16 rows. */
 #define FRNN_LSTM_FUSE_MAX_PACKED_BYTES ((double)(8 << 20))
 static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units,
                                         size_t real_size) {
@@ -262,7 +264,7 @@ static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptr
 static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    return batch >= (training ? 64 : 32);
+    return batch >= (training ? 64 : 16);
 }
 
 /* Whether a backward computes each step's input gradient dz_t W^T in its time loop (the
