@@ -311,7 +311,8 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  * 1.01-1.38, though the FMAs do no more work per cycle (not profiled; half the loads
  * and broadcasts per multiply-add is the likely cause); at batch 1 0.97-1.06, but
  * 0.87-0.92 where U streams from L3 (LSTM and GRU at 512 units), which the prefetch rule
- * below mends (FRNN_ZMM_PREFETCH).  So the 512-bit tiles run wherever the CPU has them. */
+ * below mends (FRNN_ZMM_PREFETCH; with it, batch 1 at 256-512 units measured 1.01-1.08).
+ * So the 512-bit tiles run wherever the CPU has them. */
 #if FRNN_AVX2_KERNELS
 #include <immintrin.h>
 #if FRNN_F32
