@@ -70,6 +70,14 @@ static inline int frnn_use_avx512vl(void) { return 0; }
 #define FRNN_HUGE_PAGE ((size_t)2 << 20)
 #define FRNN_HUGE_ALLOC_BYTES ((size_t)2 << 20)
 
+/* frnn_transpose_f32/f64 (fusedrnn.h) on the calling thread alone, for callers already
+ * inside a parallel region (the backward's packing of U^T): valid sizes and strides only,
+ * no checks. */
+void frnn_transpose_serial_f32(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdiff_t lds,
+                               float *dst, ptrdiff_t ldd);
+void frnn_transpose_serial_f64(ptrdiff_t rows, ptrdiff_t cols, const double *src,
+                               ptrdiff_t lds, double *dst, ptrdiff_t ldd);
+
 /* frnn_alloc / frnn_free (fusedrnn.h, csrc/pool.c): kernel scratch comes from the buffer
  * pool, which keeps freed blocks of FRNN_POOL_MIN_BYTES and more for reuse. */
 

@@ -113,6 +113,10 @@ enum { TRANSPOSE_TILE = 32 };
             transpose_rows_##SFX(r0, r1e < rows ? r1e : rows, cols, src, lds, dst, ldd);      \
         }                                                                                     \
         return FRNN_OK;                                                                       \
+    }                                                                                         \
+    void frnn_transpose_serial_##SFX(ptrdiff_t rows, ptrdiff_t cols, const REAL *src,         \
+                                     ptrdiff_t lds, REAL *dst, ptrdiff_t ldd) {               \
+        transpose_rows_##SFX(0, rows, cols, src, lds, dst, ldd);                              \
     }
 
 #if FRNN_AVX2_KERNELS
