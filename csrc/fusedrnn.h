@@ -141,6 +141,8 @@ size_t frnn_pool_retained(void);
 int frnn_cpu_has_avx2_fma(void);
 /* 1 when it also runs the 512-bit tiles (CPUID: AVX-512F and VL). */
 int frnn_cpu_has_avx512vl(void);
+/* 1 on an Intel CPU (CPUID's vendor). */
+int frnn_cpu_is_intel(void);
 /* Bytes of one core's L2 cache as the C library reports it (sysconf), or 0 if unknown. */
 long frnn_l2_cache_bytes(void);
 

@@ -770,7 +770,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     const int nt = tiles_ok ? split.threads : 1;
     /* dx_t = d(x_t W) W^T in the time loop while the step's gradients are in cache, or
      * GEMMs after it.  d(x_t W) is dz_t (reset_after=0), or dz_t's z, r blocks and dxh_t. */
-    const int fuse_dx = dx && tiles_ok && frnn_fuses_input_gradient(B, nt);
+    const int fuse_dx = dx && tiles_ok && frnn_fuses_input_gradient(B, nt, I, H, 3, sizeof(REAL));
     const ptrdiff_t nbx = SFX(unit_blocks)(I);
     const ptrdiff_t zr_cols = reset_after ? 2 * H : G3; /* columns of dz that are d(xW) */
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;

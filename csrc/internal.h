@@ -257,21 +257,57 @@ static inline int frnn_direct_step(ptrdiff_t batch, int weight_rows) {
  *     1.02.  Hence from 4 rows with 256 units or more, from 8 with 64 inputs or fewer,
  *     from 16 otherwise, all below 32 rows only while W and U packed fit in 8 MiB.
  *     SimpleRNN inference there: B=16 1.01-1.08 (1.06-1.07 at 256-512 units), B=8
- *     1.00-1.03, B=4 (H=512) 1.03: it fuses from 16 rows. */
+ *     1.00-1.03, B=4 (H=512) 1.03: it fuses from 16 rows.
+ *   On an Intel Xeon with AMX (2 MiB L2 per core, 2026-12-02), fused over unfused, LSTM
+ *     float32, I = H/2 unless given: H=512 B=1 0.40, B=4 0.56, B=8 0.75 (training 0.85),
+ *     B=16 0.85 (0.92), B=32 0.94-0.95 (I=512: 0.91; training 0.95-0.97), B=48 0.98, B=64
+ *     1.00-1.01 (I=256-512), B=128 1.05; H=384 B=8-16 0.97-0.99, B=32 1.01, B=128 1.05;
+ *     H=256 B=32-128 1.07-1.08, but I=512 B=16 0.78.  A step of B=4-8 at 512 units took the
+ *     time of streaming the thread's share of the weights at 26-38 GB/s: fused, W with U (3
+ *     MiB a thread), unfused U alone (2 MiB); the Xeon's L3 streams slower per core than
+ *     the Zen 4's, where fusing those gained.  So on an Intel CPU, below 64 rows the LSTM
+ *     fuses only while its thread's share of W and U packed fits the L2
+ *     (frnn_fused_weights_pass_l2_intel).  SimpleRNN there: H=512 (W and U 1.5 MiB) B=16
+ *     0.95, B=32 0.94-0.95, B=64 (I=512) 0.89, B=128 0.97-0.99, training B=64-128
+ *     0.98-0.99; H=384 and H=256 with I=512 1.00-1.01; H=256 B=32-128 1.05-1.06, H=128
+ *     B=128 1.10: on an Intel CPU it fuses only while that share fits half of the L2. */
 #define FRNN_LSTM_FUSE_MAX_PACKED_BYTES ((double)(8 << 20))
+static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units, ptrdiff_t gates,
+                                                size_t real_size);
+/* On an Intel CPU, whether W and U packed together (gates * units * (features + units)
+ * elements) are more than `fraction` of a core's L2 for the thread's share of them (all
+ * where the time loop splits by rows, else a team's share): each step of a fused tile
+ * streams that share.  0 elsewhere or where the L2's size is unknown. */
+static inline int frnn_fused_weights_pass_l2_intel(ptrdiff_t batch, ptrdiff_t features,
+                                                   ptrdiff_t units, ptrdiff_t gates,
+                                                   size_t real_size, double fraction) {
+    if (!frnn_cpu_is_intel()) return 0;
+    const long l2 = frnn_l2_cache_bytes();
+    if (l2 <= 0) return 0;
+    const double packed_bytes =
+        (double)gates * (double)units * (double)(features + units) * (double)real_size;
+    const int by_rows = batch >= 2 * frnn_row_split_min_rows(units, gates, real_size);
+    const int threads = frnn_get_num_threads();
+    const double share = by_rows || threads < 1 ? packed_bytes : packed_bytes / threads;
+    return share > fraction * (double)l2;
+}
 static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units,
                                         size_t real_size) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    if (batch >= 32) return 1;
+    if (batch < 64 && frnn_fused_weights_pass_l2_intel(batch, features, units, 4, real_size, 1.0))
+        return 0;
     const double packed_bytes =
         4.0 * (double)units * (double)(features + units) * (double)real_size;
+    if (batch >= 32) return 1;
     if (packed_bytes > FRNN_LSTM_FUSE_MAX_PACKED_BYTES) return 0;
     return batch >= 16 || (batch >= 8 && features <= 64) || (batch >= 4 && units >= 256);
 }
-static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
+static inline int frnn_rnn_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units,
+                                       size_t real_size, int training) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
+    if (frnn_fused_weights_pass_l2_intel(batch, features, units, 1, real_size, 0.5)) return 0;
     return batch >= (training ? 64 : 16);
 }
 
@@ -283,10 +319,18 @@ static inline int frnn_rnn_fuses_input(ptrdiff_t batch, int training) {
  *   64-128 rows: LSTM 1.02-1.08, GRU 1.03-1.06, SimpleRNN 1.03-1.06;
  *   32 rows: LSTM 0.99-1.01, GRU 1.00-1.09, SimpleRNN 1.01-1.04;
  *   16 rows: GRU 0.98, SimpleRNN 0.97; 8 rows: LSTM 0.97-1.03; 1 row: LSTM 0.92.
- * So from 16 rows per thread. */
-static inline int frnn_fuses_input_gradient(ptrdiff_t batch, int threads) {
+ * So from 16 rows per thread.  But the in-loop product streams W^T with U^T every step,
+ * and on the Intel Xeon (see frnn_lstm_fuses_input) it lost where their thread's share
+ * passes the L2: GEMM over in-loop, training step, I = H/2: LSTM H=512 B=32-128
+ * 1.01-1.03, GRU H=512 B=32-128 1.01-1.03 (H=256 B=32 1.00, LSTM H=384 B=128 0.99); so
+ * there it stays out of the loop. */
+static inline int frnn_fuses_input_gradient(ptrdiff_t batch, int threads, ptrdiff_t features,
+                                            ptrdiff_t units, ptrdiff_t gates,
+                                            size_t real_size) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
+    if (frnn_fused_weights_pass_l2_intel(batch, features, units, gates, real_size, 1.0))
+        return 0;
     return batch >= 16 * (ptrdiff_t)threads;
 }
 

@@ -515,7 +515,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     const ptrdiff_t ldz = frnn_spread_stride(G4, sizeof(REAL));
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
     /* dx_t = dZ_t W^T in the time loop while dZ_t is in cache, or one GEMM after it */
-    const int fuse_dx = dx && !blas_steps && frnn_fuses_input_gradient(B, nt);
+    const int fuse_dx = dx && !blas_steps && frnn_fuses_input_gradient(B, nt, I, H, 4, sizeof(REAL));
     const ptrdiff_t nbx = SFX(unit_blocks)(I);
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * G4 * VW), sizeof(REAL)) : NULL;

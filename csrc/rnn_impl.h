@@ -128,7 +128,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
     /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
-    const int fuse_input = use_tiles && frnn_rnn_fuses_input(B, training);
+    const int fuse_input = use_tiles && frnn_rnn_fuses_input(B, I, H, sizeof(REAL), training);
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = fuse_input ? B * I : B * (H + I);
@@ -365,7 +365,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                                              FRNN_PARALLEL_MIN_MACS);
     const int nt = use_tiles ? split.threads : 1;
     /* dx_t = dz_t W^T in the time loop while dz_t is in cache, or one GEMM after it */
-    const int fuse_dx = dx && use_tiles && frnn_fuses_input_gradient(B, nt);
+    const int fuse_dx = dx && use_tiles && frnn_fuses_input_gradient(B, nt, I, H, 1, sizeof(REAL));
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * H * VW), sizeof(REAL)) : NULL;
     REAL *zeros = fuse_dx ? frnn_alloc((size_t)(nbx * VW), sizeof(REAL)) : NULL;

@@ -57,7 +57,8 @@ int frnn_set_barrier_spins(int n) {
 int frnn_barrier_spins(void) { return frnn_barrier_spin_count; }
 
 /* The CPUID features the kernels dispatch on, probed once: bit 0 AVX2 and FMA, bit 1
- * also AVX-512F and VL. */
+ * also AVX-512F and VL, bit 2 an Intel CPU (its L3 streams slower per core: see
+ * frnn_lstm_fuses_input). */
 static int frnn_cpu_features(void) {
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRNN_NO_SIMD)
     static _Atomic int cached = -1;
@@ -67,7 +68,7 @@ static int frnn_cpu_features(void) {
         const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         const int avx512vl =
             avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-        features = avx2 | avx512vl << 1;
+        features = avx2 | avx512vl << 1 | (__builtin_cpu_is("intel") ? 4 : 0);
         cached = features;
     }
     return features;
@@ -78,6 +79,7 @@ static int frnn_cpu_features(void) {
 
 int frnn_cpu_has_avx2_fma(void) { return frnn_cpu_features() & 1; }
 int frnn_cpu_has_avx512vl(void) { return frnn_cpu_features() >> 1 & 1; }
+int frnn_cpu_is_intel(void) { return frnn_cpu_features() >> 2 & 1; }
 
 long frnn_l2_cache_bytes(void) {
     static _Atomic long cached = -1;
