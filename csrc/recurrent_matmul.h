@@ -640,6 +640,36 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
  * 0.98-1.03.  Without any prefetch the rest of the benchmark grid measured 0.97-1.05
  * there (two noisy points of 3 rounds: 0.90, 1.23), so the Xeon's gain stays for tiles
  * of 3 rows or more. */
+/* Whether a thread's packed blocks (`elems` elements) are more than half a core's L2 on an
+ * Intel CPU, where the tiles then prefetch the next block into L2 (see the tiles). */
+FRNN_UNUSED static int SFX(blocks_pass_half_l2)(ptrdiff_t elems) {
+    if (!frnn_cpu_is_intel()) return 0;
+    const long l2 = frnn_l2_cache_bytes();
+    return l2 > 0 && (double)elems * sizeof(REAL) > 0.5 * (double)l2;
+}
+
+/* Where a unit block's tiles of 8 rows are `tiles` (> 1) and the thread's blocks pass half
+ * its L2 (blocks_pass_half_l2), the first tile of a block streams the block from L3 and
+ * the later ones, compute-bound, run from L1 and L2 with the memory path idle.  These
+ * later tiles therefore ask for the next block (`next` elements on, 0 = none) into L2, a
+ * share each of the `lines` 64-byte lines of a packed k-row, at most two: the offsets from
+ * the current k-row go to *pf_a and *pf_b (0 = none).  Measured on the Intel Xeon (A/B in
+ * one process, 2 threads, T=100, I = H/2), LSTM forward: H=512 B=16-32 1.02-1.03, B=64
+ * 1.09-1.12, B=128 1.01-1.04; H=256 B=128 1.01-1.02; LSTM training (with the backward's
+ * transposed tiles) H=512 B=32-128 1.02; GRU forward and training H=512 B=32-128
+ * 1.015-1.023; SimpleRNN and H=256 training 1.00; but without the half-L2 condition H=128
+ * B=32 0.97 (W and U in L2 anyway) and with one tile B=1 0.85, B=8 0.98 (streaming the
+ * weights is the tile's only work there). */
+FRNN_UNUSED static inline void SFX(next_block_lines)(ptrdiff_t next, ptrdiff_t tiles,
+                                                     ptrdiff_t tile, int lines,
+                                                     ptrdiff_t *pf_a, ptrdiff_t *pf_b) {
+    *pf_a = *pf_b = 0;
+    if (!next || tiles < 2 || tile < 1) return;
+    int got = 0;
+    for (ptrdiff_t l = tile - 1; l < lines && got < 2; l += tiles - 1, ++got)
+        *(got ? pf_b : pf_a) = next + l * VW;
+}
+
 #define FRNN_ZMM_PREFETCH(at, lines, rows)                                                \
     do {                                                                                \
         if ((rows) > 2)                                                                 \
@@ -647,13 +677,15 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
                 _mm_prefetch((const char *)((at) + line * VW), _MM_HINT_T0);            \
     } while (0)
 
-/* Rows [b, b+R) x one unit block, P partial sums per row; arguments as bwd_tile_r##R. */
+/* Rows [b, b+R) x one unit block, P partial sums per row; arguments as bwd_tile_r##R, and
+ * pf_a the next block's line to prefetch per k-row (0 = none; next_block_lines). */
 #define FRNN_DEFINE_ZMM_TILE(R, P)                                                        \
     FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_tile_r##R)(                            \
         const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
         ptrdiff_t ldx, ptrdiff_t GH, const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,       \
         const REAL *bb, const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh,         \
-        ptrdiff_t ldh, ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n) {            \
+        ptrdiff_t ldh, ptrdiff_t H, ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n,              \
+        ptrdiff_t pf_a) {                                                               \
         FZ acc[P][R];                                                                   \
         FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
             FRNN_UNROLL for (int r = 0; r < (R); ++r)                                   \
@@ -666,6 +698,8 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
             for (; c + (P) <= K; c += (P))                                              \
                 FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
                     FRNN_ZMM_PREFETCH(pp + (c + p + 16) * VW, 1, R);                     \
+                    if (pf_a)                                                           \
+                        _mm_prefetch((const char *)(pp + (c + p) * VW + pf_a), _MM_HINT_T1); \
                     const FZ w = FZ_LOAD(pp + (c + p) * VW);                            \
                     FRNN_UNROLL for (int r = 0; r < (R); ++r)                           \
                         acc[p][r] = FZ_FMA(FZ_SET1(ar[r * lda + c + p]), w, acc[p][r]); \
@@ -704,22 +738,27 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
     ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B, const REAL *FRNN_RESTRICT dz,
     ptrdiff_t ldz, const REAL *FRNN_RESTRICT packed_bias, const REAL *FRNN_RESTRICT keep,
     REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t jb0, ptrdiff_t jb1) {
+    const int prefetch_next = SFX(blocks_pass_half_l2)((jb1 - jb0) * (I + GH) * VW);
+    const ptrdiff_t tiles = (B + 7) / 8;
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         const REAL *pb = packed_t + jb * (I + GH) * VW;
         const REAL *bb = packed_bias ? packed_bias + jb * VW : NULL;
-#define FRNN_ZMM_TILE_ARGS pb, I, x, ldx, GH, dz, ldz, bb, keep, dh, ldh, H, b, j0, n
-        ptrdiff_t b = 0;
-        for (; b + 8 <= B; b += 8) SFX(zmm_tile_r8)(FRNN_ZMM_TILE_ARGS);
-        switch (B - b) {
-        case 7: SFX(zmm_tile_r7)(FRNN_ZMM_TILE_ARGS); break;
-        case 6: SFX(zmm_tile_r6)(FRNN_ZMM_TILE_ARGS); break;
-        case 5: SFX(zmm_tile_r5)(FRNN_ZMM_TILE_ARGS); break;
-        case 4: SFX(zmm_tile_r4)(FRNN_ZMM_TILE_ARGS); break;
-        case 3: SFX(zmm_tile_r3)(FRNN_ZMM_TILE_ARGS); break;
-        case 2: SFX(zmm_tile_r2)(FRNN_ZMM_TILE_ARGS); break;
-        case 1: SFX(zmm_tile_r1)(FRNN_ZMM_TILE_ARGS); break;
-        default: break;
+        const ptrdiff_t next = jb + 1 < jb1 && prefetch_next ? (I + GH) * VW : 0;
+#define FRNN_ZMM_TILE_ARGS pb, I, x, ldx, GH, dz, ldz, bb, keep, dh, ldh, H, b, j0, n, pf_a
+        for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
+            ptrdiff_t pf_a, pf_unused; /* one line per packed k-row */
+            SFX(next_block_lines)(next, tiles, tile, 1, &pf_a, &pf_unused);
+            switch (B - b < 8 ? B - b : 8) {
+            case 8: SFX(zmm_tile_r8)(FRNN_ZMM_TILE_ARGS); break;
+            case 7: SFX(zmm_tile_r7)(FRNN_ZMM_TILE_ARGS); break;
+            case 6: SFX(zmm_tile_r6)(FRNN_ZMM_TILE_ARGS); break;
+            case 5: SFX(zmm_tile_r5)(FRNN_ZMM_TILE_ARGS); break;
+            case 4: SFX(zmm_tile_r4)(FRNN_ZMM_TILE_ARGS); break;
+            case 3: SFX(zmm_tile_r3)(FRNN_ZMM_TILE_ARGS); break;
+            case 2: SFX(zmm_tile_r2)(FRNN_ZMM_TILE_ARGS); break;
+            default: SFX(zmm_tile_r1)(FRNN_ZMM_TILE_ARGS); break;
+            }
         }
 #undef FRNN_ZMM_TILE_ARGS
     }
@@ -728,12 +767,14 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
 /* The LSTM's forward product (recurrent_matmul_g4) on 512-bit registers, on the same
  * packing: a packed row of a unit block, 4 gates x VWF units, is two full vectors.  It
  * gains from 1 row on (B=1: 1.03-1.19 over the AVX2 tiles).  Rows [b, b+R), P partial
- * sums over k per row (R * P * 2 >= 8 chains); arguments as fwd_tile_g4_r##R. */
+ * sums over k per row (R * P * 2 >= 8 chains); arguments as fwd_tile_g4_r##R, and pf_a,
+ * pf_b the next block's lines to prefetch per k-row (0 = none; next_block_lines). */
 #define FRNN_DEFINE_ZMM_FWD_TILE(GN, R, P)                                                \
     FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_fwd_g##GN##_r##R)(                     \
         const REAL *FRNN_RESTRICT pb, ptrdiff_t I, const REAL *FRNN_RESTRICT x,         \
         ptrdiff_t ldx, ptrdiff_t H, const REAL *FRNN_RESTRICT h, const REAL *bb, ptrdiff_t b, \
-        REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, ptrdiff_t n) {               \
+        REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, ptrdiff_t n, ptrdiff_t pf_a,  \
+        ptrdiff_t pf_b) {                                                               \
         FZ acc[P][R][2];                                                                \
         FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
             FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                 \
@@ -749,6 +790,8 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
                 FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
                     const REAL *pk = pp + (k + p) * (GN) * VWF;                         \
                     FRNN_ZMM_PREFETCH(pk + 8 * (GN) * VWF, 2, R);                        \
+                    if (pf_a) _mm_prefetch((const char *)(pk + pf_a), _MM_HINT_T1);     \
+                    if (pf_b) _mm_prefetch((const char *)(pk + pf_b), _MM_HINT_T1);     \
                     const FZ w0 = FZ_LOAD(pk);                                          \
                     const FZ w1 = FZ_LOAD(pk + VW);                                     \
                     FRNN_UNROLL for (int r = 0; r < (R); ++r) {                         \
@@ -803,26 +846,35 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
         ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h,           \
         const REAL *FRNN_RESTRICT packed_bias, REAL *FRNN_RESTRICT z, ptrdiff_t ldz,    \
         ptrdiff_t jb0, ptrdiff_t jb1) {                                                 \
+        const int prefetch_next =                                                       \
+            SFX(blocks_pass_half_l2)((jb1 - jb0) * (I + H) * (GN) * VWF);               \
         for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {                                      \
             const ptrdiff_t j0 = jb * VWF, n = H - j0 < VWF ? H - j0 : VWF;            \
             const REAL *pb = packed + jb * (I + H) * (GN) * VWF;                       \
             const REAL *bb = packed_bias ? packed_bias + jb * (GN) * VWF : NULL;       \
-            ptrdiff_t b = 0;                                                            \
-            for (; b + 8 <= B; b += 8)                                                  \
-                SFX(zmm_fwd_g##GN##_r8)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n);     \
-            switch (B - b) {                                                            \
-            case 7: SFX(zmm_fwd_g##GN##_r7)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
-            case 6: SFX(zmm_fwd_g##GN##_r6)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
-            case 5: SFX(zmm_fwd_g##GN##_r5)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
-            case 4: SFX(zmm_fwd_g##GN##_r4)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
-            case 3: SFX(zmm_fwd_g##GN##_r3)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
-            case 2: SFX(zmm_fwd_g##GN##_r2)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
-            case 1: SFX(zmm_fwd_g##GN##_r1)(pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n); break; \
-            default: break;                                                             \
+            const ptrdiff_t next =                                                      \
+                jb + 1 < jb1 && prefetch_next ? (I + H) * (GN) * VWF : 0;               \
+            const ptrdiff_t tiles = (B + 7) / 8;                                        \
+            ptrdiff_t b = 0, tile = 0;                                                  \
+            for (; b < B; b += 8, ++tile) {                                             \
+                ptrdiff_t pf_a, pf_b;                                                   \
+                SFX(next_block_lines)(next, tiles, tile, 2, &pf_a, &pf_b);              \
+                switch (B - b < 8 ? B - b : 8) {                                        \
+                case 8: SFX(zmm_fwd_g##GN##_r8)(FRNN_ZMM_FWD_ARGS); break;               \
+                case 7: SFX(zmm_fwd_g##GN##_r7)(FRNN_ZMM_FWD_ARGS); break;               \
+                case 6: SFX(zmm_fwd_g##GN##_r6)(FRNN_ZMM_FWD_ARGS); break;               \
+                case 5: SFX(zmm_fwd_g##GN##_r5)(FRNN_ZMM_FWD_ARGS); break;               \
+                case 4: SFX(zmm_fwd_g##GN##_r4)(FRNN_ZMM_FWD_ARGS); break;               \
+                case 3: SFX(zmm_fwd_g##GN##_r3)(FRNN_ZMM_FWD_ARGS); break;               \
+                case 2: SFX(zmm_fwd_g##GN##_r2)(FRNN_ZMM_FWD_ARGS); break;               \
+                default: SFX(zmm_fwd_g##GN##_r1)(FRNN_ZMM_FWD_ARGS); break;              \
+                }                                                                       \
             }                                                                           \
         }                                                                               \
     }
+#define FRNN_ZMM_FWD_ARGS pb, I, x, ldx, H, h, bb, b, z, ldz, j0, n, pf_a, pf_b
 FRNN_DEFINE_ZMM_FWD(4)
+#undef FRNN_ZMM_FWD_ARGS
 #undef FRNN_DEFINE_ZMM_FWD
 #undef FRNN_DEFINE_ZMM_FWD_TILE
 
@@ -833,12 +885,13 @@ FRNN_DEFINE_ZMM_FWD(4)
  * AVX2 tiles from 8 rows (0.85-0.88 below), this one 1.05-1.49 forward from 1 row
  * (B=8-128: 1.25-1.49 at 128-256 units, 1.32-1.36 at 512) and 1.03-1.14 for a training
  * step.  Rows [b, b+R), P partial sums over k per row; z rows of 3H, row stride ldz,
- * overwritten from the start bb (ceil(H / VW) * 3 * VW zeros or a bias). */
+ * overwritten from the start bb (ceil(H / VW) * 3 * VW zeros or a bias); pf_a, pf_b as
+ * in the LSTM's tiles. */
 #define FRNN_DEFINE_ZMM_G3_TILE(R, P)                                                     \
     FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_g3_r##R)(                              \
         const REAL *FRNN_RESTRICT pb, ptrdiff_t H, const REAL *FRNN_RESTRICT h,         \
         const REAL *bb, ptrdiff_t b, REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t j0, \
-        ptrdiff_t n) {                                                                  \
+        ptrdiff_t n, ptrdiff_t pf_a, ptrdiff_t pf_b) {                                  \
         FZ acc[P][R][3];                                                                \
         FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
             FRNN_UNROLL for (int r = 0; r < (R); ++r)                                   \
@@ -850,6 +903,8 @@ FRNN_DEFINE_ZMM_FWD(4)
             FRNN_UNROLL for (int p = 0; p < (P); ++p) {                                 \
                 const REAL *pk = pb + (k + p) * 3 * VW;                                 \
                 FRNN_ZMM_PREFETCH(pk + 8 * 3 * VW, 3, R);                                \
+                if (pf_a) _mm_prefetch((const char *)(pk + pf_a), _MM_HINT_T1);         \
+                if (pf_b) _mm_prefetch((const char *)(pk + pf_b), _MM_HINT_T1);         \
                 const FZ w0 = FZ_LOAD(pk), w1 = FZ_LOAD(pk + VW), w2 = FZ_LOAD(pk + 2 * VW); \
                 FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
                     const FZ a = FZ_SET1(ar[r * H + k + p]);                            \
@@ -892,21 +947,28 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g3_wide_avx512)(
     const REAL *FRNN_RESTRICT packed, ptrdiff_t H, ptrdiff_t B, const REAL *FRNN_RESTRICT h,
     const REAL *FRNN_RESTRICT start, REAL *FRNN_RESTRICT z, ptrdiff_t ldz, ptrdiff_t jb0,
     ptrdiff_t jb1) {
+    const int prefetch_next = SFX(blocks_pass_half_l2)((jb1 - jb0) * H * 3 * VW);
+    const ptrdiff_t tiles = (B + 7) / 8;
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         const REAL *pb = packed + jb * H * 3 * VW, *bb = start + jb * 3 * VW;
-        ptrdiff_t b = 0;
-        for (; b + 8 <= B; b += 8) SFX(zmm_g3_r8)(pb, H, h, bb, b, z, ldz, j0, n);
-        switch (B - b) {
-        case 7: SFX(zmm_g3_r7)(pb, H, h, bb, b, z, ldz, j0, n); break;
-        case 6: SFX(zmm_g3_r6)(pb, H, h, bb, b, z, ldz, j0, n); break;
-        case 5: SFX(zmm_g3_r5)(pb, H, h, bb, b, z, ldz, j0, n); break;
-        case 4: SFX(zmm_g3_r4)(pb, H, h, bb, b, z, ldz, j0, n); break;
-        case 3: SFX(zmm_g3_r3)(pb, H, h, bb, b, z, ldz, j0, n); break;
-        case 2: SFX(zmm_g3_r2)(pb, H, h, bb, b, z, ldz, j0, n); break;
-        case 1: SFX(zmm_g3_r1)(pb, H, h, bb, b, z, ldz, j0, n); break;
-        default: break;
+        const ptrdiff_t next = jb + 1 < jb1 && prefetch_next ? H * 3 * VW : 0;
+#define FRNN_ZMM_G3_ARGS pb, H, h, bb, b, z, ldz, j0, n, pf_a, pf_b
+        for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
+            ptrdiff_t pf_a, pf_b;
+            SFX(next_block_lines)(next, tiles, tile, 3, &pf_a, &pf_b);
+            switch (B - b < 8 ? B - b : 8) {
+            case 8: SFX(zmm_g3_r8)(FRNN_ZMM_G3_ARGS); break;
+            case 7: SFX(zmm_g3_r7)(FRNN_ZMM_G3_ARGS); break;
+            case 6: SFX(zmm_g3_r6)(FRNN_ZMM_G3_ARGS); break;
+            case 5: SFX(zmm_g3_r5)(FRNN_ZMM_G3_ARGS); break;
+            case 4: SFX(zmm_g3_r4)(FRNN_ZMM_G3_ARGS); break;
+            case 3: SFX(zmm_g3_r3)(FRNN_ZMM_G3_ARGS); break;
+            case 2: SFX(zmm_g3_r2)(FRNN_ZMM_G3_ARGS); break;
+            default: SFX(zmm_g3_r1)(FRNN_ZMM_G3_ARGS); break;
+            }
         }
+#undef FRNN_ZMM_G3_ARGS
     }
 }
 #undef FRNN_ZMM_PREFETCH
