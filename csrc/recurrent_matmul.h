@@ -670,6 +670,13 @@ FRNN_UNUSED static inline void SFX(next_block_lines)(ptrdiff_t next, ptrdiff_t t
         *(got ? pf_b : pf_a) = next + l * VW;
 }
 
+/* The next block's line `off` elements from `at` (0 = none) into L2, in tiles of more than
+ * 2 rows (next_block_lines); smaller tiles (remainders) skip it without a branch. */
+#define FRNN_ZMM_PREFETCH_NEXT(at, off, rows)                                              \
+    do {                                                                                \
+        if ((rows) > 2 && (off)) _mm_prefetch((const char *)((at) + (off)), _MM_HINT_T1); \
+    } while (0)
+
 #define FRNN_ZMM_PREFETCH(at, lines, rows)                                                \
     do {                                                                                \
         if ((rows) > 2)                                                                 \
@@ -698,8 +705,7 @@ FRNN_UNUSED static inline void SFX(next_block_lines)(ptrdiff_t next, ptrdiff_t t
             for (; c + (P) <= K; c += (P))                                              \
                 FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
                     FRNN_ZMM_PREFETCH(pp + (c + p + 16) * VW, 1, R);                     \
-                    if (pf_a)                                                           \
-                        _mm_prefetch((const char *)(pp + (c + p) * VW + pf_a), _MM_HINT_T1); \
+                    FRNN_ZMM_PREFETCH_NEXT(pp + (c + p) * VW, pf_a, R);                    \
                     const FZ w = FZ_LOAD(pp + (c + p) * VW);                            \
                     FRNN_UNROLL for (int r = 0; r < (R); ++r)                           \
                         acc[p][r] = FZ_FMA(FZ_SET1(ar[r * lda + c + p]), w, acc[p][r]); \
@@ -790,8 +796,8 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
                 FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
                     const REAL *pk = pp + (k + p) * (GN) * VWF;                         \
                     FRNN_ZMM_PREFETCH(pk + 8 * (GN) * VWF, 2, R);                        \
-                    if (pf_a) _mm_prefetch((const char *)(pk + pf_a), _MM_HINT_T1);     \
-                    if (pf_b) _mm_prefetch((const char *)(pk + pf_b), _MM_HINT_T1);     \
+                    FRNN_ZMM_PREFETCH_NEXT(pk, pf_a, R);                                   \
+                    FRNN_ZMM_PREFETCH_NEXT(pk, pf_b, R);                                   \
                     const FZ w0 = FZ_LOAD(pk);                                          \
                     const FZ w1 = FZ_LOAD(pk + VW);                                     \
                     FRNN_UNROLL for (int r = 0; r < (R); ++r) {                         \
@@ -903,8 +909,8 @@ FRNN_DEFINE_ZMM_FWD(4)
             FRNN_UNROLL for (int p = 0; p < (P); ++p) {                                 \
                 const REAL *pk = pb + (k + p) * 3 * VW;                                 \
                 FRNN_ZMM_PREFETCH(pk + 8 * 3 * VW, 3, R);                                \
-                if (pf_a) _mm_prefetch((const char *)(pk + pf_a), _MM_HINT_T1);         \
-                if (pf_b) _mm_prefetch((const char *)(pk + pf_b), _MM_HINT_T1);         \
+                FRNN_ZMM_PREFETCH_NEXT(pk, pf_a, R);                                       \
+                FRNN_ZMM_PREFETCH_NEXT(pk, pf_b, R);                                       \
                 const FZ w0 = FZ_LOAD(pk), w1 = FZ_LOAD(pk + VW), w2 = FZ_LOAD(pk + 2 * VW); \
                 FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
                     const FZ a = FZ_SET1(ar[r * H + k + p]);                            \
@@ -972,6 +978,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g3_wide_avx512)(
     }
 }
 #undef FRNN_ZMM_PREFETCH
+#undef FRNN_ZMM_PREFETCH_NEXT
 #undef FZ
 #undef FZ_MASK
 #undef FZ_LOAD
