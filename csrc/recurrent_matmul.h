@@ -649,25 +649,26 @@ FRNN_UNUSED static int SFX(blocks_pass_half_l2)(ptrdiff_t elems) {
 }
 
 /* Where a unit block's tiles of 8 rows are `tiles` (> 1) and the thread's blocks pass half
- * its L2 (blocks_pass_half_l2), the first tile of a block streams the block from L3 and
- * the later ones, compute-bound, run from L1 and L2 with the memory path idle.  These
- * later tiles therefore ask for the next block (`next` elements on, 0 = none) into L2, a
- * share each of the `lines` 64-byte lines of a packed k-row, at most two: the offsets from
- * the current k-row go to *pf_a and *pf_b (0 = none).  Measured on the Intel Xeon (A/B in
- * one process, 2 threads, T=100, I = H/2), LSTM forward: H=512 B=16-32 1.02-1.03, B=64
- * 1.09-1.12, B=128 1.01-1.04; H=256 B=128 1.01-1.02; LSTM training (with the backward's
- * transposed tiles) H=512 B=32-128 1.02; GRU forward and training H=512 B=32-128
- * 1.015-1.023; SimpleRNN and H=256 training 1.00; but without the half-L2 condition H=128
- * B=32 0.97 (W and U in L2 anyway) and with one tile B=1 0.85, B=8 0.98 (streaming the
- * weights is the tile's only work there). */
+ * its L2 (blocks_pass_half_l2), the first tile of a block streams the block from L3 and the
+ * later ones, compute-bound, run from L1 and L2 with the memory path idle.  These later
+ * tiles therefore ask for the next block (`next` elements on, 0 = none) into L2, a share
+ * each of the `lines` 64-byte lines of a packed k-row (line_stride elements apart), at most
+ * two: the offsets from the current k-row go to *pf_a and *pf_b (0 = none).  Measured on
+ * the Intel Xeon (A/B in one process, 2 threads, T=100, I = H/2), LSTM forward: H=512
+ * B=16-32 1.02-1.03, B=64 1.09-1.12, B=128 1.01-1.04; H=256 B=128 1.01-1.02; LSTM training
+ * (with the backward's transposed tiles) H=512 B=32-128 1.02; GRU forward and training
+ * H=512 B=32-128 1.015-1.023; SimpleRNN and H=256 training 1.00; but without the half-L2
+ * condition H=128 B=32 0.97 (W and U in L2 anyway) and with one tile B=1 0.85, B=8 0.98
+ * (streaming the weights is the tile's only work there). */
 FRNN_UNUSED static inline void SFX(next_block_lines)(ptrdiff_t next, ptrdiff_t tiles,
                                                      ptrdiff_t tile, int lines,
-                                                     ptrdiff_t *pf_a, ptrdiff_t *pf_b) {
+                                                     ptrdiff_t line_stride, ptrdiff_t *pf_a,
+                                                     ptrdiff_t *pf_b) {
     *pf_a = *pf_b = 0;
     if (!next || tiles < 2 || tile < 1) return;
     int got = 0;
     for (ptrdiff_t l = tile - 1; l < lines && got < 2; l += tiles - 1, ++got)
-        *(got ? pf_b : pf_a) = next + l * VW;
+        *(got ? pf_b : pf_a) = next + l * line_stride;
 }
 
 /* The next block's line `off` elements from `at` (0 = none) into L2, in tiles of more than
@@ -738,15 +739,122 @@ FRNN_DEFINE_ZMM_TILE(2, 4)
 FRNN_DEFINE_ZMM_TILE(1, 8)
 #undef FRNN_DEFINE_ZMM_TILE
 
-/* recurrent_matmul_t_avx2 on 512-bit registers: 8-row tiles, then one of 1-7 rows. */
+/* Rows [b, b+R) x two adjacent unit blocks (pb, and pb + blk elements on: the second
+ * block, its n2 units valid, the first's all VW), P partial sums per row and block: one
+ * broadcast of a row's value feeds two multiply-adds, which the single-block tiles' one
+ * load per multiply-add left short of an Intel core's two FMA units.  pf_a, pf_b: the
+ * next pair's lines to prefetch per k-row (0 = none; next_block_lines).  Measured on the
+ * Intel Xeon against single blocks (A/B in one process, 2 threads, T=100, I = H/2):
+ * SimpleRNN forward B=8-128 1.10-1.16 (H=256-512), training 1.12 (B=128, H=256); LSTM
+ * training (the backward's dh and dx) B=8-128 1.04-1.07, GRU training 1.03-1.04; but
+ * batch 1-2 0.96-0.98 (B=4 1.02), where the weights' stream bounds the tile: pairs from
+ * FRNN_ZMM_PAIR_MIN_ROWS rows.  Not measured on the AMD Zen 4, where a 512-bit FMA does
+ * the work of two 256-bit ones and loads are less of a limit. */
+#define FRNN_DEFINE_ZMM_TILE_PAIR(R, P)                                                   \
+    FRNN_AVX512VL_TARGET FRNN_INLINE void SFX(zmm_tile_pair_r##R)(                       \
+        const REAL *FRNN_RESTRICT pb, ptrdiff_t blk, ptrdiff_t I,                        \
+        const REAL *FRNN_RESTRICT x, ptrdiff_t ldx, ptrdiff_t GH,                        \
+        const REAL *FRNN_RESTRICT dz, ptrdiff_t ldz, const REAL *bb,                     \
+        const REAL *FRNN_RESTRICT keep, REAL *FRNN_RESTRICT dh, ptrdiff_t ldh,           \
+        ptrdiff_t H,                                                                    \
+        ptrdiff_t b, ptrdiff_t j0, ptrdiff_t n2, ptrdiff_t pf_a, ptrdiff_t pf_b) {       \
+        FZ acc[P][R][2];                                                                \
+        FRNN_UNROLL for (int p = 0; p < (P); ++p)                                       \
+            FRNN_UNROLL for (int r = 0; r < (R); ++r) {                                 \
+                acc[p][r][0] = p == 0 && bb ? FZ_LOAD(bb) : FZ_ZERO();                  \
+                acc[p][r][1] = p == 0 && bb ? FZ_LOAD(bb + VW) : FZ_ZERO();             \
+            }                                                                           \
+        for (int part = 0; part < 2; ++part) { /* x W, then dz U */                     \
+            const REAL *ar = part ? dz + b * ldz : x + b * ldx;                         \
+            const ptrdiff_t lda = part ? ldz : ldx, K = part ? GH : I;                  \
+            const REAL *pp = part ? pb + I * VW : pb;                                   \
+            ptrdiff_t c = 0;                                                            \
+            for (; c + (P) <= K; c += (P))                                              \
+                FRNN_UNROLL for (int p = 0; p < (P); ++p) {                             \
+                    const REAL *pk = pp + (c + p) * VW;                                 \
+                    FRNN_ZMM_PREFETCH(pk + 16 * VW, 1, R);                               \
+                    FRNN_ZMM_PREFETCH(pk + blk + 16 * VW, 1, R);                         \
+                    FRNN_ZMM_PREFETCH_NEXT(pk, pf_a, R);                                 \
+                    FRNN_ZMM_PREFETCH_NEXT(pk, pf_b, R);                                 \
+                    const FZ w0 = FZ_LOAD(pk), w1 = FZ_LOAD(pk + blk);                  \
+                    FRNN_UNROLL for (int r = 0; r < (R); ++r) {                         \
+                        const FZ a = FZ_SET1(ar[r * lda + c + p]);                      \
+                        acc[p][r][0] = FZ_FMA(a, w0, acc[p][r][0]);                     \
+                        acc[p][r][1] = FZ_FMA(a, w1, acc[p][r][1]);                     \
+                    }                                                                   \
+                }                                                                       \
+            for (; c < K; ++c) {                                                        \
+                const FZ w0 = FZ_LOAD(pp + c * VW), w1 = FZ_LOAD(pp + c * VW + blk);    \
+                FRNN_UNROLL for (int r = 0; r < (R); ++r) {                             \
+                    const FZ a = FZ_SET1(ar[r * lda + c]);                              \
+                    acc[0][r][0] = FZ_FMA(a, w0, acc[0][r][0]);                         \
+                    acc[0][r][1] = FZ_FMA(a, w1, acc[0][r][1]);                         \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        const FZ_MASK valid[2] = {(FZ_MASK)((1u << VW) - 1),                            \
+                                  (FZ_MASK)(n2 == VW ? (1u << VW) - 1 : (1u << n2) - 1)}; \
+        FRNN_UNROLL for (int r = 0; r < (R); ++r)                                       \
+            FRNN_UNROLL for (int h = 0; h < 2; ++h) {                                   \
+                FZ sum = acc[0][r][h];                                                  \
+                FRNN_UNROLL for (int p = 1; p < (P); ++p) sum = FZ_ADD(sum, acc[p][r][h]); \
+                const ptrdiff_t j = j0 + h * VW;                                        \
+                REAL *dp = dh + (b + r) * ldh + j;                                      \
+                if (!bb) {                                                              \
+                    if (keep)                                                           \
+                        sum = FZ_MUL(sum,                                               \
+                                     FZ_MASKZ_LOAD(valid[h], keep + (b + r) * H + j));  \
+                    sum = FZ_ADD(sum, FZ_MASKZ_LOAD(valid[h], dp));                     \
+                }                                                                       \
+                FZ_MASK_STORE(dp, valid[h], sum);                                       \
+            }                                                                           \
+    }
+FRNN_DEFINE_ZMM_TILE_PAIR(8, 1)
+FRNN_DEFINE_ZMM_TILE_PAIR(7, 1)
+FRNN_DEFINE_ZMM_TILE_PAIR(6, 1)
+FRNN_DEFINE_ZMM_TILE_PAIR(5, 1)
+FRNN_DEFINE_ZMM_TILE_PAIR(4, 1)
+FRNN_DEFINE_ZMM_TILE_PAIR(3, 2)
+FRNN_DEFINE_ZMM_TILE_PAIR(2, 2)
+FRNN_DEFINE_ZMM_TILE_PAIR(1, 4)
+#undef FRNN_DEFINE_ZMM_TILE_PAIR
+#define FRNN_ZMM_PAIR_MIN_ROWS 4
+
+/* recurrent_matmul_t_avx2 on 512-bit registers: pairs of unit blocks, the last one alone
+ * where their count is odd; 8-row tiles, then one of 1-7 rows. */
 FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
     const REAL *FRNN_RESTRICT packed_t, ptrdiff_t I, const REAL *FRNN_RESTRICT x,
     ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B, const REAL *FRNN_RESTRICT dz,
     ptrdiff_t ldz, const REAL *FRNN_RESTRICT packed_bias, const REAL *FRNN_RESTRICT keep,
     REAL *FRNN_RESTRICT dh, ptrdiff_t ldh, ptrdiff_t jb0, ptrdiff_t jb1) {
     const int prefetch_next = SFX(blocks_pass_half_l2)((jb1 - jb0) * (I + GH) * VW);
-    const ptrdiff_t tiles = (B + 7) / 8;
-    for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
+    const ptrdiff_t tiles = (B + 7) / 8, blk = (I + GH) * VW;
+    const int pairs = B >= FRNN_ZMM_PAIR_MIN_ROWS;
+    for (ptrdiff_t jb = jb0; pairs && jb + 1 < jb1; jb += 2) {
+        const ptrdiff_t j0 = jb * VW, n2 = H - j0 - VW < VW ? H - j0 - VW : VW;
+        const REAL *pb = packed_t + jb * blk;
+        const REAL *bb = packed_bias ? packed_bias + jb * VW : NULL;
+        const ptrdiff_t next = jb + 3 < jb1 && prefetch_next ? 2 * blk : 0;
+#define FRNN_ZMM_PAIR_ARGS pb, blk, I, x, ldx, GH, dz, ldz, bb, keep, dh, ldh, H, b, j0, n2, \
+                           pf_a, pf_b
+        for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
+            ptrdiff_t pf_a, pf_b;
+            SFX(next_block_lines)(next, tiles, tile, 2, blk, &pf_a, &pf_b);
+            switch (B - b < 8 ? B - b : 8) {
+            case 8: SFX(zmm_tile_pair_r8)(FRNN_ZMM_PAIR_ARGS); break;
+            case 7: SFX(zmm_tile_pair_r7)(FRNN_ZMM_PAIR_ARGS); break;
+            case 6: SFX(zmm_tile_pair_r6)(FRNN_ZMM_PAIR_ARGS); break;
+            case 5: SFX(zmm_tile_pair_r5)(FRNN_ZMM_PAIR_ARGS); break;
+            case 4: SFX(zmm_tile_pair_r4)(FRNN_ZMM_PAIR_ARGS); break;
+            case 3: SFX(zmm_tile_pair_r3)(FRNN_ZMM_PAIR_ARGS); break;
+            case 2: SFX(zmm_tile_pair_r2)(FRNN_ZMM_PAIR_ARGS); break;
+            default: SFX(zmm_tile_pair_r1)(FRNN_ZMM_PAIR_ARGS); break;
+            }
+        }
+#undef FRNN_ZMM_PAIR_ARGS
+    }
+    const ptrdiff_t jb_single = pairs ? jb0 + (jb1 - jb0) / 2 * 2 : jb0;
+    for (ptrdiff_t jb = jb_single; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         const REAL *pb = packed_t + jb * (I + GH) * VW;
         const REAL *bb = packed_bias ? packed_bias + jb * VW : NULL;
@@ -754,7 +862,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
 #define FRNN_ZMM_TILE_ARGS pb, I, x, ldx, GH, dz, ldz, bb, keep, dh, ldh, H, b, j0, n, pf_a
         for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
             ptrdiff_t pf_a, pf_unused; /* one line per packed k-row */
-            SFX(next_block_lines)(next, tiles, tile, 1, &pf_a, &pf_unused);
+            SFX(next_block_lines)(next, tiles, tile, 1, VW, &pf_a, &pf_unused);
             switch (B - b < 8 ? B - b : 8) {
             case 8: SFX(zmm_tile_r8)(FRNN_ZMM_TILE_ARGS); break;
             case 7: SFX(zmm_tile_r7)(FRNN_ZMM_TILE_ARGS); break;
@@ -864,7 +972,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
             ptrdiff_t b = 0, tile = 0;                                                  \
             for (; b < B; b += 8, ++tile) {                                             \
                 ptrdiff_t pf_a, pf_b;                                                   \
-                SFX(next_block_lines)(next, tiles, tile, 2, &pf_a, &pf_b);              \
+                SFX(next_block_lines)(next, tiles, tile, 2, VW, &pf_a, &pf_b);          \
                 switch (B - b < 8 ? B - b : 8) {                                        \
                 case 8: SFX(zmm_fwd_g##GN##_r8)(FRNN_ZMM_FWD_ARGS); break;               \
                 case 7: SFX(zmm_fwd_g##GN##_r7)(FRNN_ZMM_FWD_ARGS); break;               \
@@ -962,7 +1070,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g3_wide_avx512)(
 #define FRNN_ZMM_G3_ARGS pb, H, h, bb, b, z, ldz, j0, n, pf_a, pf_b
         for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
             ptrdiff_t pf_a, pf_b;
-            SFX(next_block_lines)(next, tiles, tile, 3, &pf_a, &pf_b);
+            SFX(next_block_lines)(next, tiles, tile, 3, VW, &pf_a, &pf_b);
             switch (B - b < 8 ? B - b : 8) {
             case 8: SFX(zmm_g3_r8)(FRNN_ZMM_G3_ARGS); break;
             case 7: SFX(zmm_g3_r7)(FRNN_ZMM_G3_ARGS); break;

@@ -13,8 +13,10 @@ import fusedrnn
 from fusedrnn import _kernels, ops, reference
 
 # (batch, units): remainder rows for every tile height (1..6 rows) and a partial last unit
-# block; 32 rows with little work; 32 x 128 units.
-SHAPES = [(7, 37), (32, 20), (32, 128)]
+# block; 32 rows with little work; 32 x 128 units; 9-11 rows, which leave 1-3 rows after
+# an 8-row tile (the 512-bit tiles, also on pairs of unit blocks, 20 units: a partial
+# second block).
+SHAPES = [(7, 37), (32, 20), (32, 128), (9, 20), (10, 37), (11, 20)]
 CELLS = {
     "lstm": (4, ops.lstm_forward, ops.lstm_backward, reference.lstm_forward, reference.lstm_backward, {}),
     "gru": (3, ops.gru_forward, ops.gru_backward, reference.gru_forward, reference.gru_backward,
