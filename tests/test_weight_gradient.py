@@ -1,5 +1,5 @@
 """The weight gradients' product, C = A^T B or C += A^T B, and B's column sums (the bias
-gradient) taken on the way (csrc/weight_gradient.c), against float64 NumPy: every edge of its blocking (partial 6-row strips and 16-column panels,
+gradient) taken on the way (csrc/weight_gradient.c), against float64 NumPy: every edge of its blocking (partial 6-row strips and 16- or 32-column panels,
 sums longer than one 256-row block, A wider than one 384-column block), row strides wider
 than the rows, and the operands left as they were.  The backward tests cover the same
 product inside every cell's gradients."""
@@ -12,10 +12,13 @@ pytestmark = pytest.mark.skipif(not _kernels.cpu_has_avx2_fma(),
                                 reason="the weight-gradient tiles are AVX2+FMA code; "
                                        "other CPUs run BLAS (covered by the backward tests)")
 
-# (m, n, k): one row or column; partial strips (m % 6) and panels (n % 16); k across the
-# 256-row blocks (255, 256, 257, 600); m above 384 (two blocks of A's columns); no rows.
+# (m, n, k): one row or column; partial strips (m % 6) and panels (n % 16; with AVX-512
+# n % 32, partial in either half); k across the 256-row blocks (255, 256, 257, 600) and
+# the AVX-512 path's 128-row ones (127-130); m above 384 (two blocks of A's columns); an
+# odd number of strips (the 12-row tiles' zero partner); no rows.
 SHAPES = [(1, 1, 1), (3, 17, 5), (6, 16, 256), (7, 33, 257), (67, 3, 600), (67, 67, 255),
-          (128, 256, 300), (400, 40, 520), (13, 200, 0), (5, 24, 1)]
+          (128, 256, 300), (400, 40, 520), (13, 200, 0), (5, 24, 1), (7, 49, 129),
+          (13, 20, 128), (12, 32, 130), (19, 47, 127)]
 
 
 def _strided(rng, rows, cols, pad):
