@@ -410,8 +410,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                         if (reset_after) /* rec holds the product alone: r scales Rh */
                             for (ptrdiff_t b = 0; b < R; ++b)
                                 memset(out + b * G3 + g * H + j0, 0, (size_t)n * sizeof(REAL));
-                        SFX(recurrent_matmul_t)(packed_gates + g * gate_stride, H, H, R, h_in, H,
-                                                NULL, out + g * H, G3, p.jb0, p.jb1);
+                        FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                            SFX(recurrent_matmul_t)(packed_gates + g * gate_stride, H, H, R,
+                                h_in, H, NULL, out + g * H, G3, zb0, zb1));
                     }
                     if (reset_after) {
                         /* in place: the products above read h*m_g, not h */
@@ -426,8 +427,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                         if (meet) { /* q Uh needs every unit of q */
                         frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                         }
-                        SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R, q, H,
-                                                NULL, z_t + 2 * H, G3, p.jb0, p.jb1);
+                        FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                            SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R,
+                                q, H, NULL, z_t + 2 * H, G3, zb0, zb1));
                         /* in place: past the barrier nobody reads h this step */
                         SFX(gru_step_before_update)(&p.rows, z_t, h_rows, mask_t, out_t,
                                                     os.stride_b, h_save, j0, j1);
@@ -449,9 +451,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 const frnn_part p = frnn_thread_part(d, split, nb, fwd_width);
                 const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
-                    SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch,
-                                             h_buf[t & 1] + b0 * H, tile_zeros, rec + b0 * G3,
-                                             G3, p.jb0, p.jb1);
+                    FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                        SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch,
+                            h_buf[t & 1] + b0 * H, tile_zeros, rec + b0 * G3, G3, zb0, zb1));
                     SFX(gru_step_after_pointwise)(
                         &p.rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
                         h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,
@@ -827,8 +829,9 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                     REAL *dq_rows = dq + b0 * H;
                     for (ptrdiff_t b = 0; b < R; ++b)
                         memset(dq_rows + b * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
-                    SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
-                                            dz_t + 2 * H, G3, NULL, dq_rows, H, p.jb0, p.jb1);
+                    FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                        SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
+                            dz_t + 2 * H, G3, NULL, dq_rows, H, zb0, zb1));
                     SFX(gru_step_before_backward_r)(&p.rows, gates_t, hp_rows,
                                                     rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
                                                     mask_t, dq_rows, dh, dz_t, j0, j1);
@@ -839,10 +842,10 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp; the next
                  * step writes dz_{t-1} elsewhere and only its own units of dh and dq */
                 for (int g = 0; g < (reset_after ? 3 : 2); ++g)
-                    SFX(recurrent_matmul_t)(packed_gates_t + g * gate_stride, H, H, R,
-                                            dz_t + g * H, G3,
-                                            rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh, H,
-                                            p.jb0, p.jb1);
+                    FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                        SFX(recurrent_matmul_t)(packed_gates_t + g * gate_stride, H, H, R,
+                            dz_t + g * H, G3, rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh,
+                            H, zb0, zb1));
                 if (fuse_dx)
                     FRNN_GRU_STEP_DX(t, b0, R, dz_t, reset_after ? dxh + (t * B + b0) * H : NULL);
             }
@@ -867,8 +870,9 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 if (!split.by_rows) {
                     frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                 }
-                SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
-                                        d_h0 + b0 * H, H, p.jb0, p.jb1);
+                FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                    SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
+                        d_h0 + b0 * H, H, zb0, zb1));
                 if (fuse_dx)
                     FRNN_GRU_STEP_DX(t, b0, p.rows.batch, dz_t, dxh + (t * B + b0) * H);
             }

@@ -221,10 +221,10 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
                 const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
                 /* unfused: no input rows and no bias, so z_t += h U over its projection */
-                SFX(input_recurrent_matmul_t)(packed, fuse_input ? I : 0,
-                                              x_chunk + ((t - t0) * B + b0) * I, I, H,
-                                              p.rows.batch, h_read, packed_bias, z_t, H, p.jb0,
-                                              p.jb1);
+                FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                    SFX(input_recurrent_matmul_t)(packed, fuse_input ? I : 0,
+                        x_chunk + ((t - t0) * B + b0) * I, I, H, p.rows.batch, h_read,
+                        packed_bias, z_t, H, zb0, zb1));
                 SFX(rnn_step_pointwise)(
                     &p.rows, z_t, h_prev, h_buf[(t + 1) & 1] + b0 * H,
                     mask ? mask_tm + t * B + b0 : NULL,
@@ -403,9 +403,9 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                 }
                 /* dh_{t-1} += (dz_t U^T) * m for the owned rows and units; the next step
                  * writes dz_{t-1} elsewhere */
-                SFX(recurrent_matmul_t)(packed_t, H, H, p.rows.batch, dz_t, ldz,
-                                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H,
-                                        p.jb0, p.jb1);
+                FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                    SFX(recurrent_matmul_t)(packed_t, H, H, p.rows.batch, dz_t, ldz,
+                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H, zb0, zb1));
                 if (fuse_dx) SFX(step_input_gradient)(d, split, packed_wt, 0, NULL, 0, H, dz_t,
                                                       ldz, p.rows.batch, zeros, t, b0, dx, dxs);
             }
