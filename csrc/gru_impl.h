@@ -334,6 +334,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         B, use_tiles ? nb : nbg, B * H * G3, frnn_row_split_min_rows(H, 3, sizeof(REAL)),
         gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
     const int nt = tiles_ok ? split.threads : 1;
+    const int zigzag =
+        frnn_zigzag_blocks(3.0 * H * H * sizeof(REAL), split);
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * fwd_width), sizeof(REAL)) : NULL;
     /* the tiles' start (zeros): they store h U into rec instead of adding it */
     REAL *tile_zeros = use_tiles ? frnn_alloc((size_t)(nb * 3 * fwd_width), sizeof(REAL)) : NULL;
@@ -410,7 +412,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                         if (reset_after) /* rec holds the product alone: r scales Rh */
                             for (ptrdiff_t b = 0; b < R; ++b)
                                 memset(out + b * G3 + g * H + j0, 0, (size_t)n * sizeof(REAL));
-                        FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                        FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                             SFX(recurrent_matmul_t)(packed_gates + g * gate_stride, H, H, R,
                                 h_in, H, NULL, out + g * H, G3, zb0, zb1));
                     }
@@ -427,7 +429,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                         if (meet) { /* q Uh needs every unit of q */
                         frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                         }
-                        FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                        FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                             SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R,
                                 q, H, NULL, z_t + 2 * H, G3, zb0, zb1));
                         /* in place: past the barrier nobody reads h this step */
@@ -451,7 +453,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 const frnn_part p = frnn_thread_part(d, split, nb, fwd_width);
                 const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
-                    FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                         SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch,
                             h_buf[t & 1] + b0 * H, tile_zeros, rec + b0 * G3, G3, zb0, zb1));
                     SFX(gru_step_after_pointwise)(
@@ -772,7 +774,10 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     const int nt = tiles_ok ? split.threads : 1;
     /* dx_t = d(x_t W) W^T in the time loop while the step's gradients are in cache, or
      * GEMMs after it.  d(x_t W) is dz_t (reset_after=0), or dz_t's z, r blocks and dxh_t. */
-    const int fuse_dx = dx && tiles_ok && frnn_fuses_input_gradient(B, nt, I, H, 3, sizeof(REAL));
+    const int fuse_dx =
+        dx && tiles_ok && frnn_fuses_input_gradient(B, nt, I, H, 3, sizeof(REAL));
+    const int zigzag =
+        frnn_zigzag_blocks(3.0 * H * (H + (fuse_dx ? I : 0)) * sizeof(REAL), split);
     const ptrdiff_t nbx = SFX(unit_blocks)(I);
     const ptrdiff_t zr_cols = reset_after ? 2 * H : G3; /* columns of dz that are d(xW) */
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
@@ -829,7 +834,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                     REAL *dq_rows = dq + b0 * H;
                     for (ptrdiff_t b = 0; b < R; ++b)
                         memset(dq_rows + b * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
-                    FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                         SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
                             dz_t + 2 * H, G3, NULL, dq_rows, H, zb0, zb1));
                     SFX(gru_step_before_backward_r)(&p.rows, gates_t, hp_rows,
@@ -842,7 +847,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp; the next
                  * step writes dz_{t-1} elsewhere and only its own units of dh and dq */
                 for (int g = 0; g < (reset_after ? 3 : 2); ++g)
-                    FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                         SFX(recurrent_matmul_t)(packed_gates_t + g * gate_stride, H, H, R,
                             dz_t + g * H, G3, rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh,
                             H, zb0, zb1));
@@ -870,7 +875,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 if (!split.by_rows) {
                     frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
                 }
-                FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                     SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
                         d_h0 + b0 * H, H, zb0, zb1));
                 if (fuse_dx)

@@ -236,6 +236,8 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
                                              FRNN_PARALLEL_MIN_MACS);
     const int nt = split.threads;
     const ptrdiff_t packed_rows = fuse_input ? I + H : H;
+    const int zigzag =
+        frnn_zigzag_blocks(4.0 * H * (H + (fuse_input ? I : 0)) * sizeof(REAL), split);
     REAL *packed = blas_steps ? frnn_alloc(1, sizeof(REAL))
                               : frnn_alloc((size_t)(nb * packed_rows * 4 * VWF), sizeof(REAL));
     REAL *packed_bias = fuse_input ? frnn_alloc((size_t)(nb * 4 * VWF), sizeof(REAL)) : NULL;
@@ -319,7 +321,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
                 const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
                 /* unfused: no input rows and no bias, so z_t += h U over its projection */
-                FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                     SFX(input_recurrent_matmul_g4)(packed, fuse_input ? I : 0,
                         x_chunk + ((t - t0) * B + b0) * I, I, H, p.rows.batch, h_read,
                         packed_bias, z_t, G4, zb0, zb1));
@@ -515,7 +517,10 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     const ptrdiff_t ldz = frnn_spread_stride(G4, sizeof(REAL));
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
     /* dx_t = dZ_t W^T in the time loop while dZ_t is in cache, or one GEMM after it */
-    const int fuse_dx = dx && !blas_steps && frnn_fuses_input_gradient(B, nt, I, H, 4, sizeof(REAL));
+    const int fuse_dx =
+        dx && !blas_steps && frnn_fuses_input_gradient(B, nt, I, H, 4, sizeof(REAL));
+    const int zigzag =
+        frnn_zigzag_blocks(4.0 * H * (H + (fuse_dx ? I : 0)) * sizeof(REAL), split);
     const ptrdiff_t nbx = SFX(unit_blocks)(I);
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * G4 * VW), sizeof(REAL)) : NULL;
@@ -581,7 +586,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
             }
             /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
              * writes dZ_{t-1} elsewhere. */
-            FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+            FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                 SFX(recurrent_matmul_t)(packed_t, H, G4, p.rows.batch, dz_t, ldz,
                     rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H, zb0, zb1));
             if (fuse_dx) SFX(step_input_gradient)(d, split, packed_wt, 0, NULL, 0, G4, dz_t,

@@ -156,6 +156,8 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                                              frnn_row_split_min_rows(H, 1, sizeof(REAL)),
                                              FRNN_PARALLEL_MIN_MACS);
     const int nt = use_tiles ? split.threads : 1;
+    const int zigzag =
+        frnn_zigzag_blocks((double)H * (H + (fuse_input ? I : 0)) * sizeof(REAL), split);
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * (fuse_input ? I + H : H) * VW), sizeof(REAL))
                              : NULL;
     REAL *packed_bias = fuse_input ? frnn_alloc((size_t)(nb * VW), sizeof(REAL)) : NULL;
@@ -221,7 +223,7 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
                 const REAL *h_prev = h_buf[t & 1] + b0 * H;
                 const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
                 /* unfused: no input rows and no bias, so z_t += h U over its projection */
-                FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                     SFX(input_recurrent_matmul_t)(packed, fuse_input ? I : 0,
                         x_chunk + ((t - t0) * B + b0) * I, I, H, p.rows.batch, h_read,
                         packed_bias, z_t, H, zb0, zb1));
@@ -365,7 +367,10 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                                              FRNN_PARALLEL_MIN_MACS);
     const int nt = use_tiles ? split.threads : 1;
     /* dx_t = dz_t W^T in the time loop while dz_t is in cache, or one GEMM after it */
-    const int fuse_dx = dx && use_tiles && frnn_fuses_input_gradient(B, nt, I, H, 1, sizeof(REAL));
+    const int fuse_dx =
+        dx && use_tiles && frnn_fuses_input_gradient(B, nt, I, H, 1, sizeof(REAL));
+    const int zigzag =
+        frnn_zigzag_blocks((double)H * (H + (fuse_dx ? I : 0)) * sizeof(REAL), split);
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
     REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * H * VW), sizeof(REAL)) : NULL;
     REAL *zeros = fuse_dx ? frnn_alloc((size_t)(nbx * VW), sizeof(REAL)) : NULL;
@@ -403,7 +408,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                 }
                 /* dh_{t-1} += (dz_t U^T) * m for the owned rows and units; the next step
                  * writes dz_{t-1} elsewhere */
-                FRNN_BLOCKS_ZIGZAG(t, p.jb0, p.jb1,
+                FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                     SFX(recurrent_matmul_t)(packed_t, H, H, p.rows.batch, dz_t, ldz,
                         rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H, zb0, zb1));
                 if (fuse_dx) SFX(step_input_gradient)(d, split, packed_wt, 0, NULL, 0, H, dz_t,
