@@ -625,21 +625,6 @@ FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
 #define FZ_ZERO _mm512_setzero_pd
 #endif
 
-/* The packed weights' rows a few iterations ahead (`lines` 64-byte vectors from `at`),
- * asked for L1 by tiles of more than 2 rows: the weights stream from L2 (or L3) once per
- * tile, and the hardware's own prefetch left them late.  Measured on the Intel Xeon (A/B
- * in one process, 2 threads, T=100): 1.00-1.07 for the SimpleRNN forward and the
- * backwards at 16 packed rows ahead in the transposed tiles, 1.01-1.08 for the LSTM and
- * GRU forward at 8 rows ahead; more was no better.  Tiles of 1-2 rows (a thread's rows
- * at batch 1-2) do 1-2 FMAs per weight vector and only stream the weights; where U is
- * larger than the L2s it comes from L3, and on the AMD Zen 4 (2026-12-02) these
- * prefetches slowed that stream.  Without them in 1-2-row tiles, batch 1, T=100, I=256,
- * 2 threads: LSTM forward 1.13-1.19 at 384-512 units, training 1.05-1.19; GRU forward
- * 1.10-1.17 at 512 units (1.05 at 384), training 1.09-1.17 (1.01); SimpleRNN at 1024
- * units 1.21-1.23; batch 2, 512 units: 0.99-1.19; with U in the L2s (B=1, 128-256 units)
- * 0.98-1.03.  Without any prefetch the rest of the benchmark grid measured 0.97-1.05
- * there (two noisy points of 3 rounds: 0.90, 1.23), so the Xeon's gain stays for tiles
- * of 3 rows or more. */
 /* Whether a thread's packed blocks (`elems` elements) are more than half a core's L2 on an
  * Intel CPU, where the tiles then prefetch the next block into L2 (see the tiles). */
 FRNN_UNUSED static int SFX(blocks_pass_half_l2)(ptrdiff_t elems) {
@@ -678,6 +663,21 @@ FRNN_UNUSED static inline void SFX(next_block_lines)(ptrdiff_t next, ptrdiff_t t
         if ((rows) > 2 && (off)) _mm_prefetch((const char *)((at) + (off)), _MM_HINT_T1); \
     } while (0)
 
+/* The packed weights' rows a few iterations ahead (`lines` 64-byte vectors from `at`),
+ * asked for L1 by tiles of more than 2 rows: the weights stream from L2 (or L3) once per
+ * tile, and the hardware's own prefetch left them late.  Measured on the Intel Xeon (A/B
+ * in one process, 2 threads, T=100): 1.00-1.07 for the SimpleRNN forward and the
+ * backwards at 16 packed rows ahead in the transposed tiles, 1.01-1.08 for the LSTM and
+ * GRU forward at 8 rows ahead; more was no better.  Tiles of 1-2 rows (a thread's rows
+ * at batch 1-2) do 1-2 FMAs per weight vector and only stream the weights; where U is
+ * larger than the L2s it comes from L3, and on the AMD Zen 4 (2026-12-02) these
+ * prefetches slowed that stream.  Without them in 1-2-row tiles, batch 1, T=100, I=256,
+ * 2 threads: LSTM forward 1.13-1.19 at 384-512 units, training 1.05-1.19; GRU forward
+ * 1.10-1.17 at 512 units (1.05 at 384), training 1.09-1.17 (1.01); SimpleRNN at 1024
+ * units 1.21-1.23; batch 2, 512 units: 0.99-1.19; with U in the L2s (B=1, 128-256 units)
+ * 0.98-1.03.  Without any prefetch the rest of the benchmark grid measured 0.97-1.05
+ * there (two noisy points of 3 rounds: 0.90, 1.23), so the Xeon's gain stays for tiles
+ * of 3 rows or more. */
 #define FRNN_ZMM_PREFETCH(at, lines, rows)                                                \
     do {                                                                                \
         if ((rows) > 2)                                                                 \
