@@ -457,7 +457,8 @@ typedef struct {
 /* Whether a time loop's threads alternate their blocks' order (FRNN_BLOCKS_ZIGZAG): where
  * a thread's share of the `bytes` of packed weights a step streams passes half its L2.
  * Below that the weights stay in cache either way, and the odd steps' calls per chunk
- * only cost (SimpleRNN B=8, H=128: 0.93; LSTM B=32, H=128: 0.97). */
+ * only cost (SimpleRNN B=8, H=128: 0.93; LSTM B=32, H=128: 0.97).  Measured on the Intel
+ * Xeon only: on the AMD Zens (0.5-1 MiB L2 per core) it applies from smaller weights. */
 static inline int frnn_zigzag_blocks(double bytes, frnn_split split) {
     const long l2 = frnn_l2_cache_bytes();
     const double share = split.by_rows || split.threads < 2 ? bytes : bytes / split.threads;
