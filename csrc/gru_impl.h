@@ -775,7 +775,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     /* dx_t = d(x_t W) W^T in the time loop while the step's gradients are in cache, or
      * GEMMs after it.  d(x_t W) is dz_t (reset_after=0), or dz_t's z, r blocks and dxh_t. */
     const int fuse_dx =
-        dx && tiles_ok && frnn_fuses_input_gradient(B, nt, I, H, 3, sizeof(REAL));
+        dx && tiles_ok && frnn_fuses_input_gradient(B, nt, split, I, H, 3, sizeof(REAL));
     const int zigzag =
         frnn_zigzag_blocks(3.0 * H * (H + (fuse_dx ? I : 0)) * sizeof(REAL), split);
     const ptrdiff_t nbx = SFX(unit_blocks)(I);

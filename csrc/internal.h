@@ -222,6 +222,46 @@ static inline int frnn_direct_step(ptrdiff_t batch, int weight_rows) {
     return batch <= (weight_rows ? FRNN_DIRECT_STEP_MAX_ROWS_TORCH : FRNN_DIRECT_STEP_MAX_ROWS);
 }
 
+/* How a fused time loop shares its work between threads.
+ *   by_rows: each thread runs the whole loop for its own batch rows.  Rows never interact,
+ *     so the threads never wait for each other: robust when other thread pools compete
+ *     for the cores.  Needs min_rows rows per thread (frnn_row_split_min_rows).
+ *   else: each thread owns a range of unit blocks for every row and the threads meet at a
+ *     barrier per step (h_t needs every unit of h_{t-1}); only for few rows and big steps. */
+typedef struct {
+    int threads;
+    int by_rows;
+} frnn_split;
+
+/* Whether a thread's share of `bytes` (all of them where the loop splits by rows or runs
+ * on one thread, else a team's share) is more than `fraction` of a core's L2; 0 where
+ * the L2's size is unknown.  The share of packed weights a time loop streams each step:
+ * input fusion on Intel CPUs (frnn_lstm_fuses_input) and the zig-zag block order
+ * (frnn_zigzag_blocks) ask it. */
+static inline int frnn_share_passes_l2(double bytes, frnn_split split, double fraction) {
+    const long l2 = frnn_l2_cache_bytes();
+    const double share = split.by_rows || split.threads < 2 ? bytes : bytes / split.threads;
+    return l2 > 0 && share > fraction * (double)l2;
+}
+/* On an Intel CPU, whether a thread's share of W and U packed together (gates * units *
+ * (features + units) elements) under `split` is more than `fraction` of its L2: each step
+ * of a fused tile streams that share. */
+static inline int frnn_fused_weights_pass_l2_intel(frnn_split split, ptrdiff_t features,
+                                                   ptrdiff_t units, ptrdiff_t gates,
+                                                   size_t real_size, double fraction) {
+    const double packed_bytes =
+        (double)gates * (double)units * (double)(features + units) * (double)real_size;
+    return frnn_cpu_is_intel() && frnn_share_passes_l2(packed_bytes, split, fraction);
+}
+/* Whether a time loop's threads alternate their blocks' order (FRNN_BLOCKS_ZIGZAG): where
+ * a thread's share of the `bytes` of packed weights a step streams passes half its L2.
+ * Below that the weights stay in cache either way, and the odd steps' calls per chunk
+ * only cost (SimpleRNN B=8, H=128: 0.93; LSTM B=32, H=128: 0.97).  Measured on the Intel
+ * Xeon only: on the AMD Zens (0.5-1 MiB L2 per core) it applies from smaller weights. */
+static inline int frnn_zigzag_blocks(double bytes, frnn_split split) {
+    return frnn_share_passes_l2(bytes, split, 0.5);
+}
+
 /* Whether a forward adds each step's input projection x_t W in its recurrent tiles (over
  * W and U packed together) instead of one BLAS GEMM over many steps beforehand.  Fused,
  * inference keeps one step's pre-activations in cache instead of a chunk of steps in
@@ -272,30 +312,13 @@ static inline int frnn_direct_step(ptrdiff_t batch, int weight_rows) {
  *     0.98-0.99; H=384 and H=256 with I=512 1.00-1.01; H=256 B=32-128 1.05-1.06, H=128
  *     B=128 1.10: on an Intel CPU it fuses only while that share fits half of the L2. */
 #define FRNN_LSTM_FUSE_MAX_PACKED_BYTES ((double)(8 << 20))
-static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units, ptrdiff_t gates,
-                                                size_t real_size);
-/* On an Intel CPU, whether W and U packed together (gates * units * (features + units)
- * elements) are more than `fraction` of a core's L2 for the thread's share of them (all
- * where the time loop splits by rows, else a team's share): each step of a fused tile
- * streams that share.  0 elsewhere or where the L2's size is unknown. */
-static inline int frnn_fused_weights_pass_l2_intel(ptrdiff_t batch, ptrdiff_t features,
-                                                   ptrdiff_t units, ptrdiff_t gates,
-                                                   size_t real_size, double fraction) {
-    if (!frnn_cpu_is_intel()) return 0;
-    const long l2 = frnn_l2_cache_bytes();
-    if (l2 <= 0) return 0;
-    const double packed_bytes =
-        (double)gates * (double)units * (double)(features + units) * (double)real_size;
-    const int by_rows = batch >= 2 * frnn_row_split_min_rows(units, gates, real_size);
-    const int threads = frnn_get_num_threads();
-    const double share = by_rows || threads < 1 ? packed_bytes : packed_bytes / threads;
-    return share > fraction * (double)l2;
-}
-static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units,
+static inline int frnn_lstm_fuses_input(ptrdiff_t batch, frnn_split split,
+                                        ptrdiff_t features, ptrdiff_t units,
                                         size_t real_size) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    if (batch < 64 && frnn_fused_weights_pass_l2_intel(batch, features, units, 4, real_size, 1.0))
+    if (batch < 64 &&
+        frnn_fused_weights_pass_l2_intel(split, features, units, 4, real_size, 1.0))
         return 0;
     const double packed_bytes =
         4.0 * (double)units * (double)(features + units) * (double)real_size;
@@ -303,11 +326,13 @@ static inline int frnn_lstm_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptr
     if (packed_bytes > FRNN_LSTM_FUSE_MAX_PACKED_BYTES) return 0;
     return batch >= 16 || (batch >= 8 && features <= 64) || (batch >= 4 && units >= 256);
 }
-static inline int frnn_rnn_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrdiff_t units,
-                                       size_t real_size, int training) {
+static inline int frnn_rnn_fuses_input(ptrdiff_t batch, frnn_split split,
+                                       ptrdiff_t features, ptrdiff_t units, size_t real_size,
+                                       int training) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    if (frnn_fused_weights_pass_l2_intel(batch, features, units, 1, real_size, 0.5)) return 0;
+    if (frnn_fused_weights_pass_l2_intel(split, features, units, 1, real_size, 0.5))
+        return 0;
     return batch >= (training ? 64 : 16);
 }
 
@@ -324,12 +349,12 @@ static inline int frnn_rnn_fuses_input(ptrdiff_t batch, ptrdiff_t features, ptrd
  * passes the L2: GEMM over in-loop, training step, I = H/2: LSTM H=512 B=32-128
  * 1.01-1.03, GRU H=512 B=32-128 1.01-1.03 (H=256 B=32 1.00, LSTM H=384 B=128 0.99); so
  * there it stays out of the loop. */
-static inline int frnn_fuses_input_gradient(ptrdiff_t batch, int threads, ptrdiff_t features,
-                                            ptrdiff_t units, ptrdiff_t gates,
-                                            size_t real_size) {
+static inline int frnn_fuses_input_gradient(ptrdiff_t batch, int threads, frnn_split split,
+                                            ptrdiff_t features, ptrdiff_t units,
+                                            ptrdiff_t gates, size_t real_size) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
-    if (frnn_fused_weights_pass_l2_intel(batch, features, units, gates, real_size, 1.0))
+    if (frnn_fused_weights_pass_l2_intel(split, features, units, gates, real_size, 1.0))
         return 0;
     return batch >= 16 * (ptrdiff_t)threads;
 }
@@ -443,27 +468,6 @@ static inline ptrdiff_t frnn_row_split_min_rows(ptrdiff_t units, ptrdiff_t gates
         }                                                                               \
     } while (0)
 
-/* How a fused time loop shares its work between threads.
- *   by_rows: each thread runs the whole loop for its own batch rows.  Rows never interact,
- *     so the threads never wait for each other: robust when other thread pools compete
- *     for the cores.  Needs min_rows rows per thread (frnn_row_split_min_rows).
- *   else: each thread owns a range of unit blocks for every row and the threads meet at a
- *     barrier per step (h_t needs every unit of h_{t-1}); only for few rows and big steps. */
-typedef struct {
-    int threads;
-    int by_rows;
-} frnn_split;
-
-/* Whether a time loop's threads alternate their blocks' order (FRNN_BLOCKS_ZIGZAG): where
- * a thread's share of the `bytes` of packed weights a step streams passes half its L2.
- * Below that the weights stay in cache either way, and the odd steps' calls per chunk
- * only cost (SimpleRNN B=8, H=128: 0.93; LSTM B=32, H=128: 0.97).  Measured on the Intel
- * Xeon only: on the AMD Zens (0.5-1 MiB L2 per core) it applies from smaller weights. */
-static inline int frnn_zigzag_blocks(double bytes, frnn_split split) {
-    const long l2 = frnn_l2_cache_bytes();
-    const double share = split.by_rows || split.threads < 2 ? bytes : bytes / split.threads;
-    return l2 > 0 && share > 0.5 * (double)l2;
-}
 
 /* The split of a time loop of `batch` rows, nb unit blocks and `macs` multiply-adds per
  * step: by rows from min_rows rows per thread (frnn_row_split_min_rows), else by units

@@ -222,7 +222,12 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
      * chunks of steps so its scratch stays bounded (and warm in cache). */
     const int blas_steps = frnn_use_blas_steps(B, B * H * G4);
     /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
-    const int fuse_input = !blas_steps && frnn_lstm_fuses_input(B, I, H, sizeof(REAL));
+    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
+    const frnn_split split = frnn_pick_split(B, nb, B * H * G4,
+                                             frnn_row_split_min_rows(H, 4, sizeof(REAL)),
+                                             FRNN_PARALLEL_MIN_MACS);
+    const int fuse_input =
+        !blas_steps && frnn_lstm_fuses_input(B, split, I, H, sizeof(REAL));
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = fuse_input ? B * I : B * (G4 + I);
@@ -230,10 +235,6 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (chunk < 1) chunk = 1;
         if (chunk > T) chunk = T;
     }
-    const ptrdiff_t nb = SFX(unit_blocks_fwd)(H);
-    const frnn_split split = frnn_pick_split(B, nb, B * H * G4,
-                                             frnn_row_split_min_rows(H, 4, sizeof(REAL)),
-                                             FRNN_PARALLEL_MIN_MACS);
     const int nt = split.threads;
     const ptrdiff_t packed_rows = fuse_input ? I + H : H;
     const int zigzag =
@@ -518,7 +519,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     REAL *dz = frnn_alloc((size_t)(T * B * ldz), sizeof(REAL));
     /* dx_t = dZ_t W^T in the time loop while dZ_t is in cache, or one GEMM after it */
     const int fuse_dx =
-        dx && !blas_steps && frnn_fuses_input_gradient(B, nt, I, H, 4, sizeof(REAL));
+        dx && !blas_steps && frnn_fuses_input_gradient(B, nt, split, I, H, 4, sizeof(REAL));
     const int zigzag =
         frnn_zigzag_blocks(4.0 * H * (H + (fuse_dx ? I : 0)) * sizeof(REAL), split);
     const ptrdiff_t nbx = SFX(unit_blocks)(I);

@@ -656,6 +656,22 @@ FRNN_UNUSED static inline void SFX(next_block_lines)(ptrdiff_t next, ptrdiff_t t
         *(got ? pf_b : pf_a) = next + l * line_stride;
 }
 
+/* Calls SFX(NAME_r<rows>)(...), the tile of `rows` (1-8) rows of a family of 512-bit tiles
+ * defined for every height. */
+#define FRNN_ZMM_ROWS_CALL(NAME, rows, ...)                                               \
+    do {                                                                                \
+        switch (rows) {                                                                 \
+        case 8: SFX(NAME##_r8)(__VA_ARGS__); break;                                     \
+        case 7: SFX(NAME##_r7)(__VA_ARGS__); break;                                     \
+        case 6: SFX(NAME##_r6)(__VA_ARGS__); break;                                     \
+        case 5: SFX(NAME##_r5)(__VA_ARGS__); break;                                     \
+        case 4: SFX(NAME##_r4)(__VA_ARGS__); break;                                     \
+        case 3: SFX(NAME##_r3)(__VA_ARGS__); break;                                     \
+        case 2: SFX(NAME##_r2)(__VA_ARGS__); break;                                     \
+        default: SFX(NAME##_r1)(__VA_ARGS__); break;                                    \
+        }                                                                               \
+    } while (0)
+
 /* The next block's line `off` elements from `at` (0 = none) into L2, in tiles of more than
  * 2 rows (next_block_lines); smaller tiles (remainders) skip it without a branch. */
 #define FRNN_ZMM_PREFETCH_NEXT(at, off, rows)                                              \
@@ -840,16 +856,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
         for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
             ptrdiff_t pf_a, pf_b;
             SFX(next_block_lines)(next, tiles, tile, 2, blk, &pf_a, &pf_b);
-            switch (B - b < 8 ? B - b : 8) {
-            case 8: SFX(zmm_tile_pair_r8)(FRNN_ZMM_PAIR_ARGS); break;
-            case 7: SFX(zmm_tile_pair_r7)(FRNN_ZMM_PAIR_ARGS); break;
-            case 6: SFX(zmm_tile_pair_r6)(FRNN_ZMM_PAIR_ARGS); break;
-            case 5: SFX(zmm_tile_pair_r5)(FRNN_ZMM_PAIR_ARGS); break;
-            case 4: SFX(zmm_tile_pair_r4)(FRNN_ZMM_PAIR_ARGS); break;
-            case 3: SFX(zmm_tile_pair_r3)(FRNN_ZMM_PAIR_ARGS); break;
-            case 2: SFX(zmm_tile_pair_r2)(FRNN_ZMM_PAIR_ARGS); break;
-            default: SFX(zmm_tile_pair_r1)(FRNN_ZMM_PAIR_ARGS); break;
-            }
+            FRNN_ZMM_ROWS_CALL(zmm_tile_pair, B - b < 8 ? B - b : 8, FRNN_ZMM_PAIR_ARGS);
         }
 #undef FRNN_ZMM_PAIR_ARGS
     }
@@ -863,16 +870,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
         for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
             ptrdiff_t pf_a, pf_unused; /* one line per packed k-row */
             SFX(next_block_lines)(next, tiles, tile, 1, VW, &pf_a, &pf_unused);
-            switch (B - b < 8 ? B - b : 8) {
-            case 8: SFX(zmm_tile_r8)(FRNN_ZMM_TILE_ARGS); break;
-            case 7: SFX(zmm_tile_r7)(FRNN_ZMM_TILE_ARGS); break;
-            case 6: SFX(zmm_tile_r6)(FRNN_ZMM_TILE_ARGS); break;
-            case 5: SFX(zmm_tile_r5)(FRNN_ZMM_TILE_ARGS); break;
-            case 4: SFX(zmm_tile_r4)(FRNN_ZMM_TILE_ARGS); break;
-            case 3: SFX(zmm_tile_r3)(FRNN_ZMM_TILE_ARGS); break;
-            case 2: SFX(zmm_tile_r2)(FRNN_ZMM_TILE_ARGS); break;
-            default: SFX(zmm_tile_r1)(FRNN_ZMM_TILE_ARGS); break;
-            }
+            FRNN_ZMM_ROWS_CALL(zmm_tile, B - b < 8 ? B - b : 8, FRNN_ZMM_TILE_ARGS);
         }
 #undef FRNN_ZMM_TILE_ARGS
     }
@@ -973,16 +971,7 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_t_avx512)(
             for (; b < B; b += 8, ++tile) {                                             \
                 ptrdiff_t pf_a, pf_b;                                                   \
                 SFX(next_block_lines)(next, tiles, tile, 2, VW, &pf_a, &pf_b);          \
-                switch (B - b < 8 ? B - b : 8) {                                        \
-                case 8: SFX(zmm_fwd_g##GN##_r8)(FRNN_ZMM_FWD_ARGS); break;               \
-                case 7: SFX(zmm_fwd_g##GN##_r7)(FRNN_ZMM_FWD_ARGS); break;               \
-                case 6: SFX(zmm_fwd_g##GN##_r6)(FRNN_ZMM_FWD_ARGS); break;               \
-                case 5: SFX(zmm_fwd_g##GN##_r5)(FRNN_ZMM_FWD_ARGS); break;               \
-                case 4: SFX(zmm_fwd_g##GN##_r4)(FRNN_ZMM_FWD_ARGS); break;               \
-                case 3: SFX(zmm_fwd_g##GN##_r3)(FRNN_ZMM_FWD_ARGS); break;               \
-                case 2: SFX(zmm_fwd_g##GN##_r2)(FRNN_ZMM_FWD_ARGS); break;               \
-                default: SFX(zmm_fwd_g##GN##_r1)(FRNN_ZMM_FWD_ARGS); break;              \
-                }                                                                       \
+                FRNN_ZMM_ROWS_CALL(zmm_fwd_g##GN, B - b < 8 ? B - b : 8, FRNN_ZMM_FWD_ARGS); \
             }                                                                           \
         }                                                                               \
     }
@@ -1071,22 +1060,14 @@ FRNN_AVX512VL_TARGET static void SFX(recurrent_matmul_g3_wide_avx512)(
         for (ptrdiff_t b = 0, tile = 0; b < B; b += 8, ++tile) {
             ptrdiff_t pf_a, pf_b;
             SFX(next_block_lines)(next, tiles, tile, 3, VW, &pf_a, &pf_b);
-            switch (B - b < 8 ? B - b : 8) {
-            case 8: SFX(zmm_g3_r8)(FRNN_ZMM_G3_ARGS); break;
-            case 7: SFX(zmm_g3_r7)(FRNN_ZMM_G3_ARGS); break;
-            case 6: SFX(zmm_g3_r6)(FRNN_ZMM_G3_ARGS); break;
-            case 5: SFX(zmm_g3_r5)(FRNN_ZMM_G3_ARGS); break;
-            case 4: SFX(zmm_g3_r4)(FRNN_ZMM_G3_ARGS); break;
-            case 3: SFX(zmm_g3_r3)(FRNN_ZMM_G3_ARGS); break;
-            case 2: SFX(zmm_g3_r2)(FRNN_ZMM_G3_ARGS); break;
-            default: SFX(zmm_g3_r1)(FRNN_ZMM_G3_ARGS); break;
-            }
+            FRNN_ZMM_ROWS_CALL(zmm_g3, B - b < 8 ? B - b : 8, FRNN_ZMM_G3_ARGS);
         }
 #undef FRNN_ZMM_G3_ARGS
     }
 }
 #undef FRNN_ZMM_PREFETCH
 #undef FRNN_ZMM_PREFETCH_NEXT
+#undef FRNN_ZMM_ROWS_CALL
 #undef FZ
 #undef FZ_MASK
 #undef FZ_LOAD

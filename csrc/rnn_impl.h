@@ -128,7 +128,11 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
     /* fused: each step's tile computes bias + x_t W + h_{t-1} U; no projection pass */
-    const int fuse_input = use_tiles && frnn_rnn_fuses_input(B, I, H, sizeof(REAL), training);
+    const frnn_split split = frnn_pick_split(B, nb, B * H * H,
+                                             frnn_row_split_min_rows(H, 1, sizeof(REAL)),
+                                             FRNN_PARALLEL_MIN_MACS);
+    const int fuse_input =
+        use_tiles && frnn_rnn_fuses_input(B, split, I, H, sizeof(REAL), training);
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = fuse_input ? B * I : B * (H + I);
@@ -152,9 +156,6 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     /* the per-step product runs on U packed once (recurrent_matmul.h), not BLAS.  With a
      * single gate, h U = h (U^T)^T is the backward kernel's product on U^T, whose 4-row x
      * 64-byte tiles measured 41 GFLOP/s against 11 for the one-gate forward tiles. */
-    const frnn_split split = frnn_pick_split(B, nb, B * H * H,
-                                             frnn_row_split_min_rows(H, 1, sizeof(REAL)),
-                                             FRNN_PARALLEL_MIN_MACS);
     const int nt = use_tiles ? split.threads : 1;
     const int zigzag =
         frnn_zigzag_blocks((double)H * (H + (fuse_input ? I : 0)) * sizeof(REAL), split);
@@ -368,7 +369,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     const int nt = use_tiles ? split.threads : 1;
     /* dx_t = dz_t W^T in the time loop while dz_t is in cache, or one GEMM after it */
     const int fuse_dx =
-        dx && use_tiles && frnn_fuses_input_gradient(B, nt, I, H, 1, sizeof(REAL));
+        dx && use_tiles && frnn_fuses_input_gradient(B, nt, split, I, H, 1, sizeof(REAL));
     const int zigzag =
         frnn_zigzag_blocks((double)H * (H + (fuse_dx ? I : 0)) * sizeof(REAL), split);
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
