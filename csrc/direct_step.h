@@ -10,10 +10,14 @@
  * gate rows with x or h, or Keras' columns scaled by each x[k] and summed.
  *
  * torch keeps a cell's weights as rows: weight_ih (G*H, I) and weight_hh (G*H, H), gate
- * blocks stacked along the rows in torch's gate order; the loops run on Keras' columns
- * (I, G*H) and (H, G*H).  Longer inputs in torch's layout are converted once per call
- * (keras_weights_from_rows), what a caller would otherwise do before calling, and their
- * backward passes transpose the gradients back (rows_from_keras).
+ * blocks stacked along the rows in torch's gate order; Keras' are columns (I, G*H) and
+ * (H, G*H).  On longer inputs the LSTM and SimpleRNN loops read torch's rows where they
+ * pack or multiply the weights (recurrent_matmul.h's packings, BLAS with the other
+ * transpose flag) and write the weight gradients in torch's layout
+ * (weight_gradient_in_layout).  The GRU's loops, whose gate order differs from torch's,
+ * run on a Keras-layout copy made once per call (keras_weights_from_rows), what a caller
+ * would otherwise do before calling, and their backward passes transpose the gradients
+ * back (rows_from_keras).
  *
  * A single step's backward on torch's rows likewise works straight from them (the
  * direct_step_*_gradient functions at the end): the state and input gradients as sums of
@@ -525,7 +529,7 @@ FRNN_UNUSED static void SFX(rows_from_keras)(ptrdiff_t N, ptrdiff_t H, ptrdiff_t
         (void)SFX(frnn_transpose)(N, H, columns + g * H, G * H, rows + gate_rows[g] * H * N, N);
 }
 
-/* A longer backward pass on torch's rows runs the loops on Keras' layout: the weights
+/* A longer GRU backward pass on torch's rows runs the loops on Keras' layout: the weights
  * converted (keras_weights_from_rows) and the gradients computed there, then transposed
  * back.  Each pointer NULL or allocated; the caller's backward runs between
  * keras_copies_for_backward and gradients_to_rows, which frees them all. */

@@ -74,8 +74,9 @@ typedef struct {
      * reset_after=1 (2, 3H) = [bias_ih; bias_hh], reset_after=0 (3H,).  Backward passes
      * then take the same weights and write d_kernel, d_recurrent and d_bias in that
      * layout too.  A single step (T = 1) is computed straight from the rows, forward and
-     * backward; longer inputs convert the weights to Keras' layout once per call, and
-     * backward the gradients back (csrc/direct_step.h). */
+     * backward (csrc/direct_step.h).  Longer inputs: the LSTM and SimpleRNN pack and
+     * multiply the rows themselves (no transposes); the GRU converts the weights to
+     * Keras' layout once per call, and backward the gradients back. */
     int weight_rows;
 } frnn_dims;
 
@@ -103,8 +104,8 @@ int frnn_get_num_threads(void);
  *     backward's time loop (every cell), 0 computes them for many steps at once with BLAS
  *     GEMMs.
  *   direct_step: 1 computes a single step (T = 1, no recurrent dropout) straight from
- *     the weights (csrc/direct_step.h), 0 with the loops' packed tiles (torch's layout
- *     converted first).
+ *     the weights (csrc/direct_step.h), 0 with the loops' packed tiles (the GRU converts
+ *     torch's layout first).
  *   Process-wide, like the thread count. */
 void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
                              int fuse_input, int direct_step);
@@ -115,9 +116,10 @@ int frnn_override_simd(void);
 int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);
 /* 1 when a single step (T = 1) of `batch` rows on torch's rows (frnn_dims.weight_rows)
- * runs forward and backward straight from them (csrc/direct_step.h), 0 when it converts
- * the weights for the loops (and backward the gradients back): a caller holding torch's
- * weights (fusedrnn.torch) then converts them itself, once for both passes. */
+ * runs forward and backward straight from them (csrc/direct_step.h), 0 when it runs the
+ * loops, where the GRU converts the weights (and backward the gradients back): a caller
+ * holding a GRU's torch weights (fusedrnn.torch) then converts them itself, once for both
+ * passes. */
 int frnn_one_step_from_rows(ptrdiff_t batch);
 /* PAUSEs a thread spins at a time loop's per-step meeting before it sleeps on a futex
  * (csrc/internal.h's frnn_step_barrier; default FRNN_BARRIER_SPINS).  Tests set 0 to make

@@ -352,9 +352,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         goto done;
     }
     if (tile_zeros) memset(tile_zeros, 0, (size_t)(nb * 3 * fwd_width) * sizeof(REAL));
-    if (packed) SFX(pack_recurrent)(recurrent, G3, H, 3, fwd_width, packed, nt);
+    if (packed) SFX(pack_recurrent)(recurrent, G3, H, 3, NULL, fwd_width, packed, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)
-        SFX(pack_recurrent)(recurrent + g * H, G3, H, 1, VW, packed_gates + g * gate_stride, nt);
+        SFX(pack_recurrent)(recurrent + g * H, G3, H, 1, NULL, VW,
+                            packed_gates + g * gate_stride, nt);
     if (in_bias) {
         for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
         b_rec_h = bias + G3 + 2 * H;
@@ -373,7 +374,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         REAL *z_chunk = training ? z_buf + t0 * B * G3 : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
-        status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel,
+        status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel, 0,
                                        reset_after ? in_bias : bias, z_chunk);
         if (status) goto done;
         if (gate_tiles) { /* gate block by gate block; h updated in place */
@@ -790,7 +791,7 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         goto done;
     }
     if (fuse_dx) {
-        SFX(pack_recurrent_t)(kernel, G3, I, G3, packed_wt, nt);
+        SFX(pack_recurrent_t)(kernel, G3, I, G3, 0, packed_wt, nt);
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
 /* dx_t for rows [b0, b0 + rows) from dz_t (row stride G3) and dxh_t (row stride H), both
@@ -798,9 +799,10 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
 #define FRNN_GRU_STEP_DX(t, b0, rows, dz_t, dxh_t)                                          \
     SFX(step_input_gradient)(d, split, packed_wt, zr_cols, dz_t, G3, reset_after ? H : 0,    \
                              reset_after ? (dxh_t) : (dz_t), H, rows, zeros, t, b0, dx, dxs)
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, packed_t, nt);
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, 0, packed_t, nt);
     for (int g = 0; gate_tiles && g < 3; ++g)
-        SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, packed_gates_t + g * gate_stride, nt);
+        SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, 0,
+                              packed_gates_t + g * gate_stride, nt);
     if (gate_tiles) { /* gate block by gate block */
         frnn_step_barrier step_barrier;
         frnn_step_barrier_init(&step_barrier);

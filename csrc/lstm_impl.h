@@ -202,21 +202,10 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         return SFX(lstm_direct_step)(d, x, xs, kernel, recurrent, bias, mask, ms, h0, outputs,
                                      os, h_n, c_n, x_cache, gates, c_states, h_states,
                                      mask_cache);
-    if (d->weight_rows) { /* torch's layout: converted once for the loops below */
-        frnn_dims keras = *d;
-        keras.weight_rows = 0;
-        REAL *kernel_k = NULL, *recurrent_k = NULL;
-        status = SFX(keras_weights_from_rows)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
-                                              &kernel_k, &recurrent_k);
-        if (!status) {
-            status = SFX(frnn_lstm_forward)(blas, &keras, x, xs, kernel_k, recurrent_k, bias,
-                                            mask, ms, h0, c0, outputs, os, h_n, c_n, rec_mask,
-                                            x_cache, gates, c_states, h_states, mask_cache);
-        }
-        frnn_free(kernel_k);
-        frnn_free(recurrent_k);
-        return status;
-    }
+    /* torch's layout is read where the weights are packed or multiplied (no transposes) */
+    const int w_rows = d->weight_rows;
+    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
+    const ptrdiff_t ldu = w_rows ? H : G4; /* recurrent's row stride */
 
     /* Training projects every step at once into the gate cache; inference works in
      * chunks of steps so its scratch stays bounded (and warm in cache). */
@@ -261,9 +250,9 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 4, VWF, packed,
-                                              packed_bias, nt);
-    else if (!blas_steps) SFX(pack_recurrent)(recurrent, G4, H, 4, VWF, packed, nt);
+    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 4, gate_rows, VWF,
+                                              packed, packed_bias, nt);
+    else if (!blas_steps) SFX(pack_recurrent)(recurrent, ldu, H, 4, gate_rows, VWF, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -283,16 +272,17 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         if (!fuse_input) {
-            status = SFX(input_projection)(blas, (t1 - t0) * B, I, G4, x_chunk, kernel, bias,
-                                           z_chunk);
+            status = SFX(input_projection)(blas, (t1 - t0) * B, I, G4, x_chunk, kernel, w_rows,
+                                           bias, z_chunk);
             if (status) goto done;
         }
         if (blas_steps) { /* many rows: BLAS' GEMM beats the tiles; it owns the threads */
             for (ptrdiff_t t = t0; t < t1; ++t) {
                 REAL *z_t = z_chunk + (t - t0) * B * G4;
                 const REAL *h_prev = h_buf[t & 1];
-                status = SFX(gemm_rm)(blas, 0, 0, B, G4, H, 1, rec_mask ? hd_buf[t & 1] : h_prev,
-                                      H, recurrent, G4, 1, z_t, G4);
+                status = SFX(gemm_rm)(blas, 0, w_rows, B, G4, H, 1,
+                                      rec_mask ? hd_buf[t & 1] : h_prev, H, recurrent, ldu, 1,
+                                      z_t, G4);
                 if (status) goto done;
                 SFX(lstm_step_pointwise)(d, z_t, training ? z_t : NULL, h_prev,
                                          h_buf[(t + 1) & 1], c_n,
@@ -488,20 +478,10 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                                               c_states, mask_cache, d_outputs, dos, d_h_n,
                                               d_c_n, dx, dxs, d_kernel, d_recurrent, d_bias,
                                               d_h0, d_c0);
-    if (d->weight_rows) { /* torch's layout: the loops on Keras', the gradients back */
-        frnn_dims keras = *d;
-        keras.weight_rows = 0;
-        SFX(keras_copies) k;
-        status = SFX(keras_copies_for_backward)(I, H, 4, SFX(same_gate_rows), kernel, recurrent,
-                                                &k);
-        if (!status)
-            status = SFX(frnn_lstm_backward)(blas, &keras, k.kernel, k.recurrent, h0, c0,
-                                             x_cache, gates, c_states, h_states, mask_cache,
-                                             rec_mask, d_outputs, dos, d_h_n, d_c_n, dx, dxs,
-                                             k.d_kernel, k.d_recurrent, d_bias, d_h0, d_c0);
-        return SFX(gradients_to_rows)(status, I, H, 4, SFX(same_gate_rows), &k, d_kernel,
-                                      d_recurrent);
-    }
+    /* torch's layout (same gate order) is read where the weights are packed or multiplied,
+     * and the weight gradients are written in it */
+    const int w_rows = d->weight_rows;
+    const ptrdiff_t ldk = w_rows ? I : G4, ldu = w_rows ? H : G4; /* row strides */
     SFX(backward_prologue)(d, G4, G4, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (d_c_n) memcpy(d_c0, d_c_n, (size_t)(B * H) * sizeof(REAL));
     else memset(d_c0, 0, (size_t)(B * H) * sizeof(REAL));
@@ -547,20 +527,20 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
                                               dos.stride_b, d_h0, d_c0, dz_t, ldz, scratch,
                                               scratch + nb * VW, 0, H);
             if (rec_mask) {
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, ldz, recurrent, G4, 0,
-                                      packed_t, H);
+                status = SFX(gemm_rm)(blas, 0, !w_rows, B, H, G4, 1, dz_t, ldz, recurrent, ldu,
+                                      0, packed_t, H);
                 for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += packed_t[k] * rec_mask[k];
             } else {
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, G4, 1, dz_t, ldz, recurrent, G4, 1, d_h0,
-                                      H);
+                status = SFX(gemm_rm)(blas, 0, !w_rows, B, H, G4, 1, dz_t, ldz, recurrent, ldu,
+                                      1, d_h0, H);
             }
             if (status) goto done;
         }
         goto weights;
     }
-    SFX(pack_recurrent_t)(recurrent, G4, H, G4, packed_t, nt);
+    SFX(pack_recurrent_t)(recurrent, ldu, H, G4, w_rows, packed_t, nt);
     if (fuse_dx) {
-        SFX(pack_recurrent_t)(kernel, G4, I, G4, packed_wt, nt);
+        SFX(pack_recurrent_t)(kernel, ldk, I, G4, w_rows, packed_wt, nt);
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
 
@@ -610,21 +590,23 @@ weights:
         h0_used = h_prev_dropped;
     }
     /* d_bias = dZ's column sums, taken while the first product reads dZ */
-    status = SFX(weight_gradient_gemm)(blas, I, G4, T * B, x_cache, I, dz, ldz, 0, d_kernel, G4,
-                                       d_bias);
+    status = SFX(weight_gradient_in_layout)(blas, w_rows, I, G4, T * B, x_cache, I, dz, ldz, 0,
+                                            d_kernel, d_bias);
     if (status) goto done;
     if (T > 1) { /* dU = sum_t h_{t-1}^T dZ_t over t >= 1 ... */
-        status = SFX(weight_gradient_gemm)(blas, H, G4, (T - 1) * B, h_prev_from_step1, H,
-                                           dz + B * ldz, ldz, 0, d_recurrent, G4, NULL);
+        status = SFX(weight_gradient_in_layout)(blas, w_rows, H, G4, (T - 1) * B,
+                                                h_prev_from_step1, H, dz + B * ldz, ldz, 0,
+                                                d_recurrent, NULL);
         if (status) goto done;
     }
     if (h0) { /* ... plus the t = 0 term */
-        status = SFX(weight_gradient_gemm)(blas, H, G4, B, h0_used, H, dz, ldz, 1, d_recurrent,
-                                           G4, NULL);
+        status = SFX(weight_gradient_in_layout)(blas, w_rows, H, G4, B, h0_used, H, dz, ldz, 1,
+                                                d_recurrent, NULL);
         if (status) goto done;
     }
     if (dx && !fuse_dx) {
-        status = SFX(gemm_rm)(blas, 0, 1, T * B, I, G4, 1, dz, ldz, kernel, G4, 0, dx_tm, I);
+        status = SFX(gemm_rm)(blas, 0, !w_rows, T * B, I, G4, 1, dz, ldz, kernel, ldk, 0, dx_tm,
+                              I);
         if (status) goto done;
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
     }

@@ -203,6 +203,28 @@ static int SFX(weight_gradient_gemm)(const frnn_blas *blas, ptrdiff_t m, ptrdiff
     return status;
 }
 
+/* weight_gradient_gemm into a gradient of either layout: c (m, n) row stride n, Keras'
+ * (w_rows = 0), or its transpose (n, m) row stride m, torch.nn's (w_rows = 1), taken as
+ * the product with the operands swapped, C^T = B^T A.  b_sums (beta 0 only) are B's
+ * column sums, which the swapped product does not take: that product goes through a
+ * Keras-layout scratch, transposed into c. */
+FRNN_UNUSED static int SFX(weight_gradient_in_layout)(const frnn_blas *blas, int w_rows,
+                                                      ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                                      const REAL *a, ptrdiff_t lda,
+                                                      const REAL *b, ptrdiff_t ldb, REAL beta,
+                                                      REAL *c, REAL *b_sums) {
+    if (!w_rows)
+        return SFX(weight_gradient_gemm)(blas, m, n, k, a, lda, b, ldb, beta, c, n, b_sums);
+    if (!b_sums)
+        return SFX(weight_gradient_gemm)(blas, n, m, k, b, ldb, a, lda, beta, c, m, NULL);
+    REAL *keras = frnn_alloc((size_t)(m * n), sizeof(REAL));
+    if (!keras) return FRNN_ENOMEM;
+    int status = SFX(weight_gradient_gemm)(blas, m, n, k, a, lda, b, ldb, 0, keras, n, b_sums);
+    if (!status) status = SFX(frnn_transpose)(m, n, keras, n, c, m);
+    frnn_free(keras);
+    return status;
+}
+
 /* Copy the input of processing steps [t0, t1) into a time-major (t1-t0, B, I) buffer.
  * Serial: split over the threads (and scatter_dx likewise) it measured 0.85-1.03 on the
  * Zen 3, within the noise (GRU and LSTM, B=1-128). */
@@ -259,7 +281,8 @@ FRNN_UNUSED static void SFX(zero_masked_rows)(const frnn_dims *d, const uint8_t 
                 memset(x_chunk + ((t - t0) * B + b) * I, 0, (size_t)I * sizeof(REAL));
 }
 
-/* Z[rows, cols] = X[rows, I] W[I, cols] + bias (bias broadcast over rows; NULL = 0).
+/* Z[rows, cols] = X[rows, I] W[I, cols] + bias (bias broadcast over rows; NULL = 0);
+ * w_rows: w is W's transpose (cols, I), torch.nn's weight_ih.
  * The bias goes in band by band (gemm_rm_init): filling all of Z on one thread first, as
  * until 2026-12-02, left the other thread waiting; split, inference ran 1.03-1.10x faster
  * (GRU B=32 and 128 with H=128, I=64; B=8, H=256; B=128, H=512; LSTM B=8, H=128;
@@ -268,7 +291,9 @@ FRNN_UNUSED static void SFX(zero_masked_rows)(const frnn_dims *d, const uint8_t 
  * transposed product's, W packed in 16-column blocks, the bias as the sums' start) gained
  * another 1.05x only for the GRU at B=128, H=128 and lost up to 6% from 512 columns. */
 static int SFX(input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrdiff_t in, ptrdiff_t cols,
-                                 const REAL *xrows, const REAL *w, const REAL *bias, REAL *z) {
-    return SFX(gemm_rm_init)(blas, 0, 0, rows, cols, in, 1, xrows, in, w, cols, 0, z, cols, bias);
+                                 const REAL *xrows, const REAL *w, int w_rows, const REAL *bias,
+                                 REAL *z) {
+    return SFX(gemm_rm_init)(blas, 0, w_rows, rows, cols, in, 1, xrows, in, w, w_rows ? in : cols,
+                             0, z, cols, bias);
 }
 

@@ -23,6 +23,27 @@
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks_fwd)(ptrdiff_t H) { return (H + VWF - 1) / VWF; }
 FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks)(ptrdiff_t H) { return (H + VW - 1) / VW; }
 
+/* pack_recurrent_blocks (below) from torch's rows: each block's gate is the transpose of its
+ * `width` unit rows (transpose.c's register blocks), the units past H zeroed. */
+FRNN_UNUSED static void SFX(pack_rows_blocks)(const REAL *FRNN_RESTRICT src, ptrdiff_t lds,
+                                              ptrdiff_t rows, ptrdiff_t H, ptrdiff_t G,
+                                              const int *gate_rows, ptrdiff_t width,
+                                              REAL *FRNN_RESTRICT packed, ptrdiff_t block_rows,
+                                              ptrdiff_t row0, ptrdiff_t jb0, ptrdiff_t jb1) {
+    const ptrdiff_t ldp = G * width; /* packed row stride */
+    for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
+        const ptrdiff_t j0 = jb * width, n = H - j0 < width ? H - j0 : width;
+        for (ptrdiff_t g = 0; g < G; ++g) {
+            REAL *dst = packed + (jb * block_rows + row0) * ldp + g * width;
+            SFX(frnn_transpose_serial)(n, rows, src + (gate_rows[g] * H + j0) * lds, lds, dst,
+                                       ldp);
+            if (n < width)
+                for (ptrdiff_t k = 0; k < rows; ++k)
+                    memset(dst + k * ldp + n, 0, (size_t)(width - n) * sizeof(REAL));
+        }
+    }
+}
+
 /* Forward packing of `rows` rows of a weight matrix (G*H used columns, row stride lds)
  * into blocks of `width` units, starting at row `row0` of blocks of `block_rows` rows:
  *   packed[((jb*block_rows + row0 + k)*G + g)*width + w] = src[k*lds + g*H + jb*width + w],
@@ -35,12 +56,23 @@ FRNN_UNUSED static inline ptrdiff_t SFX(unit_blocks)(ptrdiff_t H) { return (H + 
  * Blocks [jb0, jb1) only, so a team can share the work.  Full blocks copy a constant
  * `width` elements (one vector move each), and src is read a few rows at a time across all
  * blocks: a memcpy call per 32 bytes, walking U's rows block by block (a page per read),
- * took 2 ms of an 11 ms LSTM forward at B=1, H=512. */
+ * took 2 ms of an 11 ms LSTM forward at B=1, H=512.
+ * gate_rows non-NULL: src is the matrix's transpose in torch.nn's layout instead, G blocks
+ * of H rows with `rows` used columns (row stride lds), Keras' gate g in torch's row block
+ * gate_rows[g]:  packed[...] = src[(gate_rows[g]*H + jb*width + w)*lds + k].  Packing
+ * straight from it saves the transpose into Keras' layout that a torch module's weights
+ * otherwise take first (1.1x on an LSTM inference over 100 steps at B=1, H=512). */
 FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT src, ptrdiff_t lds,
                                                    ptrdiff_t rows, ptrdiff_t H, ptrdiff_t G,
-                                                   ptrdiff_t width, REAL *FRNN_RESTRICT packed,
+                                                   const int *gate_rows, ptrdiff_t width,
+                                                   REAL *FRNN_RESTRICT packed,
                                                    ptrdiff_t block_rows, ptrdiff_t row0,
                                                    ptrdiff_t jb0, ptrdiff_t jb1) {
+    if (gate_rows) {
+        SFX(pack_rows_blocks)(src, lds, rows, H, G, gate_rows, width, packed, block_rows, row0,
+                              jb0, jb1);
+        return;
+    }
     const ptrdiff_t KB = 8; /* rows of src per pass: KB*G*H elements stay in L2 */
     for (ptrdiff_t k0 = 0; k0 < rows; k0 += KB)
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
@@ -66,52 +98,69 @@ FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT src
  *   packed_t[(jb*K + c)*VW + w] = U[(jb*VW + w)*ldu + c], zero where jb*VW + w >= H.
  * Blocks [jb0, jb1) only.  Each block is the transpose of VW rows of U into rows of VW
  * (transpose.c's register blocks: a training step at T=10, batch 1, 1.05-1.07x over the
- * element-by-element copy it replaced; 1.00-1.03x at T=100). */
+ * element-by-element copy it replaced; 1.00-1.03x at T=100).
+ * w_rows: U comes as its transpose in torch.nn's layout (K rows, row stride ldu, H used
+ * columns; gate blocks in the same order, as the LSTM's and SimpleRNN's), and each
+ * block is a copy of VW columns: packed_t[(jb*K + c)*VW + w] = U[c*ldu + jb*VW + w]. */
 FRNN_UNUSED static void SFX(pack_recurrent_t_blocks)(const REAL *FRNN_RESTRICT U, ptrdiff_t ldu,
-                                                     ptrdiff_t H, ptrdiff_t K,
+                                                     ptrdiff_t H, ptrdiff_t K, int w_rows,
                                                      REAL *FRNN_RESTRICT packed_t, ptrdiff_t jb0,
                                                      ptrdiff_t jb1) {
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         REAL *dst = packed_t + jb * K * VW;
         if (n < VW) memset(dst, 0, (size_t)(K * VW) * sizeof(REAL)); /* the units past H */
-        SFX(frnn_transpose_serial)(n, K, U + j0 * ldu, ldu, dst, VW);
+        if (!w_rows) {
+            SFX(frnn_transpose_serial)(n, K, U + j0 * ldu, ldu, dst, VW);
+        } else if (n == VW) {
+            for (ptrdiff_t c = 0; c < K; ++c)
+                for (ptrdiff_t w = 0; w < VW; ++w) dst[c * VW + w] = U[c * ldu + j0 + w];
+        } else {
+            for (ptrdiff_t c = 0; c < K; ++c)
+                memcpy(dst + c * VW, U + c * ldu + j0, (size_t)n * sizeof(REAL));
+        }
     }
 }
 
 /* The packings over a team of nt threads (each packs a contiguous share of the blocks).
- * Call outside parallel regions.  pack_recurrent: U (H rows, row stride ldu) alone. */
+ * Call outside parallel regions.  pack_recurrent: U (H rows, row stride ldu) alone, or
+ * with gate_rows its transpose in torch's rows (G*H rows, row stride ldu). */
 FRNN_UNUSED static void SFX(pack_recurrent)(const REAL *U, ptrdiff_t ldu, ptrdiff_t H,
-                                            ptrdiff_t G, ptrdiff_t width, REAL *packed, int nt) {
+                                            ptrdiff_t G, const int *gate_rows, ptrdiff_t width,
+                                            REAL *packed, int nt) {
     const ptrdiff_t nb = (H + width - 1) / width;
     if (nt > nb) nt = (int)nb;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
-        SFX(pack_recurrent_blocks)(U, ldu, H, H, G, width, packed, H, 0, nb * tid / team,
-                                   nb * (tid + 1) / team);
+        SFX(pack_recurrent_blocks)(U, ldu, H, H, G, gate_rows, width, packed, H, 0,
+                                   nb * tid / team, nb * (tid + 1) / team);
     }
 }
 
 /* The input kernel W (I rows, row stride G*H) over U (H rows, row stride G*H) in blocks of
- * I + H rows of `width` units, and the bias (G*H, or NULL for zeros) in blocks of one row
+ * I + H rows of `width` units (with gate_rows: W and U in torch's rows, (G*H, I) and
+ * (G*H, H), as pack_recurrent_blocks), and the bias (G*H, or NULL for zeros) in blocks of one row
  * (packed_bias: ceil(H / width) * G * width elements): the operands of
  * input_recurrent_matmul_g4 (G = 4, width VWF) and input_recurrent_matmul_t (G = 1,
  * width VW). */
 FRNN_UNUSED static void SFX(pack_input_recurrent)(const REAL *W, ptrdiff_t I, const REAL *U,
                                                   const REAL *bias, ptrdiff_t H, ptrdiff_t G,
-                                                  ptrdiff_t width, REAL *packed,
-                                                  REAL *packed_bias, int nt) {
+                                                  const int *gate_rows, ptrdiff_t width,
+                                                  REAL *packed, REAL *packed_bias, int nt) {
     const ptrdiff_t nb = (H + width - 1) / width;
     if (nt > nb) nt = (int)nb;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
         const ptrdiff_t jb0 = nb * tid / team, jb1 = nb * (tid + 1) / team;
-        SFX(pack_recurrent_blocks)(W, G * H, I, H, G, width, packed, I + H, 0, jb0, jb1);
-        SFX(pack_recurrent_blocks)(U, G * H, H, H, G, width, packed, I + H, I, jb0, jb1);
-        if (bias) {
-            SFX(pack_recurrent_blocks)(bias, 0, 1, H, G, width, packed_bias, 1, 0, jb0, jb1);
+        SFX(pack_recurrent_blocks)(W, gate_rows ? I : G * H, I, H, G, gate_rows, width, packed,
+                                   I + H, 0, jb0, jb1);
+        SFX(pack_recurrent_blocks)(U, gate_rows ? H : G * H, H, H, G, gate_rows, width, packed,
+                                   I + H, I, jb0, jb1);
+        if (bias) { /* one vector: Keras' gate order in either layout */
+            SFX(pack_recurrent_blocks)(bias, 0, 1, H, G, NULL, width, packed_bias, 1, 0, jb0,
+                                       jb1);
         } else {
             memset(packed_bias + jb0 * G * width, 0,
                    (size_t)((jb1 - jb0) * G * width) * sizeof(REAL));
@@ -120,13 +169,13 @@ FRNN_UNUSED static void SFX(pack_input_recurrent)(const REAL *W, ptrdiff_t I, co
 }
 
 FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t ldu, ptrdiff_t H,
-                                              ptrdiff_t K, REAL *packed_t, int nt) {
+                                              ptrdiff_t K, int w_rows, REAL *packed_t, int nt) {
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     if (nt > nb) nt = (int)nb;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
-        SFX(pack_recurrent_t_blocks)(U, ldu, H, K, packed_t, nb * tid / team,
+        SFX(pack_recurrent_t_blocks)(U, ldu, H, K, w_rows, packed_t, nb * tid / team,
                                      nb * (tid + 1) / team);
     }
 }

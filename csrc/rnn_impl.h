@@ -109,21 +109,9 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
     if (T == 1 && !rec_mask && frnn_direct_step(B, d->weight_rows))
         return SFX(rnn_direct_step)(d, x, xs, kernel, recurrent, bias, mask, ms, h0, outputs, os,
                                     h_n, x_cache, h_states, mask_cache);
-    if (d->weight_rows) { /* torch's layout: converted once for the loops below */
-        frnn_dims keras = *d;
-        keras.weight_rows = 0;
-        REAL *kernel_k = NULL, *recurrent_k = NULL;
-        status = SFX(keras_weights_from_rows)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
-                                              &kernel_k, &recurrent_k);
-        if (!status) {
-            status = SFX(frnn_rnn_forward)(blas, &keras, x, xs, kernel_k, recurrent_k, bias,
-                                           mask, ms, h0, outputs, os, h_n, rec_mask, x_cache,
-                                           h_states, mask_cache);
-        }
-        frnn_free(kernel_k);
-        frnn_free(recurrent_k);
-        return status;
-    }
+    /* torch's layout is read where the weights are packed or multiplied (no transposes) */
+    const int w_rows = d->weight_rows;
+    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
 
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     const int use_tiles = !frnn_use_blas_steps(B, B * H * H);
@@ -169,9 +157,9 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         goto done;
     }
     /* U's columns in blocks of VW units: the layout of the transposed product's packing */
-    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 1, VW, packed,
-                                              packed_bias, nt);
-    else if (packed) SFX(pack_recurrent)(recurrent, H, H, 1, VW, packed, nt);
+    if (fuse_input) SFX(pack_input_recurrent)(kernel, I, recurrent, bias, H, 1, gate_rows, VW,
+                                              packed, packed_bias, nt);
+    else if (packed) SFX(pack_recurrent)(recurrent, H, H, 1, gate_rows, VW, packed, nt);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -192,16 +180,17 @@ int SFX(frnn_rnn_forward)(const frnn_blas *blas, const frnn_dims *d,
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
         if (!fuse_input) {
-            status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, bias,
-                                           z_chunk);
+            status = SFX(input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, w_rows,
+                                           bias, z_chunk);
             if (status) goto done;
         }
         if (!use_tiles) { /* many rows without AVX2: BLAS' GEMM per step */
             for (ptrdiff_t t = t0; t < t1; ++t) {
                 REAL *z_t = z_chunk + (t - t0) * B * H;
                 const REAL *h_prev = h_buf[t & 1];
-                status = SFX(gemm_rm)(blas, 0, 0, B, H, H, 1, rec_mask ? hd_buf[t & 1] : h_prev,
-                                      H, recurrent, H, 1, z_t, H);
+                status = SFX(gemm_rm)(blas, 0, w_rows, B, H, H, 1,
+                                      rec_mask ? hd_buf[t & 1] : h_prev, H, recurrent, H, 1, z_t,
+                                      H);
                 if (status) goto done;
                 SFX(rnn_step_pointwise)(d, z_t, h_prev, h_buf[(t + 1) & 1],
                                         mask ? mask_tm + t * B : NULL,
@@ -340,20 +329,10 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         return SFX(rnn_direct_step_backward)(d, kernel, recurrent, h0, x_cache, h_states,
                                              mask_cache, d_outputs, dos, d_h_n, dx, dxs,
                                              d_kernel, d_recurrent, d_bias, d_h0);
-    if (d->weight_rows) { /* torch's layout: the loops on Keras', the gradients back */
-        frnn_dims keras = *d;
-        keras.weight_rows = 0;
-        SFX(keras_copies) k;
-        status = SFX(keras_copies_for_backward)(I, H, 1, SFX(same_gate_rows), kernel, recurrent,
-                                                &k);
-        if (!status)
-            status = SFX(frnn_rnn_backward)(blas, &keras, k.kernel, k.recurrent, h0, x_cache,
-                                            h_states, mask_cache, rec_mask, d_outputs, dos,
-                                            d_h_n, dx, dxs, k.d_kernel, k.d_recurrent, d_bias,
-                                            d_h0);
-        return SFX(gradients_to_rows)(status, I, H, 1, SFX(same_gate_rows), &k, d_kernel,
-                                      d_recurrent);
-    }
+    /* torch's layout is read where the weights are packed or multiplied, and the weight
+     * gradients are written in it */
+    const int w_rows = d->weight_rows;
+    const ptrdiff_t ldk = w_rows ? I : H; /* kernel's row stride */
     SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (T == 0 || B == 0) return FRNN_OK;
 
@@ -384,9 +363,9 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, packed_t, nt);
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, w_rows, packed_t, nt);
     if (fuse_dx) {
-        SFX(pack_recurrent_t)(kernel, H, I, H, packed_wt, nt);
+        SFX(pack_recurrent_t)(kernel, ldk, I, H, w_rows, packed_wt, nt);
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
     if (packed_t) {
@@ -424,19 +403,20 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
                                              d_outputs ? d_outputs + t * dos.stride_t : NULL,
                                              dos.stride_b, d_h0, dz_t, ldz, 0, H);
             if (rec_mask) { /* dh_{t-1} += m * (dz_t U^T) */
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, ldz, recurrent, H, 0, dh_step,
-                                      H);
+                status = SFX(gemm_rm)(blas, 0, !w_rows, B, H, H, 1, dz_t, ldz, recurrent, H, 0,
+                                      dh_step, H);
                 for (ptrdiff_t k = 0; k < B * H; ++k) d_h0[k] += rec_mask[k] * dh_step[k];
             } else {
-                status = SFX(gemm_rm)(blas, 0, 1, B, H, H, 1, dz_t, ldz, recurrent, H, 1, d_h0, H);
+                status = SFX(gemm_rm)(blas, 0, !w_rows, B, H, H, 1, dz_t, ldz, recurrent, H, 1,
+                                      d_h0, H);
             }
             if (status) goto done;
         }
     }
     const ptrdiff_t TB = T * B;
     /* d_bias = dz's column sums, taken while the first product reads dz */
-    status = SFX(weight_gradient_gemm)(blas, I, H, TB, x_cache, I, dz, ldz, 0, d_kernel, H,
-                                       d_bias);
+    status = SFX(weight_gradient_in_layout)(blas, w_rows, I, H, TB, x_cache, I, dz, ldz, 0,
+                                            d_kernel, d_bias);
     if (status) goto done;
     if (rec_mask) { /* dU = sum_t (h_{t-1}*m)^T dz_t */
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -444,21 +424,21 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
             REAL *dst = hp_dropped + t * B * H;
             for (ptrdiff_t k = 0; k < B * H; ++k) dst[k] = hp ? hp[k] * rec_mask[k] : (REAL)0;
         }
-        status = SFX(weight_gradient_gemm)(blas, H, H, TB, hp_dropped, H, dz, ldz, 0, d_recurrent,
-                                           H, NULL);
+        status = SFX(weight_gradient_in_layout)(blas, w_rows, H, H, TB, hp_dropped, H, dz, ldz,
+                                                0, d_recurrent, NULL);
         if (status) goto done;
     } else if (T > 1) { /* dU = sum_t h_{t-1}^T dz_t, t >= 1 ... */
-        status = SFX(weight_gradient_gemm)(blas, H, H, (T - 1) * B, h_states, H, dz + B * ldz, ldz,
-                                           0, d_recurrent, H, NULL);
+        status = SFX(weight_gradient_in_layout)(blas, w_rows, H, H, (T - 1) * B, h_states, H,
+                                                dz + B * ldz, ldz, 0, d_recurrent, NULL);
         if (status) goto done;
     }
     if (h0 && !rec_mask) { /* ... plus the t = 0 term */
-        status = SFX(weight_gradient_gemm)(blas, H, H, B, h0, H, dz, ldz, 1, d_recurrent, H,
-                                           NULL);
+        status = SFX(weight_gradient_in_layout)(blas, w_rows, H, H, B, h0, H, dz, ldz, 1,
+                                                d_recurrent, NULL);
         if (status) goto done;
     }
     if (dx && !fuse_dx) {
-        status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dz, ldz, kernel, H, 0, dx_tm, I);
+        status = SFX(gemm_rm)(blas, 0, !w_rows, TB, I, H, 1, dz, ldz, kernel, ldk, 0, dx_tm, I);
         if (status) goto done;
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
     }

@@ -3,7 +3,9 @@
 and the generic C tiles, forced), the BLAS
 GEMM per step (forced: on AVX2 CPUs the tiles are always chosen), each with the time loop
 on one thread, split over two threads by batch rows, and split by units (the splits forced
-from the smallest size)."""
+from the smallest size); and with the weights in Keras' layout or in torch's
+(weight_layout="torch", which the LSTM and SimpleRNN pack and multiply without a
+conversion)."""
 import contextlib
 
 import numpy as np
@@ -35,6 +37,52 @@ PATHS = {
     "generic_tiles": dict(simd=0, blas_steps=0),
     "blas_steps": dict(simd=-1, blas_steps=1),
 }
+
+
+# torch's row block of each of Keras' gate blocks, for weight_layout="torch": LSTM and
+# SimpleRNN pack and multiply straight from torch's rows, the GRU converts them in C
+GATE_ROWS = {"lstm": (0, 1, 2, 3), "gru": (1, 0, 2), "gru_reset_before": (1, 0, 2),
+             "simple_rnn": (0,)}
+LAYOUTS = ["keras", "torch"]
+
+
+def weights_in_layout(layout, cell, kernel, recurrent, bias=None):
+    """(kernel, recurrent_kernel, bias) from Keras' layout into `layout`: torch's is
+    weight_ih (G*units, features), weight_hh (G*units, units) in its gate order."""
+    if layout == "keras":
+        return kernel, recurrent, bias
+    units, order = recurrent.shape[0], GATE_ROWS[cell]
+
+    def rows(matrix):
+        out = np.empty((matrix.shape[1], matrix.shape[0]), matrix.dtype)
+        for keras_block, torch_block in enumerate(order):
+            out[torch_block * units:(torch_block + 1) * units] = (
+                matrix[:, keras_block * units:(keras_block + 1) * units].T)
+        return out
+    return rows(kernel), rows(recurrent), None if bias is None else reorder_gates(bias, units,
+                                                                                  order)
+
+
+def reorder_gates(bias, units, order, to_torch=True):
+    """A bias's gate blocks (last axis) from Keras' order to torch's, or back."""
+    out = np.empty_like(bias)
+    for keras_block, torch_block in enumerate(order):
+        keras, torch = (slice(b * units, (b + 1) * units) for b in (keras_block, torch_block))
+        out[..., torch if to_torch else keras] = bias[..., keras if to_torch else torch]
+    return out
+
+
+def keras_gradients(layout, cell, grads):
+    """A backward's gradients with the weight and bias gradients in Keras' layout."""
+    if layout == "keras":
+        return grads
+    units, order = grads.recurrent_kernel.shape[1], GATE_ROWS[cell]
+
+    def columns(rows):
+        return np.concatenate([rows[t * units:(t + 1) * units].T for t in order], axis=1)
+    bias = None if grads.bias is None else reorder_gates(grads.bias, units, order, False)
+    return grads._replace(kernel=columns(grads.kernel),
+                          recurrent_kernel=columns(grads.recurrent_kernel), bias=bias)
 
 
 # name -> (threads, split_by): one thread; two threads each running the loop for its own
@@ -107,19 +155,21 @@ def test_lstm_forward_tail_rows_take_the_avx512vl_tile(rng, batch):
     assert not np.array_equal(vl[-1], avx2[-1])
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("threading", sorted(THREADING))
 @pytest.mark.parametrize("batch,units", SHAPES)
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype):
+def test_paths_match_reference(rng, cell, batch, units, threading, path, dtype, layout):
     _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     arrays, kwargs = masked_problem(rng, cell, batch, 5, 3, units, dtype)
     threads, split_by = THREADING[threading]
     with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
                                                  **PATHS[path]):
-        got = fwd(*arrays[:4], **kwargs)
-        got_grads = bwd(got.cache, arrays[4])
+        got = fwd(arrays[0], *weights_in_layout(layout, cell, *arrays[1:4]),
+                  weight_layout=layout, **kwargs)
+        got_grads = keras_gradients(layout, cell, bwd(got.cache, arrays[4]))
     # the reference in float64 on the same (rounded) inputs
     want = ref_fwd(*(a.astype(np.float64) for a in arrays[:4]), **kwargs)
     want_grads = ref_bwd(want.cache, arrays[4].astype(np.float64))
@@ -240,14 +290,16 @@ INPUT_PATHS = {
                                                   (32, 5, 128)])
 @pytest.mark.parametrize("options", [{}, dict(go_backwards=True, zero_output_for_mask=True,
                                              activation="relu")], ids=["default", "options"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("cell", ["lstm", "simple_rnn"])
 def test_input_projection_paths_match_reference(rng, cell, batch, features, units, training,
-                                                threading, path, dtype, options):
+                                                threading, path, dtype, options, layout):
     """LSTM and SimpleRNN either project the input of many steps with one GEMM or add
     x_t W inside each step's tiles (W and U packed together, the bias as the tiles' start).
     Fused inference reuses one step's pre-activation buffer for every step, so each case
     runs 11 steps with masks, an initial state and recurrent dropout, with and without bias,
-    and once more reversed (go_backwards), zeroing masked outputs, with relu."""
+    and once more reversed (go_backwards), zeroing masked outputs, with relu; from Keras'
+    and from torch's weight layout."""
     gates, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     steps = 11
     x = rng.standard_normal((batch, steps, features))
@@ -263,15 +315,17 @@ def test_input_projection_paths_match_reference(rng, cell, batch, features, unit
     threads, split_by = THREADING[threading]
     tol = 1e-10 if dtype == np.float64 else 2e-4
     for use_bias in (True, False):
-        def run(forward, a):
+        def run(forward, a, layout="keras"):
             initial = (a[4][0], a[4][1]) if cell == "lstm" else a[4][0]
-            return forward(a[0], a[1], a[2], a[3] if use_bias else None, initial_state=initial,
-                           mask=mask, training=training, recurrent_dropout_mask=a[5],
-                           **options)
+            weights = weights_in_layout(layout, cell, a[1], a[2], a[3] if use_bias else None)
+            return forward(a[0], *weights, initial_state=initial, mask=mask,
+                           training=training, recurrent_dropout_mask=a[5], **options,
+                           **({"weight_layout": layout} if layout != "keras" else {}))
         with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
                                                      blas_steps=0, **INPUT_PATHS[path]):
-            got = run(fwd, arrays)
-            got_grads = bwd(got.cache, arrays[6]) if training else None
+            got = run(fwd, arrays, layout)
+            got_grads = (keras_gradients(layout, cell, bwd(got.cache, arrays[6]))
+                         if training else None)
         want = run(ref_fwd, [a.astype(np.float64) for a in arrays])
         for name in ("outputs", "h_n", "c_n") if cell == "lstm" else ("outputs", "h_n"):
             np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=tol,
@@ -334,14 +388,16 @@ def test_gru_gate_by_gate_paths_match_reference(rng, dropout, reset_after, batch
 @pytest.mark.parametrize("features", [1, 17, 67])
 @pytest.mark.parametrize("options", [{}, dict(go_backwards=True, dropout=True)],
                          ids=["default", "reversed_dropout"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_input_gradient_paths_match_reference(rng, cell, options, features, threading, fused,
-                                              dtype):
+                                              dtype, layout):
     """The input gradient dx_t = dz_t W^T is either one GEMM after the time loop or
     computed in the loop, step by step, on W^T packed like U^T (fused, the default from 16
     rows per thread), written straight to dx's (reversed, under go_backwards) step.  Both,
     split by rows or by units (each thread a share of the input columns), with widths that
-    leave a partial last block, masks, and recurrent dropout (GRU's block-by-block loop)."""
+    leave a partial last block, masks, and recurrent dropout (GRU's block-by-block loop);
+    W^T packed from Keras' columns or from torch's rows."""
     _, fwd, bwd, ref_fwd, ref_bwd, extra = CELLS[cell]
     options = dict(options)
     dropout = options.pop("dropout", False)
@@ -350,9 +406,10 @@ def test_input_gradient_paths_match_reference(rng, cell, options, features, thre
     threads, split_by = THREADING[threading]
     with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
                                                  blas_steps=0, fuse_input=fused):
-        got = fwd(*arrays[:3], recurrent_dropout_mask=arrays[3] if dropout else None,
+        got = fwd(arrays[0], *weights_in_layout(layout, cell, *arrays[1:3])[:2],
+                  recurrent_dropout_mask=arrays[3] if dropout else None, weight_layout=layout,
                   **kwargs)
-        got_grads = bwd(got.cache, arrays[4])
+        got_grads = keras_gradients(layout, cell, bwd(got.cache, arrays[4]))
     want = ref_fwd(*(a.astype(np.float64) for a in arrays[:3]),
                    recurrent_dropout_mask=arrays[3].astype(np.float64) if dropout else None,
                    **kwargs)
@@ -406,8 +463,10 @@ def test_backward_without_input_gradient(rng, cell, dropout, path, dtype):
 @pytest.mark.parametrize("simd", [-1, 0], ids=["tiles", "blas"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dtype, simd):
+def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dtype, simd,
+                                                         layout):
     """The weight gradients sum over T*B rows: when those are at least as many as the
     gradient's longer side, two threads split the sum itself (one partial each, added in a
     fixed order) rather than the gradient's rows or columns.  Here T*B = 640 rows against
@@ -415,14 +474,17 @@ def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dty
     31*31*640 multiply-adds) is past both thresholds (csrc/internal.h:
     FRNN_GEMM_SPLIT_K_RATIO, FRNN_GEMM_SPLIT_MIN_MACS).  float32 runs the AVX2 tiles of
     csrc/weight_gradient.c, which take the bias gradient while they pack dZ, and BLAS
-    with a pass of column sums (simd=0, as on CPUs without AVX2); float64 always BLAS."""
+    with a pass of column sums (simd=0, as on CPUs without AVX2); float64 always BLAS.  In
+    torch's layout the LSTM and SimpleRNN take the recurrent kernel's gradient as the
+    swapped product (dZ^T h, 52 or 31 rows against 13 or 31 columns)."""
     _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     units = 31 if cell == "simple_rnn" else 13
     arrays, kwargs = masked_problem(rng, cell, 16, 40, 11, units, dtype)
     with fusedrnn.threads(threads), kernel_paths(simd=simd):
-        got = fwd(*arrays[:4], **kwargs)
-        grads = bwd(got.cache, arrays[4])
-        again = bwd(got.cache, arrays[4])
+        got = fwd(arrays[0], *weights_in_layout(layout, cell, *arrays[1:4]),
+                  weight_layout=layout, **kwargs)
+        grads = keras_gradients(layout, cell, bwd(got.cache, arrays[4]))
+        again = keras_gradients(layout, cell, bwd(got.cache, arrays[4]))
     want = ref_fwd(*(a.astype(np.float64) for a in arrays[:4]), **kwargs)
     want_grads = ref_bwd(want.cache, arrays[4].astype(np.float64))
     tol = 1e-10 if dtype == np.float64 else 2e-4

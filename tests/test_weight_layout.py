@@ -1,9 +1,10 @@
 """One-step inference straight from the weights, and weight_layout="torch" (csrc/
 direct_step.h).  A single inference step multiplies straight from Keras' columns or torch's
-rows; torch's rows for longer inputs are converted to Keras' layout in C.  Checked against
-the float64 reference on the same weights in Keras' layout, on every path (direct or packed
-tiles, AVX2 or generic C) and thread split, with odd sizes, masks, initial states and
-go_backwards; and every misuse refused by name."""
+rows; on longer inputs the LSTM and SimpleRNN loops read torch's rows themselves and the
+GRU's convert them to Keras' layout in C (tests/test_kernel_paths.py runs every loop path
+on both layouts).  Checked against the float64 reference on the same weights in Keras'
+layout, on every path (direct or packed tiles, AVX2 or generic C) and thread split, with
+odd sizes, masks, initial states and go_backwards; and every misuse refused by name."""
 import itertools
 
 import numpy as np
@@ -126,8 +127,10 @@ def test_one_step_without_bias_and_with_recurrent_dropout(rng, cell, layout):
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_torch_layout_equals_keras_layout_bitwise_on_longer_inputs(rng, cell):
-    """Longer inputs convert torch's rows to Keras' columns and run the same loops: the
-    results are those of the Keras layout, bit for bit."""
+    """Longer inputs run the same loops as Keras' layout: the LSTM and SimpleRNN pack the
+    same values from torch's rows (and the input projection is BLAS's GEMM with the other
+    transpose flag, which packs the same panels), the GRU converts the rows to Keras'
+    columns first.  The results are those of the Keras layout, bit for bit."""
     _, forward, _, _, _ = CELLS[cell]
     arrays, kwargs = problem(rng, cell, 5, 9, 6, 33, np.float32, masked=True, with_state=True)
     x, kernel, recurrent, bias = arrays
@@ -220,7 +223,8 @@ def test_torch_layout_training_gives_the_reference_gradients_in_torch_layout(
         rng, cell, steps, threads, path):
     """Training on torch's rows: backward returns the weight and bias gradients in torch's
     layout.  One step runs straight from the rows both ways (the GRU with reset_after;
-    reset_after=False converts), longer inputs convert in C; both give the reference's
+    reset_after=False converts), longer inputs run the loops (the GRU's on converted
+    weights); both give the reference's
     gradients (float64), with odd sizes, masks, initial states, go_backwards and upstream
     gradients for the final states, and leave the caller's arrays alone."""
     _, forward, reference_forward, _, gate_rows = CELLS[cell]

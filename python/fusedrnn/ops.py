@@ -144,9 +144,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     recurrent_kernel are torch.nn.LSTM's weight_ih (4*units, features) and weight_hh
     (4*units, units), bias is bias_ih + bias_hh; lstm_backward then returns the kernel,
     recurrent_kernel and bias gradients in that layout (bias: the sum's, which is each
-    torch bias's).  One step (time = 1) is computed straight from torch's rows, forward
-    and backward; longer sequences convert the weights once per call (and backward the
-    gradients back).
+    torch bias's).  Both passes read torch's rows where they pack or multiply the weights
+    and write the gradients in torch's layout: no transposes, as fast as Keras' layout.
     Returns LSTMOutput(outputs, h_n, c_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -301,7 +300,9 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     recurrent_kernel are torch.nn.GRU's weight_ih (3*units, features) and weight_hh
     (3*units, units), gate rows r, z, n, and bias is [bias_ih; bias_hh] (2, 3*units) in
     that order ((3*units,) with reset_after=False); gru_backward's weight gradients come
-    in that layout too, as for lstm_forward.
+    in that layout too, as for lstm_forward.  One step (time = 1) is computed straight
+    from torch's rows, forward and backward; longer sequences convert the weights to
+    Keras' layout once per call (and backward the gradients back).
     Returns GRUOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")
@@ -378,8 +379,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     or None; multiplies h_{t-1} where it meets the recurrent kernel (Keras 3).
     weight_layout: "keras" (get_weights()' layout, the default) or "torch": kernel and
     recurrent_kernel are torch.nn.RNN's weight_ih (units, features) and weight_hh (units,
-    units), bias is bias_ih + bias_hh; the gradients come in that layout too, as for
-    lstm_forward.
+    units), bias is bias_ih + bias_hh; the gradients come in that layout too, and both
+    passes read the rows without transposes, as for lstm_forward.
     Returns SimpleRNNOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")

@@ -13,13 +13,16 @@ kernels of :mod:`fusedrnn.ops` (``*_forward(training=True)`` in forward, ``*_bac
 backward); under ``torch.no_grad()`` (or when nothing requires a gradient) the kernels run
 with ``training=False`` and save nothing.  CPU tensors only, float32 or float64.
 
-Weight mapping to the kernels' Keras layout: ``kernel = weight_ih.T``, ``recurrent_kernel
-= weight_hh.T``.  LSTM and RNN use one bias ``bias_ih + bias_hh`` (its gradient goes to
-both); GRU keeps torch's two biases as the ``reset_after=True`` bias ``[b_ih; b_hh]`` and
-reorders torch's gate rows (r, z, n) into Keras' gate columns (z, r, h).  Inference, and
-training on a single step of up to 32 rows (a decoder run token by token), skip that
-mapping: the kernels take torch's weights as they are (``weight_layout="torch"``) and
-return the weight gradients in torch's layout.
+Weights: LSTM and RNN hand torch's ``weight_ih`` and ``weight_hh`` to the kernels as they
+are (``weight_layout="torch"``: the kernels pack and multiply torch's rows, and return the
+weight gradients in torch's layout), with one bias ``bias_ih + bias_hh`` (its gradient goes
+to both).  GRU keeps torch's two biases as the ``reset_after=True`` bias ``[b_ih; b_hh]``;
+in training on more than one step (or more than 32 rows) its weights are mapped to the
+kernels' Keras layout here, once for both passes (``kernel = weight_ih.T``,
+``recurrent_kernel = weight_hh.T``, torch's gate rows (r, z, n) reordered into Keras' gate
+columns (z, r, h)), since its kernels would convert torch's rows in each pass; inference
+and a single training step of up to 32 rows (a decoder run token by token) take torch's
+rows too.
 
 ``proj_size > 0`` (LSTM with projections) is not supported: the fused kernel has no
 projection inside the recurrence, so the constructor raises a ValueError.
@@ -39,10 +42,12 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # --------------------------------------------------------------------------------------
 # Cells: how one torch layer/direction maps onto the kernels of fusedrnn.ops.
-# Each has n_states (2 for LSTM's (h, c), else 1) and five methods:
-#   keras_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy,
-#   torch_weights(...) -> the same in torch's layout (weight_layout="torch": inference,
-#                          and training on one step of up to 32 rows),
+# Each has n_states (2 for LSTM's (h, c), else 1), trains_on_rows (True when training on
+# any input takes torch's layout) and these methods:
+#   torch_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy, in
+#       torch's layout (weight_layout="torch": inference, training where trains_on_rows,
+#       and training on one step of up to 32 rows),
+#   keras_weights(...) -> the same in Keras' layout (GRU only: training otherwise),
 #   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training,
 #           weight_layout) -> (outputs in processing order, final states tuple, cache or None),
 #   backward(cache, d_outputs, d_states) -> (dx, d_kernel, d_recurrent, d_bias, d_initial),
@@ -53,15 +58,6 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 def _numpy(tensor):
     """A NumPy view of a CPU tensor (no copy); None stays None."""
     return None if tensor is None else tensor.detach().numpy()
-
-
-def _transposed(matrix):
-    """matrix.T as a new C-order array.  NumPy's np.ascontiguousarray(matrix.T) reads the
-    matrix column by column: with 512 units that took 9 ms of every training step's
-    weight and gradient transposes; the kernels' tiled transpose takes under 1 ms."""
-    out = _kernels.pooled_array((matrix.shape[1], matrix.shape[0]), matrix.dtype)
-    _kernels.transpose_into(_rows_contiguous(matrix), out)
-    return out
 
 
 def _rows_contiguous(matrix):
@@ -82,28 +78,24 @@ def _require_op(name):
 
 
 class _SummedBiasCell:
-    """Cells whose gate rows are in Keras' column order already (LSTM, RNN): the weights
-    are transposed and torch's two biases, which only ever appear as a sum, are added."""
+    """Cells whose gate rows are in Keras' column order already (LSTM, RNN): torch's two
+    biases, which only ever appear as a sum, are added; the kernels take torch's rows in
+    both passes (no transposes at all: 1.2x on a training step at B=1, H=512)."""
 
-    def keras_weights(self, w_ih, w_hh, b_ih, b_hh):
-        kernel = _transposed(_numpy(w_ih))
-        recurrent = _transposed(_numpy(w_hh))
-        bias = None if b_ih is None else _numpy(b_ih) + _numpy(b_hh)
-        return kernel, recurrent, bias
+    trains_on_rows = True  # the kernels' forward and backward read torch's rows themselves
 
     def torch_weights(self, w_ih, w_hh, b_ih, b_hh):
         """The kernels' inputs in torch's layout (weight_layout="torch"): no transposes."""
         bias = None if b_ih is None else _numpy(b_ih) + _numpy(b_hh)
         return _numpy(w_ih), _numpy(w_hh), bias
 
-    def torch_gradients(self, d_kernel, d_recurrent, d_bias, weight_rows=False):
-        """Kernel gradients -> torch's (weight_ih, weight_hh, bias_ih, bias_hh), from
-        Keras' layout or, with weight_rows, torch's own (weight_layout="torch").
+    def torch_gradients(self, d_kernel, d_recurrent, d_bias, weight_rows=True):
+        """Kernel gradients in torch's layout (always here) -> torch's (weight_ih,
+        weight_hh, bias_ih, bias_hh).
 
         The summed bias feeds both torch biases, so both receive its gradient (as two
         separate tensors: autograd may keep a returned gradient as a parameter's .grad)."""
-        if not weight_rows:
-            d_kernel, d_recurrent = _transposed(d_kernel), _transposed(d_recurrent)
+        del weight_rows  # the cell interface's argument: always torch's layout here
         d_w_ih, d_w_hh = torch.from_numpy(d_kernel), torch.from_numpy(d_recurrent)
         if d_bias is None:
             return d_w_ih, d_w_hh, None, None
@@ -161,6 +153,7 @@ class _GRUCell:
     with bias [b_ih; b_hh], and torch's h = (1 - z) * n + z * h_prev is Keras' update."""
 
     n_states = 1
+    trains_on_rows = False  # longer sequences: the kernels would convert rows in each pass
 
     @staticmethod
     def _swap_rz(hidden_size):
@@ -174,7 +167,8 @@ class _GRUCell:
     @classmethod
     def _rows_to_columns(cls, matrix, h):
         """(3h, n) with torch's gate rows -> (n, 3h) with Keras' gate columns (transposed
-        block by block with the kernels' transpose, as _transposed)."""
+        block by block with the kernels' tiled transpose: NumPy's np.ascontiguousarray(m.T)
+        reads m column by column, 9 ms of a training step's transposes at 512 units)."""
         matrix = _rows_contiguous(matrix)
         out = _kernels.pooled_array((matrix.shape[1], 3 * h), matrix.dtype)
         for torch_block, keras_block in cls._GATE_BLOCKS:
@@ -257,10 +251,12 @@ class _FusedDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, mask, go_backwards, x, w_ih, w_hh, b_ih, b_hh, *initial):
         ctx.set_materialize_grads(False)  # None gradients reach the kernels as "zero"
-        # A single step of a few rows (a decoding loop's call) runs forward and backward
-        # straight from torch's weights, gradients in torch's layout; otherwise the weights
-        # are converted once here, where the kernels would convert them in both passes.
-        weight_rows = x.shape[1] == 1 and _kernels.one_step_from_rows(x.shape[0])
+        # LSTM and RNN, and a single step of a few rows (a decoding loop's call), run
+        # forward and backward straight from torch's weights, gradients in torch's layout;
+        # otherwise (GRU) the weights are converted once here, where the kernels would
+        # convert them in both passes.
+        weight_rows = cell.trains_on_rows or (
+            x.shape[1] == 1 and _kernels.one_step_from_rows(x.shape[0]))
         layout = cell.torch_weights if weight_rows else cell.keras_weights
         kernel, recurrent, bias = layout(w_ih, w_hh, b_ih, b_hh)
         initial_np = tuple(_numpy(s) for s in initial) if initial else None
