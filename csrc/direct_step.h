@@ -14,10 +14,10 @@
  * (H, G*H).  On longer inputs the LSTM and SimpleRNN loops read torch's rows where they
  * pack or multiply the weights (recurrent_matmul.h's packings, BLAS with the other
  * transpose flag) and write the weight gradients in torch's layout
- * (weight_gradient_in_layout).  The GRU's loops, whose gate order differs from torch's,
- * run on a Keras-layout copy made once per call (keras_weights_from_rows), what a caller
- * would otherwise do before calling, and their backward passes transpose the gradients
- * back (rows_from_keras).
+ * (weight_gradient_in_layout).  The GRU's forward does the same, gate block by gate
+ * block (its gate order differs from torch's); its backward runs on a Keras-layout copy
+ * made once per call (keras_weights_from_rows), what a caller would otherwise do before
+ * calling, and transposes the gradients back (rows_from_keras).
  *
  * A single step's backward on torch's rows likewise works straight from them (the
  * direct_step_*_gradient functions at the end): the state and input gradients as sums of

@@ -75,8 +75,9 @@ typedef struct {
      * then take the same weights and write d_kernel, d_recurrent and d_bias in that
      * layout too.  A single step (T = 1) is computed straight from the rows, forward and
      * backward (csrc/direct_step.h).  Longer inputs: the LSTM and SimpleRNN pack and
-     * multiply the rows themselves (no transposes); the GRU converts the weights to
-     * Keras' layout once per call, and backward the gradients back. */
+     * multiply the rows themselves in both passes (no transposes), the GRU in its
+     * forward; the GRU's backward (and its forward with BLAS products per step) converts
+     * the weights to Keras' layout once per call, and the gradients back. */
     int weight_rows;
 } frnn_dims;
 
@@ -104,8 +105,7 @@ int frnn_get_num_threads(void);
  *     backward's time loop (every cell), 0 computes them for many steps at once with BLAS
  *     GEMMs.
  *   direct_step: 1 computes a single step (T = 1, no recurrent dropout) straight from
- *     the weights (csrc/direct_step.h), 0 with the loops' packed tiles (the GRU converts
- *     torch's layout first).
+ *     the weights (csrc/direct_step.h), 0 with the loops' packed tiles.
  *   Process-wide, like the thread count. */
 void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
                              int fuse_input, int direct_step);
@@ -117,9 +117,9 @@ int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);
 /* 1 when a single step (T = 1) of `batch` rows on torch's rows (frnn_dims.weight_rows)
  * runs forward and backward straight from them (csrc/direct_step.h), 0 when it runs the
- * loops, where the GRU converts the weights (and backward the gradients back): a caller
- * holding a GRU's torch weights (fusedrnn.torch) then converts them itself, once for both
- * passes. */
+ * loops, where the GRU's backward converts the weights (and the gradients back): a caller
+ * training a GRU on torch's weights (fusedrnn.torch) then converts them itself, once for
+ * both passes. */
 int frnn_one_step_from_rows(ptrdiff_t batch);
 /* PAUSEs a thread spins at a time loop's per-step meeting before it sleeps on a futex
  * (csrc/internal.h's frnn_step_barrier; default FRNN_BARRIER_SPINS).  Tests set 0 to make

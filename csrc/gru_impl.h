@@ -255,6 +255,23 @@ done:
     return status;
 }
 
+/* The input projection z = x W + bias (input_projection), with W as Keras' kernel
+ * (I, 3H) when gate_rows is NULL, or as torch's weight_ih (3H, I), whose row block
+ * gate_rows[g] is Keras' gate g: then one GEMM per gate block, each writing its columns
+ * of z (row stride 3H). */
+static int SFX(gru_input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrdiff_t I,
+                                     ptrdiff_t H, const REAL *x, const REAL *kernel,
+                                     const int *gate_rows, const REAL *bias, REAL *z) {
+    if (!gate_rows) return SFX(input_projection)(blas, rows, I, 3 * H, x, kernel, 0, bias, z);
+    for (int g = 0; g < 3; ++g) {
+        const int status = SFX(gemm_rm_init)(blas, 0, 1, rows, H, I, 1, x, I,
+                                             kernel + gate_rows[g] * H * I, I, 0, z + g * H,
+                                             3 * H, bias ? bias + g * H : NULL);
+        if (status) return status;
+    }
+    return FRNN_OK;
+}
+
 int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                           const REAL *x, frnn_seq_strides xs,
                           const REAL *kernel, const REAL *recurrent, const REAL *bias,
@@ -277,7 +294,12 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     if (T == 1 && !rec_mask && reset_after && frnn_direct_step(B, d->weight_rows))
         return SFX(gru_direct_step)(d, x, xs, kernel, recurrent, bias, mask, ms, h0, outputs, os,
                                     h_n, x_cache, gates, hr_cache, h_states, mask_cache);
-    if (d->weight_rows) { /* torch's layout: converted once for the loops below */
+    /* Torch's layout: the tiles' packings and the input projection read the rows (gate
+     * block by gate block, torch's r, z, n into Keras' z, r, h), the bias is reordered
+     * into a copy.  The BLAS products per step (no AVX2, many rows) run on a Keras-layout
+     * copy of the weights instead. */
+    const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
+    if (d->weight_rows && !tiles_ok) {
         frnn_dims keras = *d;
         keras.weight_rows = 0;
         const ptrdiff_t bias_rows = reset_after ? 2 : 1;
@@ -299,6 +321,15 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         return status;
     }
 
+    const int *gate_rows = d->weight_rows ? SFX(gru_gate_rows) : NULL;
+    REAL *bias_k = NULL; /* the bias in Keras' gate order, from torch's */
+    if (gate_rows && bias) {
+        const ptrdiff_t bias_rows = reset_after ? 2 : 1;
+        bias_k = frnn_alloc((size_t)(bias_rows * G3), sizeof(REAL));
+        if (!bias_k) return FRNN_ENOMEM;
+        SFX(reorder_gate_blocks)(bias_rows, H, 3, gate_rows, 0, bias, bias_k);
+        bias = bias_k;
+    }
     ptrdiff_t chunk = T;
     if (!training) {
         ptrdiff_t per_step = B * (G3 + I);
@@ -326,7 +357,6 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
      * tiles' unit blocks are fwd_width wide (VW for the 512-bit tiles, else VWF). */
     const ptrdiff_t fwd_width = SFX(g3_width)();
     const ptrdiff_t nb = (H + fwd_width - 1) / fwd_width, nbg = SFX(unit_blocks)(H);
-    const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
     const int gate_tiles = tiles_ok && !use_tiles;
     /* the gate-by-gate loop meets 2-3 times per step */
@@ -352,10 +382,17 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         goto done;
     }
     if (tile_zeros) memset(tile_zeros, 0, (size_t)(nb * 3 * fwd_width) * sizeof(REAL));
-    if (packed) SFX(pack_recurrent)(recurrent, G3, H, 3, NULL, fwd_width, packed, nt);
-    for (int g = 0; gate_tiles && g < 3; ++g)
-        SFX(pack_recurrent)(recurrent + g * H, G3, H, 1, NULL, VW,
-                            packed_gates + g * gate_stride, nt);
+    if (packed)
+        SFX(pack_recurrent)(recurrent, gate_rows ? H : G3, H, 3, gate_rows, fwd_width, packed,
+                            nt);
+    for (int g = 0; gate_tiles && g < 3; ++g) { /* gate g alone: one block of rows */
+        if (gate_rows)
+            SFX(pack_recurrent)(recurrent + gate_rows[g] * H * H, H, H, 1, SFX(same_gate_rows),
+                                VW, packed_gates + g * gate_stride, nt);
+        else
+            SFX(pack_recurrent)(recurrent + g * H, G3, H, 1, NULL, VW,
+                                packed_gates + g * gate_stride, nt);
+    }
     if (in_bias) {
         for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
         b_rec_h = bias + G3 + 2 * H;
@@ -374,8 +411,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         REAL *z_chunk = training ? z_buf + t0 * B * G3 : z_buf;
         SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
         SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
-        status = SFX(input_projection)(blas, (t1 - t0) * B, I, G3, x_chunk, kernel, 0,
-                                       reset_after ? in_bias : bias, z_chunk);
+        status = SFX(gru_input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, gate_rows,
+                                           reset_after ? in_bias : bias, z_chunk);
         if (status) goto done;
         if (gate_tiles) { /* gate block by gate block; h updated in place */
             frnn_step_barrier step_barrier;
@@ -520,6 +557,7 @@ done:
     frnn_free(h_alt);
     frnn_free(h_dropped);
     frnn_free(in_bias);
+    frnn_free(bias_k);
     if (!training) {
         frnn_free(z_buf);
         frnn_free(x_buf);

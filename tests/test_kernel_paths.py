@@ -40,7 +40,8 @@ PATHS = {
 
 
 # torch's row block of each of Keras' gate blocks, for weight_layout="torch": LSTM and
-# SimpleRNN pack and multiply straight from torch's rows, the GRU converts them in C
+# SimpleRNN pack and multiply straight from torch's rows, the GRU in its forward (its
+# backward, and its forward with BLAS products per step, convert them in C)
 GATE_ROWS = {"lstm": (0, 1, 2, 3), "gru": (1, 0, 2), "gru_reset_before": (1, 0, 2),
              "simple_rnn": (0,)}
 LAYOUTS = ["keras", "torch"]

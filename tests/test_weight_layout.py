@@ -1,8 +1,8 @@
 """One-step inference straight from the weights, and weight_layout="torch" (csrc/
 direct_step.h).  A single inference step multiplies straight from Keras' columns or torch's
-rows; on longer inputs the LSTM and SimpleRNN loops read torch's rows themselves and the
-GRU's convert them to Keras' layout in C (tests/test_kernel_paths.py runs every loop path
-on both layouts).  Checked against the float64 reference on the same weights in Keras'
+rows; on longer inputs the LSTM and SimpleRNN loops and the GRU's forward read torch's rows
+themselves, the GRU's backward converts them to Keras' layout in C
+(tests/test_kernel_paths.py runs every loop path on both layouts).  Checked against the float64 reference on the same weights in Keras'
 layout, on every path (direct or packed tiles, AVX2 or generic C) and thread split, with
 odd sizes, masks, initial states and go_backwards; and every misuse refused by name."""
 import itertools
@@ -127,10 +127,10 @@ def test_one_step_without_bias_and_with_recurrent_dropout(rng, cell, layout):
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_torch_layout_equals_keras_layout_bitwise_on_longer_inputs(rng, cell):
-    """Longer inputs run the same loops as Keras' layout: the LSTM and SimpleRNN pack the
-    same values from torch's rows (and the input projection is BLAS's GEMM with the other
-    transpose flag, which packs the same panels), the GRU converts the rows to Keras'
-    columns first.  The results are those of the Keras layout, bit for bit."""
+    """Longer inputs run the same loops as Keras' layout: the tiles' packings take the
+    same values from torch's rows, and the input projection is BLAS's GEMM with the other
+    transpose flag (the GRU's one per gate block), which sums in the same order here.  The
+    results are those of the Keras layout, bit for bit."""
     _, forward, _, _, _ = CELLS[cell]
     arrays, kwargs = problem(rng, cell, 5, 9, 6, 33, np.float32, masked=True, with_state=True)
     x, kernel, recurrent, bias = arrays

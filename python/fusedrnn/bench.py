@@ -654,10 +654,11 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
             "",
             "The same module call as the torch column above (batch_first, the same weights "
             "through load_state_dict), with fusedrnn.torch's LSTM/GRU/RNN: the kernels plus "
-            "the drop-in's own work per call (autograd; in training torch's weight layout to "
-            "the kernels' and the gradients back, except for one step of up to 32 rows, "
-            "which runs on torch's layout both ways).  T = 1: one step from a given state "
-            "(hx), as a decoding loop calls its recurrent layer once per token.",
+            "the drop-in's own work per call (autograd; the kernels take torch's weight "
+            "rows as they are, except the GRU's in training on more than one step or 32 "
+            "rows, which the module maps to the kernels' layout and the gradients back).  "
+            "T = 1: one step from a given state (hx), as a decoding loop calls its "
+            "recurrent layer once per token.",
             "",
         ]
         rows = [[r.cell, r.mode, str(r.point.batch), str(r.point.steps), str(r.point.features),

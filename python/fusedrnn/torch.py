@@ -20,9 +20,9 @@ to both).  GRU keeps torch's two biases as the ``reset_after=True`` bias ``[b_ih
 in training on more than one step (or more than 32 rows) its weights are mapped to the
 kernels' Keras layout here, once for both passes (``kernel = weight_ih.T``,
 ``recurrent_kernel = weight_hh.T``, torch's gate rows (r, z, n) reordered into Keras' gate
-columns (z, r, h)), since its kernels would convert torch's rows in each pass; inference
+columns (z, r, h)), since its backward kernel would convert torch's rows again; inference
 and a single training step of up to 32 rows (a decoder run token by token) take torch's
-rows too.
+rows as they are.
 
 ``proj_size > 0`` (LSTM with projections) is not supported: the fused kernel has no
 projection inside the recurrence, so the constructor raises a ValueError.
@@ -153,7 +153,7 @@ class _GRUCell:
     with bias [b_ih; b_hh], and torch's h = (1 - z) * n + z * h_prev is Keras' update."""
 
     n_states = 1
-    trains_on_rows = False  # longer sequences: the kernels would convert rows in each pass
+    trains_on_rows = False  # longer sequences: the backward kernel would convert the rows
 
     @staticmethod
     def _swap_rz(hidden_size):
