@@ -275,6 +275,102 @@ def test_decoding_loop_one_step_at_a_time_matches_torch_nn(torch, ft, rng, kind,
                 assert_close(a.numpy(), e.numpy(), rtol, name=f"state, step {step}")
 
 
+# (kind, options) of the one-layer modules the short inference path serves
+SHORT_PATH_MODULES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("RNN", {"nonlinearity": "relu"}),
+                      ("LSTM", {"bias": False}), ("GRU", {"bias": False})]
+
+
+def full_path_only(module, monkeypatch):
+    """The module with its short inference path switched off (forward's full path)."""
+    monkeypatch.setattr(module, "_one_layer_inference", lambda input, hx: None)
+    return module
+
+
+@pytest.mark.parametrize("kind,options", SHORT_PATH_MODULES,
+                         ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.items())))
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_short_inference_path_equals_the_full_path(torch, ft, rng, monkeypatch, kind, options,
+                                                   dtype_name, batch_first):
+    """One layer, no gradient: forward takes a short path straight to the kernel
+    (_one_layer_inference).  It returns bit for bit what the full path returns, shaped
+    as torch.nn's, with and without hx, for one and several steps, odd sizes."""
+    dtype = getattr(torch, dtype_name)
+    for batch, steps, input_size, hidden_size in [(1, 1, 3, 67), (3, 5, 1, 1), (2, 11, 67, 3)]:
+        reference, ours = make_pair(torch, ft, kind, input_size, hidden_size, dtype,
+                                    batch_first=batch_first, **options)
+        _, full = make_pair(torch, ft, kind, input_size, hidden_size, dtype,
+                            batch_first=batch_first, **options)
+        full.load_state_dict(reference.state_dict())
+        full_path_only(full, monkeypatch)
+        shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
+        x = torch.tensor(rng.standard_normal(shape), dtype=dtype, requires_grad=True)
+        for hx in (None, random_hx(torch, rng, kind, 1, batch, hidden_size, dtype)):
+            with torch.no_grad():
+                assert ours._one_layer_inference(x, hx) is not None  # the short path ran
+                got, got_hidden = ours(x, hx)
+                want, want_hidden = full(x, hx)
+                expected, expected_hidden = reference(x, hx)
+            assert got.shape == expected.shape and got.dtype == dtype and got.is_contiguous()
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            assert_close(got.numpy(), expected.numpy(), RTOL[dtype_name], name="output")
+            got_states = got_hidden if kind == "LSTM" else (got_hidden,)
+            want_states = want_hidden if kind == "LSTM" else (want_hidden,)
+            expected_states = expected_hidden if kind == "LSTM" else (expected_hidden,)
+            for a, w, e in zip(got_states, want_states, expected_states, strict=True):
+                assert a.shape == e.shape == (1, batch, hidden_size)
+                torch.testing.assert_close(a, w, rtol=0, atol=0)
+                assert_close(a.numpy(), e.numpy(), RTOL[dtype_name], name="state")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_short_inference_path_leaves_everything_else_to_the_full_path(torch, ft, rng, kind):
+    """What the short path does not take (a gradient wanted, several layers, unbatched or
+    packed input, a non-contiguous weight or input, hx as a list) goes through the full
+    path with torch.nn's results, and malformed arguments raise the full path's errors."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    reference, ours = make_pair(torch, ft, kind, 6, 5, torch.float64)
+    x = torch.tensor(rng.standard_normal((4, 3, 6)))
+    hx = random_hx(torch, rng, kind, 1, 3, 5, torch.float64)
+    with torch.no_grad():
+        assert ours._one_layer_inference(x, hx) is not None
+        packed = pack_padded_sequence(x, torch.tensor([4, 2, 1]))
+        declined_inputs = [(x[:, 0], tuple(s[:, 0] for s in hx) if kind == "LSTM" else hx[:, 0]),
+                           (packed, hx), (torch.tensor(rng.standard_normal((4, 3, 12)))[..., ::2],
+                                          hx)]
+        if kind == "LSTM":
+            declined_inputs.append((x, list(hx)))
+        for model_input, state in declined_inputs:
+            assert ours._one_layer_inference(model_input, state) is None
+            got, _ = ours(model_input, state)
+            want, _ = reference(model_input, state)
+            got = got.data if isinstance(got, type(packed)) else got
+            want = want.data if isinstance(want, type(packed)) else want
+            assert_close(got.numpy(), want.numpy(), 1e-9, name="output")
+        # a weight that is a transposed view: declined, the full path copies it
+        transposed = torch.nn.Parameter(ours.weight_hh_l0.detach().t().contiguous().t())
+        assert not transposed.is_contiguous()
+        ours.weight_hh_l0 = transposed
+        assert ours._one_layer_inference(x, hx) is None
+        assert_close(ours(x, hx)[0].numpy(), reference(x, hx)[0].numpy(), 1e-9, name="output")
+        # malformed arguments: declined, and the full path names them
+        with pytest.raises(ValueError, match="input_size = 6"):
+            ours(torch.randn(4, 3, 7, dtype=torch.float64))
+        with pytest.raises(TypeError, match="weight_ih_l0 has dtype torch.float64"):
+            ours(torch.randn(4, 3, 6))
+        state = torch.zeros(1, 2, 5, dtype=torch.float64)  # batch 2 != 3
+        with pytest.raises(ValueError, match=r"\(1, 3, 5\)"):
+            ours(x, (state, state) if kind == "LSTM" else state)
+        state = torch.zeros(1, 3, 5)  # float32 state, float64 input
+        with pytest.raises(TypeError, match="dtype"):
+            ours(x, (state, state) if kind == "LSTM" else state)
+    # with autograd: the full path, through the fused autograd Function
+    assert ours._one_layer_inference(x, hx) is None
+    got, _ = ours(x, hx)
+    assert got.requires_grad
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_parity_long_packed_bidirectional_sequence(torch, ft, rng, kind, dtype_name):
