@@ -14,10 +14,11 @@
  * (H, G*H).  On longer inputs the LSTM and SimpleRNN loops read torch's rows where they
  * pack or multiply the weights (recurrent_matmul.h's packings, BLAS with the other
  * transpose flag) and write the weight gradients in torch's layout
- * (weight_gradient_in_layout).  The GRU's forward does the same, gate block by gate
- * block (its gate order differs from torch's); its backward runs on a Keras-layout copy
- * made once per call (keras_weights_from_rows), what a caller would otherwise do before
- * calling, and transposes the gradients back (rows_from_keras).
+ * (weight_gradient_in_layout).  The GRU's do the same gate block by gate block (its gate
+ * order differs from torch's; gru_input_projection, gru_weight_gradient).  Only the GRU's
+ * BLAS products per step (no AVX2, many rows) run on a Keras-layout copy made once per
+ * call (keras_weights_from_rows), the backward's gradients transposed back
+ * (rows_from_keras).
  *
  * A single step's backward on torch's rows likewise works straight from them (the
  * direct_step_*_gradient functions at the end): the state and input gradients as sums of
@@ -529,7 +530,8 @@ FRNN_UNUSED static void SFX(rows_from_keras)(ptrdiff_t N, ptrdiff_t H, ptrdiff_t
         (void)SFX(frnn_transpose)(N, H, columns + g * H, G * H, rows + gate_rows[g] * H * N, N);
 }
 
-/* A longer GRU backward pass on torch's rows runs the loops on Keras' layout: the weights
+/* A longer GRU backward pass on torch's rows with BLAS products per step runs the loops on
+ * Keras' layout: the weights
  * converted (keras_weights_from_rows) and the gradients computed there, then transposed
  * back.  Each pointer NULL or allocated; the caller's backward runs between
  * keras_copies_for_backward and gradients_to_rows, which frees them all. */

@@ -74,10 +74,10 @@ typedef struct {
      * reset_after=1 (2, 3H) = [bias_ih; bias_hh], reset_after=0 (3H,).  Backward passes
      * then take the same weights and write d_kernel, d_recurrent and d_bias in that
      * layout too.  A single step (T = 1) is computed straight from the rows, forward and
-     * backward (csrc/direct_step.h).  Longer inputs: the LSTM and SimpleRNN pack and
-     * multiply the rows themselves in both passes (no transposes), the GRU in its
-     * forward; the GRU's backward (and its forward with BLAS products per step) converts
-     * the weights to Keras' layout once per call, and the gradients back. */
+     * backward (csrc/direct_step.h).  Longer inputs: the loops pack and multiply the rows
+     * themselves in both passes (no transposes; the GRU gate block by gate block), except
+     * the GRU's with BLAS products per step (no AVX2, many rows), which convert the
+     * weights to Keras' layout once per call, and the gradients back. */
     int weight_rows;
 } frnn_dims;
 
@@ -117,9 +117,7 @@ int frnn_override_blas_steps(void);
 long long frnn_override_split_min_macs(void);
 /* 1 when a single step (T = 1) of `batch` rows on torch's rows (frnn_dims.weight_rows)
  * runs forward and backward straight from them (csrc/direct_step.h), 0 when it runs the
- * loops, where the GRU's backward converts the weights (and the gradients back): a caller
- * training a GRU on torch's weights (fusedrnn.torch) then converts them itself, once for
- * both passes. */
+ * loops' packed tiles (which read torch's rows too). */
 int frnn_one_step_from_rows(ptrdiff_t batch);
 /* PAUSEs a thread spins at a time loop's per-step meeting before it sleeps on a futex
  * (csrc/internal.h's frnn_step_barrier; default FRNN_BARRIER_SPINS).  Tests set 0 to make

@@ -747,6 +747,42 @@ done:
     return status;
 }
 
+/* A GRU weight gradient over gate blocks [g0, g1): C's blocks (+)= A^T B_g as
+ * weight_gradient_gemm, A (k x m, row stride lda), B_g = b + (g - g0) * H (k x H, row
+ * stride ldb).  C is Keras' (m, 3H) with block g at columns g*H (gate_rows NULL), or
+ * torch's (3H, m) with Keras' block g at row block gate_rows[g]: one block at a time
+ * (weight_gradient_in_layout) below FRNN_GRU_SWAPPED_MAX_ROWS rows, else all blocks in
+ * one product through a scratch.  sums (beta 0 only, or NULL): B's column sums for the
+ * blocks, in Keras' order. */
+static int SFX(gru_weight_gradient)(const frnn_blas *blas, const int *gate_rows, ptrdiff_t m,
+                                    ptrdiff_t H, int g0, int g1, ptrdiff_t k, const REAL *a,
+                                    ptrdiff_t lda, const REAL *b, ptrdiff_t ldb, REAL beta,
+                                    REAL *c, REAL *sums) {
+    if (!gate_rows)
+        return SFX(weight_gradient_gemm)(blas, m, (g1 - g0) * H, k, a, lda, b, ldb, beta,
+                                         c + g0 * H, 3 * H, sums);
+    if (beta == 0 && k >= FRNN_GRU_SWAPPED_MAX_ROWS) {
+        /* many rows: the blocks' product at once, into a Keras-layout scratch transposed
+         * block by block into torch's rows */
+        const ptrdiff_t n = (g1 - g0) * H;
+        REAL *keras = frnn_alloc((size_t)(m * n), sizeof(REAL));
+        if (!keras) return FRNN_ENOMEM;
+        int status = SFX(weight_gradient_gemm)(blas, m, n, k, a, lda, b, ldb, 0, keras, n, sums);
+        for (int g = g0; !status && g < g1; ++g)
+            status = SFX(frnn_transpose)(m, H, keras + (g - g0) * H, n,
+                                         c + gate_rows[g] * H * m, m);
+        frnn_free(keras);
+        return status;
+    }
+    for (int g = g0; g < g1; ++g) {
+        const int status = SFX(weight_gradient_in_layout)(
+            blas, 1, m, H, k, a, lda, b + (g - g0) * H, ldb, beta, c + gate_rows[g] * H * m,
+            sums ? sums + (g - g0) * H : NULL);
+        if (status) return status;
+    }
+    return FRNN_OK;
+}
+
 int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                            const REAL *kernel, const REAL *recurrent, const REAL *h0,
                            const REAL *x_cache, const REAL *gates, const REAL *hr_cache,
@@ -763,7 +799,12 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
         return SFX(gru_direct_step_backward)(d, kernel, recurrent, h0, x_cache, gates, hr_cache,
                                              mask_cache, d_outputs, dos, d_h_n, dx, dxs,
                                              d_kernel, d_recurrent, d_bias, d_h0);
-    if (d->weight_rows) { /* torch's layout: the loops on Keras', the gradients back */
+    /* Torch's layout: the packings and the products after the loop read the rows and write
+     * the weight gradients in torch's layout gate block by gate block (gru_weight_gradient,
+     * the bias gradient through a Keras-ordered copy).  The BLAS products per step (no
+     * AVX2, many rows) run on Keras-layout copies instead, the gradients transposed back. */
+    const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
+    if (d->weight_rows && !tiles_ok) {
         frnn_dims keras = *d;
         keras.weight_rows = 0;
         const ptrdiff_t bias_rows = reset_after ? 2 : 1;
@@ -785,6 +826,8 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     SFX(backward_prologue)(d, G3, (reset_after ? 2 : 1) * G3, d_h_n, d_h0, d_kernel, d_recurrent,
                            d_bias);
     if (T == 0 || B == 0) return FRNN_OK;
+    const int *gate_rows = d->weight_rows ? SFX(gru_gate_rows) : NULL;
+    const ptrdiff_t ldk = gate_rows ? I : G3; /* row stride of the kernel's rows or columns */
 
     /* dz: gradient w.r.t. the recurrent projection R (reset_after=1) or w.r.t. all gate
      * pre-activations (reset_after=0), (T,B,3H).  dxh (reset_after=1 only): gradient w.r.t.
@@ -799,7 +842,6 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
      * (gate_tiles: reset_after=0 or recurrent dropout), on U^T packed once, split by rows or
      * by units; BLAS per step only without AVX2 and with many rows. */
     const ptrdiff_t nb = SFX(unit_blocks)(H);
-    const int tiles_ok = !frnn_use_blas_steps(B, B * H * G3);
     const int use_tiles = tiles_ok && reset_after && !rec_mask;
     const int gate_tiles = tiles_ok && !use_tiles;
     REAL *packed_t = use_tiles ? frnn_alloc((size_t)(nb * G3 * VW), sizeof(REAL)) : NULL;
@@ -820,16 +862,19 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     const ptrdiff_t nbx = SFX(unit_blocks)(I);
     const ptrdiff_t zr_cols = reset_after ? 2 * H : G3; /* columns of dz that are d(xW) */
     REAL *dx_tm = dx && !fuse_dx ? frnn_alloc((size_t)(T * B * I), sizeof(REAL)) : NULL;
+    /* the bias gradient in Keras' gate order (d_bias itself in Keras' layout) */
+    const ptrdiff_t bias_len = (reset_after ? 2 : 1) * G3;
+    REAL *d_bias_k = d_bias && gate_rows ? frnn_alloc((size_t)bias_len, sizeof(REAL)) : d_bias;
     REAL *packed_wt = fuse_dx ? frnn_alloc((size_t)(nbx * G3 * VW), sizeof(REAL)) : NULL;
     REAL *zeros = fuse_dx ? frnn_alloc((size_t)(nbx * VW), sizeof(REAL)) : NULL;
     if (!dz || (dx && !fuse_dx && !dx_tm) || (fuse_dx && (!packed_wt || !zeros))
         || (reset_after ? !dxh : !dq) || (rec_mask && (!dh_step || !hp_dropped))
-        || (use_tiles && !packed_t) || (gate_tiles && !packed_gates_t)) {
+        || (use_tiles && !packed_t) || (gate_tiles && !packed_gates_t) || (d_bias && !d_bias_k)) {
         status = FRNN_ENOMEM;
         goto done;
     }
     if (fuse_dx) {
-        SFX(pack_recurrent_t)(kernel, G3, I, G3, 0, packed_wt, nt);
+        SFX(pack_recurrent_t)(kernel, ldk, I, G3, gate_rows, H, packed_wt, nt);
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
 /* dx_t for rows [b0, b0 + rows) from dz_t (row stride G3) and dxh_t (row stride H), both
@@ -837,10 +882,16 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
 #define FRNN_GRU_STEP_DX(t, b0, rows, dz_t, dxh_t)                                          \
     SFX(step_input_gradient)(d, split, packed_wt, zr_cols, dz_t, G3, reset_after ? H : 0,    \
                              reset_after ? (dxh_t) : (dz_t), H, rows, zeros, t, b0, dx, dxs)
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, G3, H, G3, 0, packed_t, nt);
-    for (int g = 0; gate_tiles && g < 3; ++g)
-        SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, 0,
-                              packed_gates_t + g * gate_stride, nt);
+    if (packed_t)
+        SFX(pack_recurrent_t)(recurrent, gate_rows ? H : G3, H, G3, gate_rows, H, packed_t, nt);
+    for (int g = 0; gate_tiles && g < 3; ++g) { /* gate g alone: one block of rows */
+        if (gate_rows)
+            SFX(pack_recurrent_t)(recurrent + gate_rows[g] * H * H, H, H, H, SFX(same_gate_rows),
+                                  H, packed_gates_t + g * gate_stride, nt);
+        else
+            SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, NULL, H,
+                                  packed_gates_t + g * gate_stride, nt);
+    }
     if (gate_tiles) { /* gate block by gate block */
         frnn_step_barrier step_barrier;
         frnn_step_barrier_init(&step_barrier);
@@ -971,13 +1022,13 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
     /* the bias gradients are column sums of dz and dxh, taken while the products read them:
      * reset_after=1: the recurrent row's z, r blocks (copied to the input row below) and the
      * input row's h block; else all of the one bias */
-    REAL *zr_sums = d_bias ? (reset_after ? d_bias + G3 : d_bias) : NULL;
-    status = SFX(weight_gradient_gemm)(blas, I, zr_cols, TB, x_cache, I, dz, G3, 0, d_kernel, G3,
-                                       zr_sums);
+    REAL *zr_sums = d_bias_k ? (reset_after ? d_bias_k + G3 : d_bias_k) : NULL;
+    status = SFX(gru_weight_gradient)(blas, gate_rows, I, H, 0, zr_cols / H, TB, x_cache, I, dz,
+                                      G3, 0, d_kernel, zr_sums);
     if (status) goto done;
     if (reset_after) {
-        status = SFX(weight_gradient_gemm)(blas, I, H, TB, x_cache, I, dxh, H, 0, d_kernel + 2 * H,
-                                           G3, d_bias ? d_bias + 2 * H : NULL);
+        status = SFX(gru_weight_gradient)(blas, gate_rows, I, H, 2, 3, TB, x_cache, I, dxh, H, 0,
+                                          d_kernel, d_bias_k ? d_bias_k + 2 * H : NULL);
         if (status) goto done;
     }
     /* dU: rows of hp against dR (reset_after=1: all 3H columns; else z, r only) */
@@ -991,40 +1042,50 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
                 if (hp) SFX(gru_drop)(B * H, hp, m, dst);
                 else memset(dst, 0, (size_t)(B * H) * sizeof(REAL));
             }
-            status = SFX(weight_gradient_gemm)(blas, H, H, TB, hp_dropped, H, dz + g * H, G3, 0,
-                                               d_recurrent + g * H, G3, NULL);
+            status = SFX(gru_weight_gradient)(blas, gate_rows, H, H, g, g + 1, TB, hp_dropped,
+                                              H, dz + g * H, G3, 0, d_recurrent, NULL);
             if (status) goto done;
         }
     } else if (T > 1) {
-        status = SFX(weight_gradient_gemm)(blas, H, hp_cols, (T - 1) * B, h_states, H, dz + B * G3,
-                                           G3, 0, d_recurrent, G3, NULL);
+        status = SFX(gru_weight_gradient)(blas, gate_rows, H, H, 0, hp_cols / H, (T - 1) * B,
+                                          h_states, H, dz + B * G3, G3, 0, d_recurrent, NULL);
         if (status) goto done;
     }
     if (h0 && !rec_mask) {
-        status = SFX(weight_gradient_gemm)(blas, H, hp_cols, B, h0, H, dz, G3, 1, d_recurrent, G3,
-                                           NULL);
+        status = SFX(gru_weight_gradient)(blas, gate_rows, H, H, 0, hp_cols / H, B, h0, H, dz,
+                                          G3, 1, d_recurrent, NULL);
         if (status) goto done;
     }
     if (!reset_after) { /* dUh = q^T dz_h, q = r*hp cached per step */
-        status = SFX(weight_gradient_gemm)(blas, H, H, TB, hr_cache, H, dz + 2 * H, G3, 0,
-                                           d_recurrent + 2 * H, G3, NULL);
+        status = SFX(gru_weight_gradient)(blas, gate_rows, H, H, 2, 3, TB, hr_cache, H,
+                                          dz + 2 * H, G3, 0, d_recurrent, NULL);
         if (status) goto done;
     }
     if (d_bias && reset_after) { /* recurrent row h: dR_h's sums; input row z, r: as recurrent */
-        SFX(column_sums)(dz + 2 * H, TB, H, G3, d_bias + G3 + 2 * H);
-        memcpy(d_bias, d_bias + G3, (size_t)(2 * H) * sizeof(REAL));
+        SFX(column_sums)(dz + 2 * H, TB, H, G3, d_bias_k + G3 + 2 * H);
+        memcpy(d_bias_k, d_bias_k + G3, (size_t)(2 * H) * sizeof(REAL));
     }
+    if (d_bias && gate_rows)
+        SFX(reorder_gate_blocks)(reset_after ? 2 : 1, H, 3, gate_rows, 1, d_bias_k, d_bias);
     if (dx && !fuse_dx) {
-        status = SFX(gemm_rm)(blas, 0, 1, TB, I, zr_cols, 1, dz, G3, kernel, G3, 0, dx_tm, I);
-        if (status) goto done;
+        /* dx = dZ_zr W_zr^T (+ dxh W_h^T): Keras' columns at once, torch's rows block by
+         * block */
+        for (int g = 0; g < (gate_rows ? zr_cols / H : 1); ++g) {
+            const ptrdiff_t cols = gate_rows ? H : zr_cols;
+            const REAL *w = gate_rows ? kernel + gate_rows[g] * H * I : kernel;
+            status = SFX(gemm_rm)(blas, 0, !gate_rows, TB, I, cols, 1, dz + g * H, G3, w, ldk,
+                                  g > 0, dx_tm, I);
+            if (status) goto done;
+        }
         if (reset_after) {
-            status = SFX(gemm_rm)(blas, 0, 1, TB, I, H, 1, dxh, H, kernel + 2 * H, G3, 1, dx_tm,
-                                  I);
+            const REAL *w = gate_rows ? kernel + gate_rows[2] * H * I : kernel + 2 * H;
+            status = SFX(gemm_rm)(blas, 0, !gate_rows, TB, I, H, 1, dxh, H, w, ldk, 1, dx_tm, I);
             if (status) goto done;
         }
         SFX(scatter_dx)(d, dx_tm, dx, dxs);
     }
 done:
+    if (d_bias_k != d_bias) frnn_free(d_bias_k);
     frnn_free(dz);
     frnn_free(dxh);
     frnn_free(dq);

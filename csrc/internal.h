@@ -179,6 +179,16 @@ static inline void frnn_step_barrier_wait(frnn_step_barrier *barrier, int team, 
  * programs keep the cores busy: the threads wait for a descheduled one;
  * set_num_threads(1) avoids it. */
 #define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 15)
+
+/* The GRU backward on torch's rows (frnn_dims.weight_rows) takes each weight gradient
+ * gate block by gate block as the swapped product dZ_g^T A, straight into torch's rows,
+ * below this many summed rows (T*B); from it, one product over all the blocks into a
+ * Keras-layout scratch, transposed into torch's rows.  The smaller products lose where
+ * the products dominate: drop-in GRU training (T=100, 2 threads, Xeon) against the
+ * module converting the weights, per block / one product: B=1 H=512 1.14 / 1.03, B=8
+ * H=512 1.00 / 0.98, B=32 H=256 1.00 / 1.01, B=128 H=256 0.97 / 0.99, B=128 H=512 1.00 /
+ * 0.99. */
+#define FRNN_GRU_SWAPPED_MAX_ROWS ((ptrdiff_t)2048)
 /* Per-step multiply-adds from which GRU's gate-by-gate loop (reset_after=0 or recurrent
  * dropout) splits its units: it meets 2-3 times per step, not once, and each meeting is
  * fragile under load.  Measured on the Zen 4, T=100, reset_after=0, time on one thread

@@ -538,9 +538,10 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         }
         goto weights;
     }
-    SFX(pack_recurrent_t)(recurrent, ldu, H, G4, w_rows, packed_t, nt);
+    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
+    SFX(pack_recurrent_t)(recurrent, ldu, H, G4, gate_rows, H, packed_t, nt);
     if (fuse_dx) {
-        SFX(pack_recurrent_t)(kernel, ldk, I, G4, w_rows, packed_wt, nt);
+        SFX(pack_recurrent_t)(kernel, ldk, I, G4, gate_rows, H, packed_wt, nt);
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
 

@@ -100,25 +100,32 @@ FRNN_UNUSED static void SFX(pack_recurrent_blocks)(const REAL *FRNN_RESTRICT src
  * Blocks [jb0, jb1) only.  Each block is the transpose of VW rows of U into rows of VW
  * (transpose.c's register blocks: a training step at T=10, batch 1, 1.05-1.07x over the
  * element-by-element copy it replaced; 1.00-1.03x at T=100).
- * w_rows: U comes as its transpose in torch.nn's layout (K rows, row stride ldu, H used
- * columns; gate blocks in the same order, as the LSTM's and SimpleRNN's), and each
- * block is a copy of VW columns: packed_t[(jb*K + c)*VW + w] = U[c*ldu + jb*VW + w]. */
+ * gate_rows non-NULL: U comes as its transpose in torch.nn's layout (rows of H used
+ * columns, row stride ldu), in gate blocks of gate_len rows, Keras' block g being torch's
+ * block gate_rows[g]; each block is then a copy of VW columns:
+ *   packed_t[(jb*K + c)*VW + w] = U[row(c)*ldu + jb*VW + w],
+ *   row(c) = gate_rows[c / gate_len]*gate_len + c % gate_len. */
 FRNN_UNUSED static void SFX(pack_recurrent_t_blocks)(const REAL *FRNN_RESTRICT U, ptrdiff_t ldu,
-                                                     ptrdiff_t H, ptrdiff_t K, int w_rows,
+                                                     ptrdiff_t H, ptrdiff_t K,
+                                                     const int *gate_rows, ptrdiff_t gate_len,
                                                      REAL *FRNN_RESTRICT packed_t, ptrdiff_t jb0,
                                                      ptrdiff_t jb1) {
     for (ptrdiff_t jb = jb0; jb < jb1; ++jb) {
         const ptrdiff_t j0 = jb * VW, n = H - j0 < VW ? H - j0 : VW;
         REAL *dst = packed_t + jb * K * VW;
         if (n < VW) memset(dst, 0, (size_t)(K * VW) * sizeof(REAL)); /* the units past H */
-        if (!w_rows) {
+        if (!gate_rows) {
             SFX(frnn_transpose_serial)(n, K, U + j0 * ldu, ldu, dst, VW);
-        } else if (n == VW) {
-            for (ptrdiff_t c = 0; c < K; ++c)
-                for (ptrdiff_t w = 0; w < VW; ++w) dst[c * VW + w] = U[c * ldu + j0 + w];
-        } else {
-            for (ptrdiff_t c = 0; c < K; ++c)
-                memcpy(dst + c * VW, U + c * ldu + j0, (size_t)n * sizeof(REAL));
+            continue;
+        }
+        for (ptrdiff_t c = 0; c < K; ++c) {
+            const REAL *from =
+                U + (gate_rows[c / gate_len] * gate_len + c % gate_len) * ldu + j0;
+            if (n == VW) {
+                for (ptrdiff_t w = 0; w < VW; ++w) dst[c * VW + w] = from[w];
+            } else {
+                memcpy(dst + c * VW, from, (size_t)n * sizeof(REAL));
+            }
         }
     }
 }
@@ -170,14 +177,15 @@ FRNN_UNUSED static void SFX(pack_input_recurrent)(const REAL *W, ptrdiff_t I, co
 }
 
 FRNN_UNUSED static void SFX(pack_recurrent_t)(const REAL *U, ptrdiff_t ldu, ptrdiff_t H,
-                                              ptrdiff_t K, int w_rows, REAL *packed_t, int nt) {
+                                              ptrdiff_t K, const int *gate_rows,
+                                              ptrdiff_t gate_len, REAL *packed_t, int nt) {
     const ptrdiff_t nb = SFX(unit_blocks)(H);
     if (nt > nb) nt = (int)nb;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const ptrdiff_t tid = frnn_thread_id(), team = frnn_team_size();
-        SFX(pack_recurrent_t_blocks)(U, ldu, H, K, w_rows, packed_t, nb * tid / team,
-                                     nb * (tid + 1) / team);
+        SFX(pack_recurrent_t_blocks)(U, ldu, H, K, gate_rows, gate_len, packed_t,
+                                     nb * tid / team, nb * (tid + 1) / team);
     }
 }
 

@@ -363,9 +363,10 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, w_rows, packed_t, nt);
+    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
+    if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, gate_rows, H, packed_t, nt);
     if (fuse_dx) {
-        SFX(pack_recurrent_t)(kernel, ldk, I, H, w_rows, packed_wt, nt);
+        SFX(pack_recurrent_t)(kernel, ldk, I, H, gate_rows, H, packed_wt, nt);
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
     if (packed_t) {

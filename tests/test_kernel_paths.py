@@ -39,9 +39,9 @@ PATHS = {
 }
 
 
-# torch's row block of each of Keras' gate blocks, for weight_layout="torch": LSTM and
-# SimpleRNN pack and multiply straight from torch's rows, the GRU in its forward (its
-# backward, and its forward with BLAS products per step, convert them in C)
+# torch's row block of each of Keras' gate blocks, for weight_layout="torch": the loops
+# pack and multiply straight from torch's rows (the GRU's with BLAS products per step
+# convert them in C)
 GATE_ROWS = {"lstm": (0, 1, 2, 3), "gru": (1, 0, 2), "gru_reset_before": (1, 0, 2),
              "simple_rnn": (0,)}
 LAYOUTS = ["keras", "torch"]
@@ -464,23 +464,26 @@ def test_backward_without_input_gradient(rng, cell, dropout, path, dtype):
 @pytest.mark.parametrize("simd", [-1, 0], ids=["tiles", "blas"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("steps", [40, 130])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_weight_gradients_over_many_rows_match_reference(rng, cell, threads, dtype, simd,
-                                                         layout):
+                                                         layout, steps):
     """The weight gradients sum over T*B rows: when those are at least as many as the
     gradient's longer side, two threads split the sum itself (one partial each, added in a
-    fixed order) rather than the gradient's rows or columns.  Here T*B = 640 rows against
-    at most 52 columns, and the recurrent kernel's gradient (at least 13*52*640 or
-    31*31*640 multiply-adds) is past both thresholds (csrc/internal.h:
+    fixed order) rather than the gradient's rows or columns.  Here T*B = 640 (or 2080)
+    rows against at most 52 columns, and the recurrent kernel's gradient (at least
+    13*52*640 or 31*31*640 multiply-adds) is past both thresholds (csrc/internal.h:
     FRNN_GEMM_SPLIT_K_RATIO, FRNN_GEMM_SPLIT_MIN_MACS).  float32 runs the AVX2 tiles of
     csrc/weight_gradient.c, which take the bias gradient while they pack dZ, and BLAS
     with a pass of column sums (simd=0, as on CPUs without AVX2); float64 always BLAS.  In
     torch's layout the LSTM and SimpleRNN take the recurrent kernel's gradient as the
-    swapped product (dZ^T h, 52 or 31 rows against 13 or 31 columns)."""
+    swapped product (dZ^T h, 52 or 31 rows against 13 or 31 columns), the GRU gate block by
+    gate block, or from 2048 rows (130 steps: 2080) in one product through a scratch
+    (csrc/internal.h: FRNN_GRU_SWAPPED_MAX_ROWS)."""
     _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     units = 31 if cell == "simple_rnn" else 13
-    arrays, kwargs = masked_problem(rng, cell, 16, 40, 11, units, dtype)
+    arrays, kwargs = masked_problem(rng, cell, 16, steps, 11, units, dtype)
     with fusedrnn.threads(threads), kernel_paths(simd=simd):
         got = fwd(arrays[0], *weights_in_layout(layout, cell, *arrays[1:4]),
                   weight_layout=layout, **kwargs)

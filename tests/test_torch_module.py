@@ -173,9 +173,10 @@ def test_one_step_training_parity_with_torch_nn_on_random_configurations(torch, 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("batch", [32, 33, 70])
 def test_one_step_training_either_side_of_the_rows_threshold(torch, ft, rng, kind, batch):
-    """One step in training with up to 32 rows runs straight from torch's weights, with more
-    converts them in Python once (fusedrnn._kernels.one_step_from_rows); both match
-    torch.nn, two layers and both directions, on two threads."""
+    """One step in training with up to 32 rows runs straight from torch's weights
+    (csrc/direct_step.h), with more on the loops' packed tiles, which read torch's rows
+    too (fusedrnn._kernels.one_step_from_rows); both match torch.nn, two layers and both
+    directions, on two threads."""
     import fusedrnn
 
     assert fusedrnn._kernels.one_step_from_rows(batch) == (batch <= 32)

@@ -1,6 +1,6 @@
 """The kernels' out-of-place transpose (csrc/transpose.c, _kernels.transpose_into), which
-fusedrnn.torch uses to bring torch's weights into the kernels' layout and the gradients
-back: exact against NumPy's .T on every edge of its tiling (odd sizes, partial 8 x 8 and
+the kernels use to write weight gradients into torch's layout (and the GRU's BLAS path to
+convert torch's weights): exact against NumPy's .T on every edge of its tiling (odd sizes, partial 8 x 8 and
 32 x 32 tiles), both precisions, both SIMD paths, one thread and a split, row strides
 wider than the rows; the source left as it was; bad arguments refused."""
 import numpy as np

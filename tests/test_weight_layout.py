@@ -1,8 +1,8 @@
 """One-step inference straight from the weights, and weight_layout="torch" (csrc/
 direct_step.h).  A single inference step multiplies straight from Keras' columns or torch's
-rows; on longer inputs the LSTM and SimpleRNN loops and the GRU's forward read torch's rows
-themselves, the GRU's backward converts them to Keras' layout in C
-(tests/test_kernel_paths.py runs every loop path on both layouts).  Checked against the float64 reference on the same weights in Keras'
+rows; on longer inputs the loops read torch's rows themselves (only the GRU's BLAS products
+per step, without AVX2, convert them to Keras' layout in C; tests/test_kernel_paths.py
+runs every loop path on both layouts).  Checked against the float64 reference on the same weights in Keras'
 layout, on every path (direct or packed tiles, AVX2 or generic C) and thread split, with
 odd sizes, masks, initial states and go_backwards; and every misuse refused by name."""
 import itertools
@@ -223,10 +223,10 @@ def test_torch_layout_training_gives_the_reference_gradients_in_torch_layout(
         rng, cell, steps, threads, path):
     """Training on torch's rows: backward returns the weight and bias gradients in torch's
     layout.  One step runs straight from the rows both ways (the GRU with reset_after;
-    reset_after=False converts), longer inputs run the loops (the GRU's on converted
-    weights); both give the reference's
-    gradients (float64), with odd sizes, masks, initial states, go_backwards and upstream
-    gradients for the final states, and leave the caller's arrays alone."""
+    reset_after=False takes the loops), longer inputs run the loops on torch's rows; both
+    give the reference's gradients (float64), with odd sizes, masks, initial states,
+    go_backwards and upstream gradients for the final states, and leave the caller's
+    arrays alone."""
     _, forward, reference_forward, _, gate_rows = CELLS[cell]
     backward, reference_backward = BACKWARD[cell]
     previous = _kernels.set_path_overrides(**PATHS[path])
@@ -266,7 +266,7 @@ def test_torch_layout_training_gives_the_reference_gradients_in_torch_layout(
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_torch_layout_training_without_bias_or_state_and_with_recurrent_dropout(rng, cell):
     """No bias and no initial state (zero gradients w.r.t. weight_hh at one step); and
-    recurrent dropout, which a step in torch's layout takes through the converted loops."""
+    recurrent dropout, which a step in torch's layout takes through the loops (on the rows)."""
     _, forward, reference_forward, _, _ = CELLS[cell]
     backward, reference_backward = BACKWARD[cell]
     for steps in (1, 4):

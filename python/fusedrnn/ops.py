@@ -301,9 +301,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     (3*units, units), gate rows r, z, n, and bias is [bias_ih; bias_hh] (2, 3*units) in
     that order ((3*units,) with reset_after=False); gru_backward's weight gradients come
     in that layout too, as for lstm_forward.  One step (time = 1) is computed straight
-    from torch's rows, forward and backward; on longer sequences the forward reads the
-    rows too, the backward converts the weights to Keras' layout once per call (and the
-    gradients back).
+    from torch's rows, forward and backward; longer sequences read the rows too, gate
+    block by gate block, in both passes.
     Returns GRUOutput(outputs, h_n, cache); cache is None unless training=True.
     """
     x = v.sequence_input(x, "x")

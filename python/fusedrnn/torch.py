@@ -13,18 +13,15 @@ kernels of :mod:`fusedrnn.ops` (``*_forward(training=True)`` in forward, ``*_bac
 backward); under ``torch.no_grad()`` (or when nothing requires a gradient) the kernels run
 with ``training=False`` and save nothing; a one-layer, one-direction module called under
 ``torch.no_grad()`` or ``torch.inference_mode()`` on a batched Tensor (a decoding loop's
-call) goes straight to the kernel after its own checks (``_one_layer_inference``).  CPU tensors only, float32 or float64.
+call) goes straight to the kernel after its own checks (``_one_layer_inference``).  CPU
+tensors only, float32 or float64.
 
-Weights: LSTM and RNN hand torch's ``weight_ih`` and ``weight_hh`` to the kernels as they
-are (``weight_layout="torch"``: the kernels pack and multiply torch's rows, and return the
-weight gradients in torch's layout), with one bias ``bias_ih + bias_hh`` (its gradient goes
-to both).  GRU keeps torch's two biases as the ``reset_after=True`` bias ``[b_ih; b_hh]``;
-in training on more than one step (or more than 32 rows) its weights are mapped to the
-kernels' Keras layout here, once for both passes (``kernel = weight_ih.T``,
-``recurrent_kernel = weight_hh.T``, torch's gate rows (r, z, n) reordered into Keras' gate
-columns (z, r, h)), since its backward kernel would convert torch's rows again; inference
-and a single training step of up to 32 rows (a decoder run token by token) take torch's
-rows as they are.
+Weights: the modules hand torch's ``weight_ih`` and ``weight_hh`` to the kernels as they
+are (``weight_layout="torch"``: the kernels pack and multiply torch's rows, gate block by
+gate block for the GRU, whose gate order r, z, n is Keras' z, r, h swapped, and return the
+weight gradients in torch's layout): nothing is transposed on the way in or out.  LSTM
+and RNN pass one bias ``bias_ih + bias_hh`` (its gradient goes to both); GRU keeps torch's
+two biases as the ``reset_after=True`` bias ``[b_ih; b_hh]``.
 
 ``proj_size > 0`` (LSTM with projections) is not supported: the fused kernel has no
 projection inside the recurrence, so the constructor raises a ValueError.
@@ -37,7 +34,7 @@ import numpy as np
 import torch  # absolute import: the real PyTorch, not this module
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _kernels, ops
+from . import ops
 from ._validation import ACTIVATIONS
 
 __all__ = ["LSTM", "GRU", "RNN"]
@@ -48,32 +45,22 @@ _INT32_MAX = 2**31 - 1  # BLAS' integers (fusedrnn.ops checks it in general)
 
 # --------------------------------------------------------------------------------------
 # Cells: how one torch layer/direction maps onto the kernels of fusedrnn.ops.
-# Each has n_states (2 for LSTM's (h, c), else 1), n_gates (gate blocks), trains_on_rows
-# (True when training on any input takes torch's layout) and these methods:
-#   torch_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy, in
-#       torch's layout (weight_layout="torch": inference, training where trains_on_rows,
-#       and training on one step of up to 32 rows),
-#   keras_weights(...) -> the same in Keras' layout (GRU only: training otherwise),
-#   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training,
-#           weight_layout) -> (outputs in processing order, final states tuple, cache or None),
+# The kernels take torch's weights as they are (weight_layout="torch"), forward and
+# backward, and return the weight gradients in torch's layout.  Each cell has n_states (2
+# for LSTM's (h, c), else 1), n_gates (gate blocks) and these methods:
+#   torch_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy,
+#   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training)
+#       -> (outputs in processing order, final states tuple, cache or None),
 #   infer(x, kernel, recurrent, bias, initial) -> (outputs, final states tuple): inference
 #       on torch's layout straight through the kernel, for arguments already checked
 #       (the module's _one_layer_inference),
 #   backward(cache, d_outputs, d_states) -> (dx, d_kernel, d_recurrent, d_bias, d_initial),
-#   torch_gradients(d_kernel, d_recurrent, d_bias, weight_rows) -> torch gradients of the
-#       4 parameters, from the kernels' gradients in Keras' layout or (weight_rows) torch's.
+#   torch_gradients(d_kernel, d_recurrent, d_bias) -> torch gradients of the 4 parameters.
 # --------------------------------------------------------------------------------------
 
 def _numpy(tensor):
     """A NumPy view of a CPU tensor (no copy); None stays None."""
     return None if tensor is None else tensor.detach().numpy()
-
-
-def _rows_contiguous(matrix):
-    """matrix itself when its rows are contiguous (any row stride), else a C-order copy."""
-    if matrix.shape[1] > 1 and matrix.strides[1] != matrix.itemsize:
-        return np.ascontiguousarray(matrix)
-    return matrix
 
 
 def _require_op(name):
@@ -87,24 +74,19 @@ def _require_op(name):
 
 
 class _SummedBiasCell:
-    """Cells whose gate rows are in Keras' column order already (LSTM, RNN): torch's two
-    biases, which only ever appear as a sum, are added; the kernels take torch's rows in
-    both passes (no transposes at all: 1.2x on a training step at B=1, H=512)."""
-
-    trains_on_rows = True  # the kernels' forward and backward read torch's rows themselves
+    """Cells whose torch biases only ever appear as a sum (LSTM, RNN): they are added."""
 
     def torch_weights(self, w_ih, w_hh, b_ih, b_hh):
         """The kernels' inputs in torch's layout (weight_layout="torch"): no transposes."""
         bias = None if b_ih is None else _numpy(b_ih) + _numpy(b_hh)
         return _numpy(w_ih), _numpy(w_hh), bias
 
-    def torch_gradients(self, d_kernel, d_recurrent, d_bias, weight_rows=True):
-        """Kernel gradients in torch's layout (always here) -> torch's (weight_ih,
-        weight_hh, bias_ih, bias_hh).
+    def torch_gradients(self, d_kernel, d_recurrent, d_bias):
+        """Kernel gradients in torch's layout -> torch's (weight_ih, weight_hh, bias_ih,
+        bias_hh).
 
         The summed bias feeds both torch biases, so both receive its gradient (as two
         separate tensors: autograd may keep a returned gradient as a parameter's .grad)."""
-        del weight_rows  # the cell interface's argument: always torch's layout here
         d_w_ih, d_w_hh = torch.from_numpy(d_kernel), torch.from_numpy(d_recurrent)
         if d_bias is None:
             return d_w_ih, d_w_hh, None, None
@@ -118,12 +100,11 @@ class _LSTMCell(_SummedBiasCell):
     n_states = 2
     n_gates = 4
 
-    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training,
-                weight_layout="keras"):
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
         result = _require_op("lstm_forward")(
             x, kernel, recurrent, bias, initial_state=initial, mask=mask,
             go_backwards=go_backwards, zero_output_for_mask=mask is not None, training=training,
-            weight_layout=weight_layout,
+            weight_layout="torch",
         )
         return result.outputs, (result.h_n, result.c_n), result.cache
 
@@ -149,12 +130,11 @@ class _RNNCell(_SummedBiasCell):
     def __init__(self, nonlinearity):
         self.nonlinearity = nonlinearity
 
-    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training,
-                weight_layout="keras"):
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
         result = _require_op("simple_rnn_forward")(
             x, kernel, recurrent, bias, activation=self.nonlinearity, initial_state=initial,
             mask=mask, go_backwards=go_backwards, zero_output_for_mask=mask is not None,
-            training=training, weight_layout=weight_layout,
+            training=training, weight_layout="torch",
         )
         return result.outputs, (result.h_n,), result.cache
 
@@ -178,48 +158,6 @@ class _GRUCell:
 
     n_states = 1
     n_gates = 3
-    trains_on_rows = False  # longer sequences: the backward kernel would convert the rows
-
-    @staticmethod
-    def _swap_rz(hidden_size):
-        """Row order that swaps the first two gate blocks (its own inverse)."""
-        h = hidden_size
-        return np.concatenate([np.arange(h, 2 * h), np.arange(0, h), np.arange(2 * h, 3 * h)])
-
-    # (torch's gate block, Keras' gate block): r, z, n -> z, r, h; the swap is its own inverse
-    _GATE_BLOCKS = ((1, 0), (0, 1), (2, 2))
-
-    @classmethod
-    def _rows_to_columns(cls, matrix, h):
-        """(3h, n) with torch's gate rows -> (n, 3h) with Keras' gate columns (transposed
-        block by block with the kernels' tiled transpose: NumPy's np.ascontiguousarray(m.T)
-        reads m column by column, 9 ms of a training step's transposes at 512 units)."""
-        matrix = _rows_contiguous(matrix)
-        out = _kernels.pooled_array((matrix.shape[1], 3 * h), matrix.dtype)
-        for torch_block, keras_block in cls._GATE_BLOCKS:
-            _kernels.transpose_into(matrix[torch_block * h:(torch_block + 1) * h],
-                                    out[:, keras_block * h:(keras_block + 1) * h])
-        return out
-
-    @classmethod
-    def _columns_to_rows(cls, matrix, h):
-        """The inverse: (n, 3h) with Keras' gate columns -> (3h, n) with torch's gate rows."""
-        matrix = _rows_contiguous(matrix)
-        out = _kernels.pooled_array((3 * h, matrix.shape[0]), matrix.dtype)
-        for torch_block, keras_block in cls._GATE_BLOCKS:
-            _kernels.transpose_into(matrix[:, keras_block * h:(keras_block + 1) * h],
-                                    out[torch_block * h:(torch_block + 1) * h])
-        return out
-
-    def keras_weights(self, w_ih, w_hh, b_ih, b_hh):
-        h = w_hh.shape[1]
-        kernel = self._rows_to_columns(_numpy(w_ih), h)
-        recurrent = self._rows_to_columns(_numpy(w_hh), h)
-        bias = None
-        if b_ih is not None:
-            order = self._swap_rz(h)
-            bias = np.stack([_numpy(b_ih)[order], _numpy(b_hh)[order]])
-        return kernel, recurrent, bias
 
     def torch_weights(self, w_ih, w_hh, b_ih, b_hh):
         """The kernels' inputs in torch's layout (weight_layout="torch"): no transposes,
@@ -227,12 +165,11 @@ class _GRUCell:
         bias = None if b_ih is None else np.stack([_numpy(b_ih), _numpy(b_hh)])
         return _numpy(w_ih), _numpy(w_hh), bias
 
-    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training,
-                weight_layout="keras"):
+    def forward(self, x, kernel, recurrent, bias, initial, mask, go_backwards, training):
         result = _require_op("gru_forward")(
             x, kernel, recurrent, bias, reset_after=True, initial_state=initial, mask=mask,
             go_backwards=go_backwards, zero_output_for_mask=mask is not None, training=training,
-            weight_layout=weight_layout,
+            weight_layout="torch",
         )
         return result.outputs, (result.h_n,), result.cache
 
@@ -247,18 +184,11 @@ class _GRUCell:
                                             input_gradient=input_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
 
-    def torch_gradients(self, d_kernel, d_recurrent, d_bias, weight_rows=False):
-        if weight_rows:  # torch's layout and gate order already; d_bias [bias_ih; bias_hh]
-            return (torch.from_numpy(d_kernel), torch.from_numpy(d_recurrent),
-                    *((None, None) if d_bias is None else map(torch.from_numpy, d_bias)))
-        h = d_recurrent.shape[0]
-        order = self._swap_rz(h)
-        d_w_ih = torch.from_numpy(self._columns_to_rows(d_kernel, h))
-        d_w_hh = torch.from_numpy(self._columns_to_rows(d_recurrent, h))
-        if d_bias is None:
-            return d_w_ih, d_w_hh, None, None
-        return (d_w_ih, d_w_hh, torch.from_numpy(np.ascontiguousarray(d_bias[0][order])),
-                torch.from_numpy(np.ascontiguousarray(d_bias[1][order])))
+    def torch_gradients(self, d_kernel, d_recurrent, d_bias):
+        """Kernel gradients in torch's layout and gate order -> torch's (weight_ih,
+        weight_hh, bias_ih, bias_hh); d_bias is [bias_ih; bias_hh]."""
+        return (torch.from_numpy(d_kernel), torch.from_numpy(d_recurrent),
+                *((None, None) if d_bias is None else map(torch.from_numpy, d_bias)))
 
 
 def _outputs_in_input_order(outputs, go_backwards):
@@ -282,19 +212,10 @@ class _FusedDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, mask, go_backwards, x, w_ih, w_hh, b_ih, b_hh, *initial):
         ctx.set_materialize_grads(False)  # None gradients reach the kernels as "zero"
-        # LSTM and RNN, and a single step of a few rows (a decoding loop's call), run
-        # forward and backward straight from torch's weights, gradients in torch's layout;
-        # otherwise (GRU) the weights are converted once here, where the kernels would
-        # convert them in both passes.
-        weight_rows = cell.trains_on_rows or (
-            x.shape[1] == 1 and _kernels.one_step_from_rows(x.shape[0]))
-        layout = cell.torch_weights if weight_rows else cell.keras_weights
-        kernel, recurrent, bias = layout(w_ih, w_hh, b_ih, b_hh)
+        kernel, recurrent, bias = cell.torch_weights(w_ih, w_hh, b_ih, b_hh)
         initial_np = tuple(_numpy(s) for s in initial) if initial else None
         outputs, states, cache = cell.forward(
-            _numpy(x), kernel, recurrent, bias, initial_np, mask, go_backwards, training=True,
-            weight_layout="torch" if weight_rows else "keras")
-        ctx.weight_rows = weight_rows
+            _numpy(x), kernel, recurrent, bias, initial_np, mask, go_backwards, training=True)
         ctx.cell = cell
         ctx.cache = cache
         ctx.go_backwards = go_backwards
@@ -315,7 +236,7 @@ class _FusedDirection(torch.autograd.Function):
         dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.backward(
             ctx.cache, d_out, d_states_np, need_dx)
         d_w_ih, d_w_hh, d_b_ih, d_b_hh = ctx.cell.torch_gradients(d_kernel, d_recurrent,
-                                                                  d_bias, ctx.weight_rows)
+                                                                  d_bias)
         d_initial_t = tuple(torch.from_numpy(d) for d in d_initial) if ctx.n_initial else ()
         return (None, None, None, torch.from_numpy(dx) if need_dx else None, d_w_ih, d_w_hh,
                 d_b_ih, d_b_hh, *d_initial_t)
@@ -325,9 +246,7 @@ def _run_direction(cell, x, weights, initial, mask, go_backwards):
     """Outputs (batch, time, hidden) in input order and final states of one direction.
 
     Goes through autograd only when a gradient is wanted; otherwise the kernels run in
-    inference mode (training=False), cache nothing, and take torch's weights as they are
-    (weight_layout="torch": a decoding loop's one-step calls then read each weight once
-    instead of transposing it first)."""
+    inference mode (training=False) and cache nothing."""
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, *weights, *initial)):
         results = _FusedDirection.apply(cell, mask, go_backwards, x, *weights, *initial)
@@ -335,7 +254,7 @@ def _run_direction(cell, x, weights, initial, mask, go_backwards):
     kernel, recurrent, bias = cell.torch_weights(*weights)
     initial_np = tuple(_numpy(s) for s in initial) if initial else None
     outputs, states, _ = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np, mask,
-                                      go_backwards, training=False, weight_layout="torch")
+                                      go_backwards, training=False)
     return (_outputs_in_input_order(outputs, go_backwards),
             tuple(torch.from_numpy(s) for s in states))
 

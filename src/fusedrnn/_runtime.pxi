@@ -75,8 +75,8 @@ cdef object pooled_empty(tuple shape, object dtype):
 
 
 def pooled_array(shape, dtype):
-    """pooled_empty from Python: an uninitialised C-order array, pooled when large
-    (fusedrnn.torch's transposed weights and gradients; tests)."""
+    """pooled_empty from Python: an uninitialised C-order array, pooled when large (for
+    tests of the pool)."""
     return pooled_empty(tuple(int(n) for n in shape), dtype)
 
 
