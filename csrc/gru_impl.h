@@ -761,19 +761,9 @@ static int SFX(gru_weight_gradient)(const frnn_blas *blas, const int *gate_rows,
     if (!gate_rows)
         return SFX(weight_gradient_gemm)(blas, m, (g1 - g0) * H, k, a, lda, b, ldb, beta,
                                          c + g0 * H, 3 * H, sums);
-    if (beta == 0 && k >= FRNN_GRU_SWAPPED_MAX_ROWS) {
-        /* many rows: the blocks' product at once, into a Keras-layout scratch transposed
-         * block by block into torch's rows */
-        const ptrdiff_t n = (g1 - g0) * H;
-        REAL *keras = frnn_alloc((size_t)(m * n), sizeof(REAL));
-        if (!keras) return FRNN_ENOMEM;
-        int status = SFX(weight_gradient_gemm)(blas, m, n, k, a, lda, b, ldb, 0, keras, n, sums);
-        for (int g = g0; !status && g < g1; ++g)
-            status = SFX(frnn_transpose)(m, H, keras + (g - g0) * H, n,
-                                         c + gate_rows[g] * H * m, m);
-        frnn_free(keras);
-        return status;
-    }
+    if (beta == 0 && k >= FRNN_GRU_SWAPPED_MAX_ROWS) /* many rows: the blocks at once */
+        return SFX(weight_gradient_via_scratch)(blas, m, (g1 - g0) * H, H, gate_rows + g0, k,
+                                                a, lda, b, ldb, c, sums);
     for (int g = g0; g < g1; ++g) {
         const int status = SFX(weight_gradient_in_layout)(
             blas, 1, m, H, k, a, lda, b + (g - g0) * H, ldb, beta, c + gate_rows[g] * H * m,

@@ -481,6 +481,7 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
     /* torch's layout (same gate order) is read where the weights are packed or multiplied,
      * and the weight gradients are written in it */
     const int w_rows = d->weight_rows;
+    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
     const ptrdiff_t ldk = w_rows ? I : G4, ldu = w_rows ? H : G4; /* row strides */
     SFX(backward_prologue)(d, G4, G4, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (d_c_n) memcpy(d_c0, d_c_n, (size_t)(B * H) * sizeof(REAL));
@@ -538,7 +539,6 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         }
         goto weights;
     }
-    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
     SFX(pack_recurrent_t)(recurrent, ldu, H, G4, gate_rows, H, packed_t, nt);
     if (fuse_dx) {
         SFX(pack_recurrent_t)(kernel, ldk, I, G4, gate_rows, H, packed_wt, nt);

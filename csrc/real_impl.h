@@ -203,6 +203,25 @@ static int SFX(weight_gradient_gemm)(const frnn_blas *blas, ptrdiff_t m, ptrdiff
     return status;
 }
 
+/* weight_gradient_gemm (beta 0) into torch's rows through a Keras-layout scratch: the
+ * product's n columns, in blocks of `block`, each transposed into c (row stride m) at row
+ * block rows[g] (rows NULL: in order).  b_sums as weight_gradient_gemm's. */
+FRNN_UNUSED static int SFX(weight_gradient_via_scratch)(const frnn_blas *blas, ptrdiff_t m,
+                                                        ptrdiff_t n, ptrdiff_t block,
+                                                        const int *rows, ptrdiff_t k,
+                                                        const REAL *a, ptrdiff_t lda,
+                                                        const REAL *b, ptrdiff_t ldb, REAL *c,
+                                                        REAL *b_sums) {
+    REAL *keras = frnn_alloc((size_t)(m * n), sizeof(REAL));
+    if (!keras) return FRNN_ENOMEM;
+    int status = SFX(weight_gradient_gemm)(blas, m, n, k, a, lda, b, ldb, 0, keras, n, b_sums);
+    for (ptrdiff_t g = 0; !status && g < n / block; ++g)
+        status = SFX(frnn_transpose)(m, block, keras + g * block, n,
+                                     c + (rows ? rows[g] : g) * block * m, m);
+    frnn_free(keras);
+    return status;
+}
+
 /* weight_gradient_gemm into a gradient of either layout: c (m, n) row stride n, Keras'
  * (w_rows = 0), or its transpose (n, m) row stride m, torch.nn's (w_rows = 1), taken as
  * the product with the operands swapped, C^T = B^T A.  b_sums (beta 0 only) are B's
@@ -217,12 +236,7 @@ FRNN_UNUSED static int SFX(weight_gradient_in_layout)(const frnn_blas *blas, int
         return SFX(weight_gradient_gemm)(blas, m, n, k, a, lda, b, ldb, beta, c, n, b_sums);
     if (!b_sums)
         return SFX(weight_gradient_gemm)(blas, n, m, k, b, ldb, a, lda, beta, c, m, NULL);
-    REAL *keras = frnn_alloc((size_t)(m * n), sizeof(REAL));
-    if (!keras) return FRNN_ENOMEM;
-    int status = SFX(weight_gradient_gemm)(blas, m, n, k, a, lda, b, ldb, 0, keras, n, b_sums);
-    if (!status) status = SFX(frnn_transpose)(m, n, keras, n, c, m);
-    frnn_free(keras);
-    return status;
+    return SFX(weight_gradient_via_scratch)(blas, m, n, n, NULL, k, a, lda, b, ldb, c, b_sums);
 }
 
 /* Copy the input of processing steps [t0, t1) into a time-major (t1-t0, B, I) buffer.

@@ -332,6 +332,7 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
     /* torch's layout is read where the weights are packed or multiplied, and the weight
      * gradients are written in it */
     const int w_rows = d->weight_rows;
+    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
     const ptrdiff_t ldk = w_rows ? I : H; /* kernel's row stride */
     SFX(backward_prologue)(d, H, H, d_h_n, d_h0, d_kernel, d_recurrent, d_bias);
     if (T == 0 || B == 0) return FRNN_OK;
@@ -363,7 +364,6 @@ int SFX(frnn_rnn_backward)(const frnn_blas *blas, const frnn_dims *d,
         status = FRNN_ENOMEM;
         goto done;
     }
-    const int *gate_rows = w_rows ? SFX(same_gate_rows) : NULL;
     if (packed_t) SFX(pack_recurrent_t)(recurrent, H, H, H, gate_rows, H, packed_t, nt);
     if (fuse_dx) {
         SFX(pack_recurrent_t)(kernel, ldk, I, H, gate_rows, H, packed_wt, nt);
