@@ -245,6 +245,7 @@ int frnn_lstm_forward_f64(const frnn_blas *blas, const frnn_dims *d,
  *   Gradients, all written (overwritten, not accumulated):
  *   dx (B,T,I) via dx_strides in input order, or NULL (not computed: one GEMM less);
  *   d_kernel (I,4H); d_recurrent (H,4H); d_bias (4H,) or NULL; d_h0, d_c0 (B,H).
+ *   Without h0 (NULL) d_h0's contents are unspecified (a step's pass skips it).
  */
 int frnn_lstm_backward_f32(const frnn_blas *blas, const frnn_dims *d,
                            const float *kernel, const float *recurrent,
@@ -318,7 +319,7 @@ int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_af
  *   d_outputs (B,T,H) via dout_strides in processing order, or NULL.  d_h_n (B,H) or NULL.
  *   Gradients, all written: dx (B,T,I) via dx_strides in input order, or NULL (not
  *   computed); d_kernel (I,3H); d_recurrent (H,3H); d_bias with the forward bias' shape,
- *   or NULL; d_h0 (B,H).
+ *   or NULL; d_h0 (B,H), contents unspecified without h0 (NULL).
  */
 int frnn_gru_backward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                           const float *kernel, const float *recurrent, const float *h0,

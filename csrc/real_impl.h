@@ -253,20 +253,24 @@ static void SFX(gather_steps)(const frnn_dims *d, const REAL *x, frnn_seq_stride
     }
 }
 
-/* Start of every backward pass: dh0 = d_h_n (or 0) and the weight gradients zeroed (kernel
- * (I, cols), recurrent (H, cols), bias (bias_len,) or NULL), so that an empty problem
- * (T = 0 or B = 0) returns consistent gradients.  dx is left alone: with T or B zero it is
+/* Start of every backward pass: dh0 = d_h_n (or 0), the bias gradient (bias_len,) or
+ * NULL zeroed, and the weight gradients (kernel (I, cols), recurrent (H, cols)) zeroed
+ * where nothing overwrites them: both for an empty problem (T = 0 or B = 0), the
+ * recurrent one for a single step (its only term, from h0, is added to it, or absent).
+ * Otherwise the products after the loop write them with beta 0, and zeroing them first
+ * was a pass over up to 6 MiB for nothing.  dx is left alone: with T or B zero it is
  * empty, otherwise every row of every step is written later (by the in-loop input
- * gradient or scatter_dx), so zeroing it first was a pass over dx for nothing. */
+ * gradient or scatter_dx). */
 static void SFX(backward_prologue)(const frnn_dims *d, ptrdiff_t cols, ptrdiff_t bias_len,
                                    const REAL *d_h_n, REAL *d_h0, REAL *d_kernel,
                                    REAL *d_recurrent, REAL *d_bias) {
-    const ptrdiff_t B = d->batch, I = d->input_size, H = d->units;
+    const ptrdiff_t B = d->batch, T = d->steps, I = d->input_size, H = d->units;
     const size_t state_bytes = (size_t)(B * H) * sizeof(REAL);
+    const int empty = T == 0 || B == 0;
     if (d_h_n) memcpy(d_h0, d_h_n, state_bytes);
     else memset(d_h0, 0, state_bytes);
-    memset(d_kernel, 0, (size_t)(I * cols) * sizeof(REAL));
-    memset(d_recurrent, 0, (size_t)(H * cols) * sizeof(REAL));
+    if (empty) memset(d_kernel, 0, (size_t)(I * cols) * sizeof(REAL));
+    if (empty || T == 1) memset(d_recurrent, 0, (size_t)(H * cols) * sizeof(REAL));
     if (d_bias) memset(d_bias, 0, (size_t)bias_len * sizeof(REAL));
 }
 
