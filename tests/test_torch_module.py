@@ -276,14 +276,14 @@ def test_decoding_loop_one_step_at_a_time_matches_torch_nn(torch, ft, rng, kind,
                 assert_close(a.numpy(), e.numpy(), rtol, name=f"state, step {step}")
 
 
-# (kind, options) of the one-layer modules the short inference path serves
+# (kind, options) of the one-layer modules the short path serves
 SHORT_PATH_MODULES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("RNN", {"nonlinearity": "relu"}),
                       ("LSTM", {"bias": False}), ("GRU", {"bias": False})]
 
 
 def full_path_only(module, monkeypatch):
-    """The module with its short inference path switched off (forward's full path)."""
-    monkeypatch.setattr(module, "_one_layer_inference", lambda input, hx: None)
+    """The module with its short path switched off (forward's full path)."""
+    monkeypatch.setattr(module, "_one_layer", lambda input, hx: None)
     return module
 
 
@@ -294,7 +294,7 @@ def full_path_only(module, monkeypatch):
 def test_short_inference_path_equals_the_full_path(torch, ft, rng, monkeypatch, kind, options,
                                                    dtype_name, batch_first):
     """One layer, no gradient: forward takes a short path straight to the kernel
-    (_one_layer_inference).  It returns bit for bit what the full path returns, shaped
+    (_one_layer).  It returns bit for bit what the full path returns, shaped
     as torch.nn's, with and without hx, for one and several steps, odd sizes."""
     dtype = getattr(torch, dtype_name)
     for batch, steps, input_size, hidden_size in [(1, 1, 3, 67), (3, 5, 1, 1), (2, 11, 67, 3)]:
@@ -308,7 +308,7 @@ def test_short_inference_path_equals_the_full_path(torch, ft, rng, monkeypatch, 
         x = torch.tensor(rng.standard_normal(shape), dtype=dtype, requires_grad=True)
         for hx in (None, random_hx(torch, rng, kind, 1, batch, hidden_size, dtype)):
             with torch.no_grad():
-                assert ours._one_layer_inference(x, hx) is not None  # the short path ran
+                assert ours._one_layer(x, hx) is not None  # the short path ran
                 got, got_hidden = ours(x, hx)
                 want, want_hidden = full(x, hx)
                 expected, expected_hidden = reference(x, hx)
@@ -326,16 +326,16 @@ def test_short_inference_path_equals_the_full_path(torch, ft, rng, monkeypatch, 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_short_inference_path_leaves_everything_else_to_the_full_path(torch, ft, rng, kind):
-    """What the short path does not take (a gradient wanted, several layers, unbatched or
-    packed input, a non-contiguous weight or input, hx as a list) goes through the full
-    path with torch.nn's results, and malformed arguments raise the full path's errors."""
+    """What the short path does not take (several layers, unbatched or packed input, a
+    non-contiguous weight or input, hx as a list) goes through the full path with
+    torch.nn's results, and malformed arguments raise the full path's errors."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
     reference, ours = make_pair(torch, ft, kind, 6, 5, torch.float64)
     x = torch.tensor(rng.standard_normal((4, 3, 6)))
     hx = random_hx(torch, rng, kind, 1, 3, 5, torch.float64)
     with torch.no_grad():
-        assert ours._one_layer_inference(x, hx) is not None
+        assert ours._one_layer(x, hx) is not None
         packed = pack_padded_sequence(x, torch.tensor([4, 2, 1]))
         declined_inputs = [(x[:, 0], tuple(s[:, 0] for s in hx) if kind == "LSTM" else hx[:, 0]),
                            (packed, hx), (torch.tensor(rng.standard_normal((4, 3, 12)))[..., ::2],
@@ -343,7 +343,7 @@ def test_short_inference_path_leaves_everything_else_to_the_full_path(torch, ft,
         if kind == "LSTM":
             declined_inputs.append((x, list(hx)))
         for model_input, state in declined_inputs:
-            assert ours._one_layer_inference(model_input, state) is None
+            assert ours._one_layer(model_input, state) is None
             got, _ = ours(model_input, state)
             want, _ = reference(model_input, state)
             got = got.data if isinstance(got, type(packed)) else got
@@ -353,7 +353,7 @@ def test_short_inference_path_leaves_everything_else_to_the_full_path(torch, ft,
         transposed = torch.nn.Parameter(ours.weight_hh_l0.detach().t().contiguous().t())
         assert not transposed.is_contiguous()
         ours.weight_hh_l0 = transposed
-        assert ours._one_layer_inference(x, hx) is None
+        assert ours._one_layer(x, hx) is None
         assert_close(ours(x, hx)[0].numpy(), reference(x, hx)[0].numpy(), 1e-9, name="output")
         # malformed arguments: declined, and the full path names them
         with pytest.raises(ValueError, match="input_size = 6"):
@@ -366,10 +366,70 @@ def test_short_inference_path_leaves_everything_else_to_the_full_path(torch, ft,
         state = torch.zeros(1, 3, 5)  # float32 state, float64 input
         with pytest.raises(TypeError, match="dtype"):
             ours(x, (state, state) if kind == "LSTM" else state)
-    # with autograd: the full path, through the fused autograd Function
-    assert ours._one_layer_inference(x, hx) is None
-    got, _ = ours(x, hx)
+    # with autograd (and contiguous weights): the short path too, through the fused
+    # autograd Function
+    _, fresh = make_pair(torch, ft, kind, 6, 5, torch.float64)
+    got, _ = fresh._one_layer(x, hx)
     assert got.requires_grad
+
+
+@pytest.mark.parametrize("kind,options", SHORT_PATH_MODULES,
+                         ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.items())))
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_short_training_path_equals_the_full_path(torch, ft, rng, monkeypatch, kind, options,
+                                                  dtype_name, batch_first):
+    """One layer with autograd: the short path's kernels, called without fusedrnn.ops'
+    checks, give bit for bit the full path's outputs and gradients (input, hx, every
+    parameter), and torch.nn's within tolerance.  Upstream gradients as autograd hands
+    them: dense, expanded with zero strides (sum()), transposed (batch_first=False), for
+    the output alone or with the final states; the input with and without a gradient."""
+    dtype = getattr(torch, dtype_name)
+    losses = {
+        "weighted": lambda out, states, w: (out * w[0]).sum(),
+        "sum": lambda out, states, w: out.sum(),
+        "with states": lambda out, states, w: (out * w[0]).sum() + sum(
+            (s * ws).sum() for s, ws in zip(states, w[1:])),
+    }
+    for batch, steps, input_size, hidden_size in [(1, 1, 3, 67), (3, 5, 1, 1), (2, 11, 67, 3)]:
+        reference, ours = make_pair(torch, ft, kind, input_size, hidden_size, dtype,
+                                    batch_first=batch_first, **options)
+        _, full = make_pair(torch, ft, kind, input_size, hidden_size, dtype,
+                            batch_first=batch_first, **options)
+        full.load_state_dict(reference.state_dict())
+        full_path_only(full, monkeypatch)
+        shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
+        x_data = rng.standard_normal(shape)
+        out_shape = (batch, steps, hidden_size) if batch_first else (steps, batch, hidden_size)
+        weights = [torch.tensor(rng.standard_normal(out_shape), dtype=dtype)]
+        weights += [torch.tensor(rng.standard_normal((1, batch, hidden_size)), dtype=dtype)
+                    for _ in range(2)]
+        for hx_given, x_grad, loss_name in [(False, True, "weighted"), (True, True, "sum"),
+                                            (True, False, "with states"),
+                                            (False, False, "with states")]:
+            hx = random_hx(torch, rng, kind, 1, batch, hidden_size, dtype) if hx_given else None
+            results = []
+            for module in (ours, full, reference):
+                x = torch.tensor(x_data, dtype=dtype, requires_grad=x_grad)
+                if module is ours:
+                    assert ours._one_layer(x, hx) is not None  # the short path ran
+                out, hidden = module(x, hx)
+                states = hidden if kind == "LSTM" else (hidden,)
+                leaves = [*([x] if x_grad else []), *(states_of(hx) if hx_given else []),
+                          *module.parameters()]
+                grads = torch.autograd.grad(losses[loss_name](out, states, weights), leaves)
+                results.append([t.detach() for t in (out, *states, *grads)])
+            got, want, expected = results
+            for a, w, e in zip(got, want, expected, strict=True):
+                assert a.shape == e.shape and a.dtype == dtype
+                torch.testing.assert_close(a, w, rtol=0, atol=0)
+                assert_close(a.numpy(), e.numpy(), RTOL[dtype_name],
+                             name=f"{loss_name}, hx {hx_given}, x grad {x_grad}")
+
+
+def states_of(hx):
+    """hx as a list of its state tensors (LSTM's tuple or a single tensor)."""
+    return list(hx) if isinstance(hx, tuple) else [hx]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -11,10 +11,11 @@ with torch; only ``forward`` is ours.
 Each layer and direction runs through one ``torch.autograd.Function`` that calls the fused
 kernels of :mod:`fusedrnn.ops` (``*_forward(training=True)`` in forward, ``*_backward`` in
 backward); under ``torch.no_grad()`` (or when nothing requires a gradient) the kernels run
-with ``training=False`` and save nothing; a one-layer, one-direction module called under
-``torch.no_grad()`` or ``torch.inference_mode()`` on a batched Tensor (a decoding loop's
-call) goes straight to the kernel after its own checks (``_one_layer_inference``).  CPU
-tensors only, float32 or float64.
+with ``training=False`` and save nothing.  A one-layer, one-direction module called on a
+batched Tensor (a decoding loop's call, or a plain model's) takes a short path after its
+own checks (``_one_layer``): the kernels are called directly, without fusedrnn.ops' checks
+and the general machinery, in inference and in training.  CPU tensors only, float32 or
+float64.
 
 Weights: the modules hand torch's ``weight_ih`` and ``weight_hh`` to the kernels as they
 are (``weight_layout="torch"``: the kernels pack and multiply torch's rows, gate block by
@@ -51,10 +52,13 @@ _INT32_MAX = 2**31 - 1  # BLAS' integers (fusedrnn.ops checks it in general)
 #   torch_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy,
 #   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training)
 #       -> (outputs in processing order, final states tuple, cache or None),
-#   infer(x, kernel, recurrent, bias, initial) -> (outputs, final states tuple): inference
-#       on torch's layout straight through the kernel, for arguments already checked
-#       (the module's _one_layer_inference),
 #   backward(cache, d_outputs, d_states) -> (dx, d_kernel, d_recurrent, d_bias, d_initial),
+#   kernel_forward(x, kernel, recurrent, bias, initial, training) -> (outputs, final
+#       states tuple, saved arrays or None) and kernel_backward(saved, d_outputs, d_states,
+#       input_gradient) -> as backward: forward and backward straight through the
+#       kernels (torch's layout, no mask, forward direction) for arguments the module
+#       checked itself (its _one_layer); saved = (kernel, recurrent, bias, initial,
+#       arrays),
 #   torch_gradients(d_kernel, d_recurrent, d_bias) -> torch gradients of the 4 parameters.
 # --------------------------------------------------------------------------------------
 
@@ -108,12 +112,20 @@ class _LSTMCell(_SummedBiasCell):
         )
         return result.outputs, (result.h_n, result.c_n), result.cache
 
-    def infer(self, x, kernel, recurrent, bias, initial):
+    def kernel_forward(self, x, kernel, recurrent, bias, initial, training):
         h0, c0 = initial if initial else (None, None)
-        outputs, h_n, c_n, _ = ops._lstm_forward_kernel(
+        outputs, h_n, c_n, arrays = ops._lstm_forward_kernel(
             x, kernel, recurrent, bias, None, h0, c0, None, False, False, ACTIVATIONS["tanh"],
-            ACTIVATIONS["sigmoid"], False, True)
-        return outputs, (h_n, c_n)
+            ACTIVATIONS["sigmoid"], training, True)
+        return outputs, (h_n, c_n), arrays
+
+    def kernel_backward(self, saved, d_outputs, d_states, input_gradient):
+        kernel, recurrent, bias, initial, arrays = saved
+        h0, c0 = initial if initial else (None, None)
+        dx, dk, dr, db, dh0, dc0 = ops._lstm_backward_kernel(
+            kernel, recurrent, bias is not None, h0, c0, None, arrays, d_outputs, *d_states,
+            False, False, ACTIVATIONS["tanh"], ACTIVATIONS["sigmoid"], input_gradient, True)
+        return dx, dk, dr, db, (dh0, dc0)
 
     def backward(self, cache, d_outputs, d_states, input_gradient):
         grads = _require_op("lstm_backward")(cache, d_outputs, d_states[0], d_states[1],
@@ -138,11 +150,19 @@ class _RNNCell(_SummedBiasCell):
         )
         return result.outputs, (result.h_n,), result.cache
 
-    def infer(self, x, kernel, recurrent, bias, initial):
-        outputs, h_n, _ = ops._simple_rnn_forward_kernel(
+    def kernel_forward(self, x, kernel, recurrent, bias, initial, training):
+        outputs, h_n, arrays = ops._simple_rnn_forward_kernel(
             x, kernel, recurrent, bias, None, initial[0] if initial else None, None, False,
-            False, ACTIVATIONS[self.nonlinearity], False, True)
-        return outputs, (h_n,)
+            False, ACTIVATIONS[self.nonlinearity], training, True)
+        return outputs, (h_n,), arrays
+
+    def kernel_backward(self, saved, d_outputs, d_states, input_gradient):
+        kernel, recurrent, bias, initial, arrays = saved
+        dx, dk, dr, db, dh0 = ops._simple_rnn_backward_kernel(
+            kernel, recurrent, bias is not None, initial[0] if initial else None, None, arrays,
+            d_outputs, d_states[0], False, False, ACTIVATIONS[self.nonlinearity],
+            input_gradient, True)
+        return dx, dk, dr, db, (dh0,)
 
     def backward(self, cache, d_outputs, d_states, input_gradient):
         grads = _require_op("simple_rnn_backward")(cache, d_outputs, d_states[0],
@@ -173,11 +193,19 @@ class _GRUCell:
         )
         return result.outputs, (result.h_n,), result.cache
 
-    def infer(self, x, kernel, recurrent, bias, initial):
-        outputs, h_n, _ = ops._gru_forward_kernel(
+    def kernel_forward(self, x, kernel, recurrent, bias, initial, training):
+        outputs, h_n, arrays = ops._gru_forward_kernel(
             x, kernel, recurrent, bias, None, initial[0] if initial else None, None, True,
-            False, False, ACTIVATIONS["tanh"], ACTIVATIONS["sigmoid"], False, True)
-        return outputs, (h_n,)
+            False, False, ACTIVATIONS["tanh"], ACTIVATIONS["sigmoid"], training, True)
+        return outputs, (h_n,), arrays
+
+    def kernel_backward(self, saved, d_outputs, d_states, input_gradient):
+        kernel, recurrent, bias, initial, arrays = saved
+        dx, dk, dr, db, dh0 = ops._gru_backward_kernel(
+            kernel, recurrent, bias is not None, initial[0] if initial else None, None, arrays,
+            d_outputs, d_states[0], True, False, False, ACTIVATIONS["tanh"],
+            ACTIVATIONS["sigmoid"], input_gradient, True)
+        return dx, dk, dr, db, (dh0,)
 
     def backward(self, cache, d_outputs, d_states, input_gradient):
         grads = _require_op("gru_backward")(cache, d_outputs, d_states[0],
@@ -201,22 +229,42 @@ def _outputs_in_input_order(outputs, go_backwards):
 # Autograd
 # --------------------------------------------------------------------------------------
 
+def _kernel_gradient(gradient):
+    """An upstream gradient as the kernels can read it, None staying None: a NumPy view when
+    its last axis is contiguous (outputs') or it is contiguous (a state's), else a contiguous
+    copy (autograd may hand expanded, zero-stride gradients, e.g. from sum())."""
+    if gradient is None:
+        return None
+    if gradient.dim() == 3 and (gradient.stride(2) == 1 or gradient.shape[2] == 1):
+        return _numpy(gradient)
+    return _numpy(gradient.contiguous())
+
+
 class _FusedDirection(torch.autograd.Function):
     """One layer and direction: fused forward, fused BPTT backward.
 
     Inputs: x (batch, time, features) in input order, torch's weight_ih, weight_hh,
     bias_ih, bias_hh (or None), and the initial states (none, or n_states tensors of shape
     (batch, hidden)).  Returns the outputs (batch, time, hidden) in input order and the
-    final states."""
+    final states.  checked: the module checked every argument itself (its _one_layer: no
+    mask, forward direction, exact shapes, contiguous weights), so both passes call the
+    cell's kernels directly; else they go through fusedrnn.ops, whose checks also copy
+    what the kernels cannot address."""
 
     @staticmethod
-    def forward(ctx, cell, mask, go_backwards, x, w_ih, w_hh, b_ih, b_hh, *initial):
+    def forward(ctx, cell, mask, go_backwards, checked, x, w_ih, w_hh, b_ih, b_hh, *initial):
         ctx.set_materialize_grads(False)  # None gradients reach the kernels as "zero"
         kernel, recurrent, bias = cell.torch_weights(w_ih, w_hh, b_ih, b_hh)
         initial_np = tuple(_numpy(s) for s in initial) if initial else None
-        outputs, states, cache = cell.forward(
-            _numpy(x), kernel, recurrent, bias, initial_np, mask, go_backwards, training=True)
+        if checked:
+            outputs, states, arrays = cell.kernel_forward(_numpy(x), kernel, recurrent, bias,
+                                                          initial_np, True)
+            cache = (kernel, recurrent, bias, initial_np, arrays)
+        else:
+            outputs, states, cache = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np,
+                                                  mask, go_backwards, training=True)
         ctx.cell = cell
+        ctx.checked = checked
         ctx.cache = cache
         ctx.go_backwards = go_backwards
         ctx.n_initial = len(initial)
@@ -226,35 +274,44 @@ class _FusedDirection(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # BPTT in C: no double backward
     def backward(ctx, d_outputs, *d_states):
-        d_out = _numpy(d_outputs)
-        if d_out is not None and ctx.go_backwards:
-            d_out = d_out[:, ::-1]  # the kernel wants processing order; a strided view
-        d_states_np = tuple(_numpy(d) for d in d_states)
         # x's gradient only when autograd asks for it (not for a first layer fed with data,
         # like torch.nn's own RNNs): one GEMM less
-        need_dx = ctx.needs_input_grad[3]
-        dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.backward(
-            ctx.cache, d_out, d_states_np, need_dx)
+        need_dx = ctx.needs_input_grad[4]
+        if ctx.checked:
+            dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.kernel_backward(
+                ctx.cache, _kernel_gradient(d_outputs), tuple(map(_kernel_gradient, d_states)),
+                need_dx)
+        else:
+            d_out = _numpy(d_outputs)
+            if d_out is not None and ctx.go_backwards:
+                d_out = d_out[:, ::-1]  # the kernel wants processing order; a strided view
+            dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.backward(
+                ctx.cache, d_out, tuple(_numpy(d) for d in d_states), need_dx)
         d_w_ih, d_w_hh, d_b_ih, d_b_hh = ctx.cell.torch_gradients(d_kernel, d_recurrent,
                                                                   d_bias)
         d_initial_t = tuple(torch.from_numpy(d) for d in d_initial) if ctx.n_initial else ()
-        return (None, None, None, torch.from_numpy(dx) if need_dx else None, d_w_ih, d_w_hh,
-                d_b_ih, d_b_hh, *d_initial_t)
+        return (None, None, None, None, torch.from_numpy(dx) if need_dx else None, d_w_ih,
+                d_w_hh, d_b_ih, d_b_hh, *d_initial_t)
 
 
-def _run_direction(cell, x, weights, initial, mask, go_backwards):
+def _run_direction(cell, x, weights, initial, mask, go_backwards, checked=False):
     """Outputs (batch, time, hidden) in input order and final states of one direction.
 
     Goes through autograd only when a gradient is wanted; otherwise the kernels run in
-    inference mode (training=False) and cache nothing."""
+    inference mode (training=False) and cache nothing.  checked: as for _FusedDirection."""
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, *weights, *initial)):
-        results = _FusedDirection.apply(cell, mask, go_backwards, x, *weights, *initial)
+        results = _FusedDirection.apply(cell, mask, go_backwards, checked, x, *weights,
+                                        *initial)
         return results[0], tuple(results[1:])
     kernel, recurrent, bias = cell.torch_weights(*weights)
     initial_np = tuple(_numpy(s) for s in initial) if initial else None
-    outputs, states, _ = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np, mask,
-                                      go_backwards, training=False)
+    if checked:
+        outputs, states, _ = cell.kernel_forward(_numpy(x), kernel, recurrent, bias,
+                                                 initial_np, False)
+    else:
+        outputs, states, _ = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np, mask,
+                                          go_backwards, training=False)
     return (_outputs_in_input_order(outputs, go_backwards),
             tuple(torch.from_numpy(s) for s in states))
 
@@ -344,9 +401,9 @@ class _FusedRNNMixin:
         shape (num_layers * num_directions, batch, hidden_size) (no batch axis for
         unbatched input); a tuple (h_0, c_0) for LSTM; None means zeros.
         Returns (output, h_n) or, for LSTM, (output, (h_n, c_n)), shaped as torch's."""
-        fast = self._one_layer_inference(input, hx)
-        if fast is not None:
-            return fast
+        short = self._one_layer(input, hx)
+        if short is not None:
+            return short
         cls = type(self).__name__
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -404,18 +461,20 @@ class _FusedRNNMixin:
         hidden = final_states if cell.n_states == 2 else final_states[0]
         return output, hidden
 
-    def _one_layer_inference(self, input, hx):
-        """forward's result on a short path for the common call of a decoding loop (one
-        layer and direction, a batched Tensor, no gradient wanted), or None where that
-        does not apply, including every malformed argument: forward's full path then runs,
-        checks and raises.  Everything the kernel needs is checked here (dtypes, devices,
-        exact shapes, contiguity), so it is called directly, without fusedrnn.ops' own
-        checks.  Why: right after a kernel call that streamed the weights through the
-        caches, Python runs from cold caches.  In a loop of one-step SimpleRNN calls
-        (batch 1, 512 units) the full path took 90-94 us a call, this one 59-62 us, and
-        torch.nn 88-90 us (calls alternating)."""
-        if (torch.is_grad_enabled() or type(input) is not torch.Tensor or input.dim() != 3
-                or self.num_layers != 1 or self.bidirectional):
+    def _one_layer(self, input, hx):
+        """forward's result on a short path for the common calls (one layer and direction,
+        a batched Tensor: a decoding loop's, a plain model's), with or without autograd,
+        or None where that does not apply, including every malformed argument: forward's
+        full path then runs, checks and raises.  Everything the kernels need is checked
+        here (dtypes, devices, exact shapes, contiguity), so they are called directly,
+        without fusedrnn.ops' own checks (_FusedDirection's `checked`).  Why: right after
+        a kernel call that streamed the weights through the caches, Python runs from cold
+        caches.  In a loop of one-step SimpleRNN calls (batch 1, 512 units) the full path
+        took 90-94 us a call in inference, this one 59-62 us, and torch.nn 88-90 us (calls
+        alternating); a training step (forward and every gradient) took 293-298 us on the
+        full path, this one 245-250 us, torch.nn 270-284 us."""
+        if (type(input) is not torch.Tensor or input.dim() != 3 or self.num_layers != 1
+                or self.bidirectional):
             return None
         dtype = input.dtype
         if dtype not in _SUPPORTED_DTYPES or not input.is_cpu or input.stride(2) != 1:
@@ -434,7 +493,7 @@ class _FusedRNNMixin:
                                            and weight.shape == shape
                                            and weight.is_contiguous()):
                 return None
-        initial = None
+        initial = ()
         if hx is not None:
             states = hx if cell.n_states == 2 else (hx,)
             expected = (1, batch, hidden)
@@ -443,12 +502,11 @@ class _FusedRNNMixin:
                     and all(type(s) is torch.Tensor and s.dtype == dtype and s.is_cpu
                             and s.shape == expected and s.is_contiguous() for s in states)):
                 return None
-            initial = tuple(s[0].detach().numpy() for s in states)
-        outputs, finals = cell.infer(x.detach().numpy(), *cell.torch_weights(*weights), initial)
-        output = torch.from_numpy(outputs)
+            initial = tuple(s[0] for s in states)
+        output, finals = _run_direction(cell, x, weights, initial, None, False, checked=True)
         if not self.batch_first:
             output = output.transpose(0, 1).contiguous()  # torch returns a contiguous tensor
-        finals = tuple(torch.from_numpy(s).unsqueeze(0) for s in finals)
+        finals = tuple(s.unsqueeze(0) for s in finals)
         return output, (finals if cell.n_states == 2 else finals[0])
 
     def _run_layers(self, cell, x, initial, mask):
