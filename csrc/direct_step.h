@@ -495,7 +495,7 @@ FRNN_UNUSED static void SFX(direct_step_bias_gradient)(ptrdiff_t B, ptrdiff_t H,
  * gradients w.r.t. the input projection (in[g], row stride in_ld[g]) and w.r.t. the
  * recurrent one (rec[g], rec_ld[g]), the same for the LSTM and SimpleRNN, not for the GRU
  * (r scales the recurrent part of its candidate):
- *   d_h0 (B, H) += sum_g rec_g weight_hh_g (h0 NULL: skipped, d_h0 left as it was);  dx (B, I) row stride ldx = sum_g in_g weight_ih_g
+ *   d_h0 (B, H) += sum_g rec_g weight_hh_g, or NULL: skipped (frnn_initial_gradient);  dx (B, I) row stride ldx = sum_g in_g weight_ih_g
  *     (dx NULL: skipped);
  *   d_kernel (G*H, I) = in^T x_rows;  d_recurrent (G*H, H) = rec^T h0 (zeros without h0);
  *   d_bias_in (G*H,) = in's column sums, d_bias_rec likewise from rec (either NULL: skipped).
@@ -507,8 +507,7 @@ FRNN_UNUSED static void SFX(direct_step_backward_products)(
     const ptrdiff_t *rec_ld, const REAL *kernel, const REAL *recurrent, const REAL *x_rows,
     const REAL *h0, REAL *dx, ptrdiff_t ldx, REAL *d_kernel, REAL *d_recurrent,
     REAL *d_bias_in, REAL *d_bias_rec, REAL *d_h0, REAL *blocks_t) {
-    /* without h0 nobody reads d_h0: skipping it spares a pass over weight_hh */
-    if (h0) SFX(direct_step_rows_gradient)(B, H, G, rec, rec_ld, gate_rows, recurrent, H, d_h0, H, 1);
+    if (d_h0) SFX(direct_step_rows_gradient)(B, H, G, rec, rec_ld, gate_rows, recurrent, H, d_h0, H, 1);
     if (dx) SFX(direct_step_rows_gradient)(B, H, G, in, in_ld, gate_rows, kernel, I, dx, ldx, 0);
     SFX(direct_step_blocks_t)(B, H, G, in, in_ld, gate_rows, blocks_t);
     SFX(direct_step_weight_gradient)(B, G * H, blocks_t, x_rows, I, I, d_kernel);

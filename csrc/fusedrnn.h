@@ -79,6 +79,10 @@ typedef struct {
      * the GRU's with BLAS products per step (no AVX2, many rows), which convert the
      * weights to Keras' layout once per call, and the gradients back. */
     int weight_rows;
+    /* Backward passes only.  0: d_h0 (and the LSTM's d_c0) computed.  1: the caller does
+     * not want them and their contents are unspecified, which spares a single step (T = 1,
+     * torch's layout) its product with weight_hh, as when h0 is NULL. */
+    int no_initial_gradient;
 } frnn_dims;
 
 /* Strided view of a (B, T, F) sequence array: element (b, s, f) is at
@@ -245,7 +249,7 @@ int frnn_lstm_forward_f64(const frnn_blas *blas, const frnn_dims *d,
  *   Gradients, all written (overwritten, not accumulated):
  *   dx (B,T,I) via dx_strides in input order, or NULL (not computed: one GEMM less);
  *   d_kernel (I,4H); d_recurrent (H,4H); d_bias (4H,) or NULL; d_h0, d_c0 (B,H).
- *   Without h0 (NULL) d_h0's contents are unspecified (a step's pass skips it).
+ *   Without h0 (NULL) or with d->no_initial_gradient, d_h0's contents are unspecified.
  */
 int frnn_lstm_backward_f32(const frnn_blas *blas, const frnn_dims *d,
                            const float *kernel, const float *recurrent,
@@ -319,7 +323,8 @@ int frnn_gru_forward_f64(const frnn_blas *blas, const frnn_dims *d, int reset_af
  *   d_outputs (B,T,H) via dout_strides in processing order, or NULL.  d_h_n (B,H) or NULL.
  *   Gradients, all written: dx (B,T,I) via dx_strides in input order, or NULL (not
  *   computed); d_kernel (I,3H); d_recurrent (H,3H); d_bias with the forward bias' shape,
- *   or NULL; d_h0 (B,H), contents unspecified without h0 (NULL).
+ *   or NULL; d_h0 (B,H), contents unspecified without h0 (NULL) or with
+ *   d->no_initial_gradient.
  */
 int frnn_gru_backward_f32(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                           const float *kernel, const float *recurrent, const float *h0,

@@ -739,7 +739,7 @@ static int SFX(gru_direct_step_backward)(const frnn_dims *d, const REAL *kernel,
     SFX(direct_step_backward_products)(B, I, H, 3, SFX(gru_gate_rows), in, in_ld, rec, rec_ld,
                                        kernel, recurrent, x_cache, h0, dx, dxs.stride_b,
                                        d_kernel, d_recurrent, d_bias, d_bias ? d_bias + G3 : NULL,
-                                       d_h0, blocks_t);
+                                       frnn_initial_gradient(d, h0) ? d_h0 : NULL, blocks_t);
 done:
     frnn_free(dr);
     frnn_free(dxh);

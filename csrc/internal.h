@@ -516,6 +516,13 @@ static inline frnn_share frnn_thread_share(frnn_split s, ptrdiff_t batch, ptrdif
     return p;
 }
 
+/* Whether a backward pass must compute d_h0: not without h0 (nobody reads it) nor when
+ * the caller said so (d->no_initial_gradient); skipping it spares a single step a pass over
+ * weight_hh. */
+static inline int frnn_initial_gradient(const frnn_dims *d, const void *h0) {
+    return h0 != NULL && !d->no_initial_gradient;
+}
+
 /* The calling thread's part of a time loop split by s over d's batch and nb unit blocks of
  * `width` units: rows [b0, b1), blocks [jb0, jb1), their units [j0, j1), and `rows`, d with
  * the batch cut to the thread's rows (every (B, .) array is then offset by b0). */

@@ -451,7 +451,8 @@ static int SFX(lstm_direct_step_backward)(const frnn_dims *d, const REAL *kernel
     const ptrdiff_t ld[4] = {G4, G4, G4, G4};
     SFX(direct_step_backward_products)(B, I, H, 4, SFX(same_gate_rows), blocks, ld, blocks, ld,
                                        kernel, recurrent, x_cache, h0, dx, dxs.stride_b,
-                                       d_kernel, d_recurrent, d_bias, NULL, d_h0, dz_t);
+                                       d_kernel, d_recurrent, d_bias, NULL,
+                                       frnn_initial_gradient(d, h0) ? d_h0 : NULL, dz_t);
 done:
     frnn_free(dz);
     frnn_free(dz_t);

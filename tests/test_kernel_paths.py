@@ -461,6 +461,46 @@ def test_backward_without_input_gradient(rng, cell, dropout, path, dtype):
         bwd(out.cache, arrays[5], input_gradient="no")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("steps", [1, 6])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_backward_without_initial_gradient(rng, cell, path, layout, steps, dtype):
+    """initial_gradient=False (a state that needs no gradient): h0 (and the LSTM's c0)
+    come back None, a single step on torch's layout skipping its product with the
+    recurrent weights, and every other gradient is bitwise the one computed with them;
+    with the flag set, the h0 gradient is the float64 reference's."""
+    gates, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
+    batch, features, units = 5, 3, 21
+    arrays, kwargs = masked_problem(rng, cell, batch, steps, features, units, dtype)
+    x, kernel, recurrent, bias, d_out = arrays
+    initial = [(rng.standard_normal((batch, units)) * 0.5).astype(dtype)
+               for _ in range(2 if cell == "lstm" else 1)]
+    d_h_n = rng.standard_normal((batch, units)).astype(dtype)
+    weights = weights_in_layout(layout, cell, kernel, recurrent, bias)
+    with kernel_paths(**PATHS[path]):
+        out = fwd(x, *weights, initial_state=initial, weight_layout=layout, **kwargs)
+        full = bwd(out.cache, d_out, d_h_n)
+        partial = bwd(out.cache, d_out, d_h_n, initial_gradient=False)
+    assert full.h0 is not None and partial.h0 is None
+    for name in full._fields:
+        a, b = getattr(full, name), getattr(partial, name)
+        if name in ("h0", "c0"):
+            assert b is None, name
+        else:
+            np.testing.assert_array_equal(b, a, err_msg=name)
+    want = ref_fwd(x.astype(np.float64), kernel.astype(np.float64),
+                   recurrent.astype(np.float64), bias.astype(np.float64),
+                   initial_state=[s.astype(np.float64) for s in initial], **kwargs)
+    want_grads = ref_bwd(want.cache, d_out.astype(np.float64), d_h_n.astype(np.float64))
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(full.h0, want_grads.h0, rtol=tol, atol=tol * 10)
+    assert ref_bwd(want.cache, d_out.astype(np.float64), initial_gradient=False).h0 is None
+    with pytest.raises(TypeError, match="initial_gradient"):
+        bwd(out.cache, d_out, initial_gradient=None)
+
+
 @pytest.mark.parametrize("simd", [-1, 0], ids=["tiles", "blas"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("threads", [1, 2])

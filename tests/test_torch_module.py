@@ -383,7 +383,8 @@ def test_short_training_path_equals_the_full_path(torch, ft, rng, monkeypatch, k
     checks, give bit for bit the full path's outputs and gradients (input, hx, every
     parameter), and torch.nn's within tolerance.  Upstream gradients as autograd hands
     them: dense, expanded with zero strides (sum()), transposed (batch_first=False), for
-    the output alone or with the final states; the input with and without a gradient."""
+    the output alone or with the final states; the input and hx with and without a
+    gradient (a state carried without one: the kernels skip the hx gradient)."""
     dtype = getattr(torch, dtype_name)
     losses = {
         "weighted": lambda out, states, w: (out * w[0]).sum(),
@@ -404,10 +405,15 @@ def test_short_training_path_equals_the_full_path(torch, ft, rng, monkeypatch, k
         weights = [torch.tensor(rng.standard_normal(out_shape), dtype=dtype)]
         weights += [torch.tensor(rng.standard_normal((1, batch, hidden_size)), dtype=dtype)
                     for _ in range(2)]
-        for hx_given, x_grad, loss_name in [(False, True, "weighted"), (True, True, "sum"),
-                                            (True, False, "with states"),
-                                            (False, False, "with states")]:
-            hx = random_hx(torch, rng, kind, 1, batch, hidden_size, dtype) if hx_given else None
+        for hx_given, x_grad, loss_name in [(None, True, "weighted"), ("grad", True, "sum"),
+                                            ("grad", False, "with states"),
+                                            (None, False, "with states"),
+                                            ("no grad", True, "with states")]:
+            hx = None
+            if hx_given:
+                hx = random_hx(torch, rng, kind, 1, batch, hidden_size, dtype)
+                if hx_given == "no grad":
+                    hx = tuple(s.detach() for s in hx) if kind == "LSTM" else hx.detach()
             results = []
             for module in (ours, full, reference):
                 x = torch.tensor(x_data, dtype=dtype, requires_grad=x_grad)
@@ -415,8 +421,8 @@ def test_short_training_path_equals_the_full_path(torch, ft, rng, monkeypatch, k
                     assert ours._one_layer(x, hx) is not None  # the short path ran
                 out, hidden = module(x, hx)
                 states = hidden if kind == "LSTM" else (hidden,)
-                leaves = [*([x] if x_grad else []), *(states_of(hx) if hx_given else []),
-                          *module.parameters()]
+                leaves = [*([x] if x_grad else []),
+                          *(states_of(hx) if hx_given == "grad" else []), *module.parameters()]
                 grads = torch.autograd.grad(losses[loss_name](out, states, weights), leaves)
                 results.append([t.detach() for t in (out, *states, *grads)])
             got, want, expected = results
@@ -643,6 +649,40 @@ def test_input_gradient_only_when_autograd_needs_it(torch, ft, rng, monkeypatch,
             assert_close(our_dx.numpy(), ref_dx.numpy(), 1e-9, name="x")
         else:
             assert our_dx is None and ref_dx is None
+
+
+@pytest.mark.parametrize("kind,op", [("LSTM", "lstm_backward"), ("GRU", "gru_backward"),
+                                     ("RNN", "simple_rnn_backward")])
+def test_initial_gradient_only_when_autograd_needs_it(torch, ft, rng, monkeypatch, kind, op):
+    """The gradient w.r.t. hx is asked of the kernels only when hx requires grad
+    (initial_gradient=False otherwise: a carried state's step skips its product with
+    weight_hh); the parameters' gradients and hx's match torch.nn's either way."""
+    from fusedrnn import ops
+
+    calls = []
+    real_backward = getattr(ops, op)
+
+    def recording_backward(*args, **kwargs):
+        calls.append(kwargs["initial_gradient"])
+        return real_backward(*args, **kwargs)
+
+    monkeypatch.setattr(ops, op, recording_backward)
+    dtype = torch.float64
+    reference, ours = make_pair(torch, ft, kind, 3, 5, dtype, num_layers=2)  # the full path
+    data = rng.standard_normal((1, 2, 3))
+    for requires_grad in (False, True):
+        calls.clear()
+        hx = random_hx(torch, rng, kind, 2, 2, 5, dtype)
+        if not requires_grad:
+            hx = tuple(s.detach() for s in hx) if kind == "LSTM" else hx.detach()
+        grads = []
+        for module in (reference, ours):
+            output, _ = module(torch.tensor(data, dtype=dtype), hx)
+            leaves = [*module.parameters(), *(states_of(hx) if requires_grad else [])]
+            grads.append(torch.autograd.grad(output.pow(2).sum(), leaves))
+        assert calls == [requires_grad, requires_grad]
+        for expected, actual in zip(*grads, strict=True):
+            assert_close(actual.numpy(), expected.numpy(), 1e-9, name="gradient")
 
 
 def test_double_and_float_conversions(torch, ft, rng):

@@ -79,9 +79,9 @@ def _lstm_options(go_backwards, zero_output_for_mask, activation, recurrent_acti
     )
 
 
-def _input_gradient_flag(value) -> bool:
+def _gradient_flag(value, argname: str = "input_gradient") -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"input_gradient: expected True or False, got {type(value).__name__}")
+        raise TypeError(f"{argname}: expected True or False, got {type(value).__name__}")
     return bool(value)
 
 
@@ -171,11 +171,14 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
 
 
 def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None, *,
-                  input_gradient: bool = True) -> LSTMGradients:
+                  input_gradient: bool = True, initial_gradient: bool = True) -> LSTMGradients:
     """Gradients of a scalar loss w.r.t. every input of lstm_forward, given the loss's
     gradients w.r.t. its outputs (batch, time, units), h_n and c_n (batch, units).
     None means zero.  With input_gradient=False the gradient w.r.t. x is not computed
-    (one GEMM less; ``x`` is None), as for a first layer fed with data.  The cache is not
+    (one GEMM less; ``x`` is None), as for a first layer fed with data.  With
+    initial_gradient=False the gradients w.r.t. the initial state are not wanted
+    (``h0``, ``c0`` None; a single step on torch's layout skips its product with the
+    recurrent weights), as for a state that needs no gradient.  The cache is not
     consumed: it may be used again."""
     if not isinstance(cache, LSTMCache):
         raise TypeError(
@@ -188,8 +191,8 @@ def lstm_backward(cache: LSTMCache, d_outputs=None, d_h_n=None, d_c_n=None, *,
     dx, dk, dr, db, dh0, dc0 = _lstm_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0, cache.c0,
         cache.recurrent_dropout_mask, cache.arrays, d_outputs, d_h_n, d_c_n, *cache.options,
-        _input_gradient_flag(input_gradient),
-        cache.weight_rows
+        _gradient_flag(input_gradient),
+        cache.weight_rows, _gradient_flag(initial_gradient, "initial_gradient")
     )
     return LSTMGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None,
                          dc0 if cache.c0 is not None else None)
@@ -335,18 +338,19 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
 
 
 def gru_backward(cache: GRUCache, d_outputs=None, d_h_n=None, *,
-                 input_gradient: bool = True) -> GRUGradients:
+                 input_gradient: bool = True, initial_gradient: bool = True) -> GRUGradients:
     """Gradients of a scalar loss w.r.t. every input of gru_forward, given the loss's
     gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None means
-    zero.  input_gradient=False skips the gradient w.r.t. x (``x`` is None).  The cache is
-    not consumed: it may be used again."""
+    zero.  input_gradient=False skips the gradient w.r.t. x (``x`` is None),
+    initial_gradient=False the one w.r.t. the initial state (``h0`` is None), as for
+    lstm_backward.  The cache is not consumed: it may be used again."""
     _check_cache(cache, GRUCache, "gru_forward")
     d_outputs, d_h_n = _upstream_gradients(cache, d_outputs, d_h_n)
     dx, dk, dr, db, dh0 = _gru_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
-        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient),
-        cache.weight_rows
+        d_outputs, d_h_n, *cache.options, _gradient_flag(input_gradient),
+        cache.weight_rows, _gradient_flag(initial_gradient, "initial_gradient")
     )
     return GRUGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
 
@@ -407,18 +411,20 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
 
 
 def simple_rnn_backward(cache: SimpleRNNCache, d_outputs=None, d_h_n=None, *,
-                        input_gradient: bool = True) -> SimpleRNNGradients:
+                        input_gradient: bool = True,
+                        initial_gradient: bool = True) -> SimpleRNNGradients:
     """Gradients of a scalar loss w.r.t. every input of simple_rnn_forward, given the
     loss's gradients w.r.t. its outputs (batch, time, units) and h_n (batch, units); None
-    means zero.  input_gradient=False skips the gradient w.r.t. x (``x`` is None).  The
-    cache is not consumed: it may be used again."""
+    means zero.  input_gradient=False skips the gradient w.r.t. x (``x`` is None),
+    initial_gradient=False the one w.r.t. the initial state (``h0`` is None), as for
+    lstm_backward.  The cache is not consumed: it may be used again."""
     _check_cache(cache, SimpleRNNCache, "simple_rnn_forward")
     d_outputs, d_h_n = _upstream_gradients(cache, d_outputs, d_h_n)
     dx, dk, dr, db, dh0 = _simple_rnn_backward_kernel(
         cache.kernel, cache.recurrent_kernel, cache.has_bias, cache.h0,
         cache.recurrent_dropout_mask, cache.arrays,
-        d_outputs, d_h_n, *cache.options, _input_gradient_flag(input_gradient),
-        cache.weight_rows
+        d_outputs, d_h_n, *cache.options, _gradient_flag(input_gradient),
+        cache.weight_rows, _gradient_flag(initial_gradient, "initial_gradient")
     )
     return SimpleRNNGradients(dx, dk, dr, db, dh0 if cache.h0 is not None else None)
 

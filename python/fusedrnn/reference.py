@@ -87,7 +87,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, *, initial_state=None, 
     return LSTMOutput(outputs, h, c, cache)
 
 
-def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None, *, input_gradient=True):
+def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None, *, input_gradient=True,
+                  initial_gradient=True):
     batch, steps, features = cache.shape
     kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
     units = recurrent_kernel.shape[0]
@@ -127,7 +128,8 @@ def lstm_backward(cache, d_outputs=None, d_h_n=None, d_c_n=None, *, input_gradie
         dc = np.where(keep, dct * f, dc)
     return LSTMGradients(
         dx if input_gradient else None, dk, dr, db if cache.has_bias else None,
-        dh if cache.has_state else None, dc if cache.has_state else None,
+        dh if cache.has_state and initial_gradient else None,
+        dc if cache.has_state and initial_gradient else None,
     )
 
 
@@ -220,7 +222,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, *, reset_after=True,
     return GRUOutput(outputs, h, cache)
 
 
-def gru_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=True):
+def gru_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=True,
+                 initial_gradient=True):
     batch, steps, _ = cache.shape
     kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
     units = recurrent_kernel.shape[0]
@@ -271,7 +274,7 @@ def gru_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=True):
     if cache.has_bias:
         db = np.stack([db_in, db_rec]) if cache.reset_after else db_in
     return GRUGradients(dx if input_gradient else None, dk, dr, db,
-                        dh if cache.has_state else None)
+                        dh if cache.has_state and initial_gradient else None)
 
 
 # ---------------------------------------------------------------------- SimpleRNN ----
@@ -313,7 +316,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, *, activation="ta
     return SimpleRNNOutput(outputs, h, cache)
 
 
-def simple_rnn_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=True):
+def simple_rnn_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=True,
+                        initial_gradient=True):
     batch, steps, _ = cache.shape
     kernel, recurrent_kernel = cache.kernel, cache.recurrent_kernel
     units = recurrent_kernel.shape[0]
@@ -338,4 +342,4 @@ def simple_rnn_backward(cache, d_outputs=None, d_h_n=None, *, input_gradient=Tru
         dh = np.where(keep, cache.dropout_mask * (d_pre @ recurrent_kernel.T), dh)
     return SimpleRNNGradients(dx if input_gradient else None, dk, dr,
                               db if cache.has_bias else None,
-                              dh if cache.has_state else None)
+                              dh if cache.has_state and initial_gradient else None)

@@ -52,10 +52,12 @@ _INT32_MAX = 2**31 - 1  # BLAS' integers (fusedrnn.ops checks it in general)
 #   torch_weights(w_ih, w_hh, b_ih, b_hh) -> (kernel, recurrent_kernel, bias) as NumPy,
 #   forward(x, kernel, recurrent, bias, initial, mask, go_backwards, training)
 #       -> (outputs in processing order, final states tuple, cache or None),
-#   backward(cache, d_outputs, d_states) -> (dx, d_kernel, d_recurrent, d_bias, d_initial),
+#   backward(cache, d_outputs, d_states, input_gradient, initial_gradient) -> (dx,
+#       d_kernel, d_recurrent, d_bias, d_initial): dx None without input_gradient,
+#       d_initial's entries None without initial_gradient,
 #   kernel_forward(x, kernel, recurrent, bias, initial, training) -> (outputs, final
 #       states tuple, saved arrays or None) and kernel_backward(saved, d_outputs, d_states,
-#       input_gradient) -> as backward: forward and backward straight through the
+#       input_gradient, initial_gradient) -> as backward: forward and backward straight through the
 #       kernels (torch's layout, no mask, forward direction) for arguments the module
 #       checked itself (its _one_layer); saved = (kernel, recurrent, bias, initial,
 #       arrays),
@@ -119,17 +121,19 @@ class _LSTMCell(_SummedBiasCell):
             ACTIVATIONS["sigmoid"], training, True)
         return outputs, (h_n, c_n), arrays
 
-    def kernel_backward(self, saved, d_outputs, d_states, input_gradient):
+    def kernel_backward(self, saved, d_outputs, d_states, input_gradient, initial_gradient):
         kernel, recurrent, bias, initial, arrays = saved
         h0, c0 = initial if initial else (None, None)
         dx, dk, dr, db, dh0, dc0 = ops._lstm_backward_kernel(
             kernel, recurrent, bias is not None, h0, c0, None, arrays, d_outputs, *d_states,
-            False, False, ACTIVATIONS["tanh"], ACTIVATIONS["sigmoid"], input_gradient, True)
+            False, False, ACTIVATIONS["tanh"], ACTIVATIONS["sigmoid"], input_gradient, True,
+            initial_gradient)
         return dx, dk, dr, db, (dh0, dc0)
 
-    def backward(self, cache, d_outputs, d_states, input_gradient):
+    def backward(self, cache, d_outputs, d_states, input_gradient, initial_gradient):
         grads = _require_op("lstm_backward")(cache, d_outputs, d_states[0], d_states[1],
-                                             input_gradient=input_gradient)
+                                             input_gradient=input_gradient,
+                                             initial_gradient=initial_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0, grads.c0)
 
 
@@ -156,17 +160,18 @@ class _RNNCell(_SummedBiasCell):
             False, ACTIVATIONS[self.nonlinearity], training, True)
         return outputs, (h_n,), arrays
 
-    def kernel_backward(self, saved, d_outputs, d_states, input_gradient):
+    def kernel_backward(self, saved, d_outputs, d_states, input_gradient, initial_gradient):
         kernel, recurrent, bias, initial, arrays = saved
         dx, dk, dr, db, dh0 = ops._simple_rnn_backward_kernel(
             kernel, recurrent, bias is not None, initial[0] if initial else None, None, arrays,
             d_outputs, d_states[0], False, False, ACTIVATIONS[self.nonlinearity],
-            input_gradient, True)
+            input_gradient, True, initial_gradient)
         return dx, dk, dr, db, (dh0,)
 
-    def backward(self, cache, d_outputs, d_states, input_gradient):
+    def backward(self, cache, d_outputs, d_states, input_gradient, initial_gradient):
         grads = _require_op("simple_rnn_backward")(cache, d_outputs, d_states[0],
-                                                   input_gradient=input_gradient)
+                                                   input_gradient=input_gradient,
+                                                   initial_gradient=initial_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
 
 
@@ -199,17 +204,18 @@ class _GRUCell:
             False, False, ACTIVATIONS["tanh"], ACTIVATIONS["sigmoid"], training, True)
         return outputs, (h_n,), arrays
 
-    def kernel_backward(self, saved, d_outputs, d_states, input_gradient):
+    def kernel_backward(self, saved, d_outputs, d_states, input_gradient, initial_gradient):
         kernel, recurrent, bias, initial, arrays = saved
         dx, dk, dr, db, dh0 = ops._gru_backward_kernel(
             kernel, recurrent, bias is not None, initial[0] if initial else None, None, arrays,
             d_outputs, d_states[0], True, False, False, ACTIVATIONS["tanh"],
-            ACTIVATIONS["sigmoid"], input_gradient, True)
+            ACTIVATIONS["sigmoid"], input_gradient, True, initial_gradient)
         return dx, dk, dr, db, (dh0,)
 
-    def backward(self, cache, d_outputs, d_states, input_gradient):
+    def backward(self, cache, d_outputs, d_states, input_gradient, initial_gradient):
         grads = _require_op("gru_backward")(cache, d_outputs, d_states[0],
-                                            input_gradient=input_gradient)
+                                            input_gradient=input_gradient,
+                                            initial_gradient=initial_gradient)
         return grads.x, grads.kernel, grads.recurrent_kernel, grads.bias, (grads.h0,)
 
     def torch_gradients(self, d_kernel, d_recurrent, d_bias):
@@ -272,26 +278,42 @@ class _FusedDirection(torch.autograd.Function):
                 *(torch.from_numpy(s) for s in states))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # BPTT in C: no double backward
     def backward(ctx, d_outputs, *d_states):
+        if torch.is_grad_enabled():  # create_graph=True: results that refuse a 2nd derivative
+            return _backward_once_differentiable(ctx, d_outputs, *d_states)
+        return _FusedDirection.fused_backward(ctx, d_outputs, *d_states)
+
+    @staticmethod
+    def fused_backward(ctx, d_outputs, *d_states):
+        """backward's gradients; BPTT in C: no double backward."""
         # x's gradient only when autograd asks for it (not for a first layer fed with data,
         # like torch.nn's own RNNs): one GEMM less
         need_dx = ctx.needs_input_grad[4]
+        # the initial states' likewise (a state carried from the last call without a
+        # gradient: a single step then skips its product with weight_hh)
+        need_initial = any(ctx.needs_input_grad[9:])
         if ctx.checked:
             dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.kernel_backward(
                 ctx.cache, _kernel_gradient(d_outputs), tuple(map(_kernel_gradient, d_states)),
-                need_dx)
+                need_dx, need_initial)
         else:
             d_out = _numpy(d_outputs)
             if d_out is not None and ctx.go_backwards:
                 d_out = d_out[:, ::-1]  # the kernel wants processing order; a strided view
             dx, d_kernel, d_recurrent, d_bias, d_initial = ctx.cell.backward(
-                ctx.cache, d_out, tuple(_numpy(d) for d in d_states), need_dx)
+                ctx.cache, d_out, tuple(_numpy(d) for d in d_states), need_dx, need_initial)
         d_w_ih, d_w_hh, d_b_ih, d_b_hh = ctx.cell.torch_gradients(d_kernel, d_recurrent,
                                                                   d_bias)
-        d_initial_t = tuple(torch.from_numpy(d) for d in d_initial) if ctx.n_initial else ()
+        d_initial_t = (tuple(torch.from_numpy(d) for d in d_initial) if need_initial
+                       else (None,) * ctx.n_initial)
         return (None, None, None, None, torch.from_numpy(dx) if need_dx else None, d_w_ih,
                 d_w_hh, d_b_ih, d_b_hh, *d_initial_t)
+
+
+# torch's wrapper makes a second derivative through the results raise; it costs a
+# no_grad block a call, so backward takes it only when autograd builds a graph
+_backward_once_differentiable = torch.autograd.function.once_differentiable(
+    _FusedDirection.fused_backward)
 
 
 def _run_direction(cell, x, weights, initial, mask, go_backwards, checked=False):
@@ -471,8 +493,8 @@ class _FusedRNNMixin:
         a kernel call that streamed the weights through the caches, Python runs from cold
         caches.  In a loop of one-step SimpleRNN calls (batch 1, 512 units) the full path
         took 90-94 us a call in inference, this one 59-62 us, and torch.nn 88-90 us (calls
-        alternating); a training step (forward and every gradient) took 293-298 us on the
-        full path, this one 245-250 us, torch.nn 270-284 us."""
+        alternating); a training step (forward and every gradient, hx carried without one)
+        took 306-315 us on the full path, this one 267-270 us, torch.nn 288-291 us."""
         if (type(input) is not torch.Tensor or input.dim() != 3 or self.num_layers != 1
                 or self.bidirectional):
             return None

@@ -28,6 +28,7 @@ cdef extern from "fusedrnn.h" nogil:
         frnn_activation activation
         frnn_activation recurrent_activation
         int weight_rows
+        int no_initial_gradient
     ctypedef struct frnn_seq_strides:
         Py_ssize_t stride_b
         Py_ssize_t stride_t
@@ -93,6 +94,7 @@ cdef inline frnn_dims make_dims(Py_ssize_t batch, Py_ssize_t steps, Py_ssize_t i
     d.activation = <frnn_activation>activation
     d.recurrent_activation = <frnn_activation>recurrent_activation
     d.weight_rows = 0  # Keras' layout; the forward wrappers may ask for torch's
+    d.no_initial_gradient = 0  # the backward wrappers may say they need no d_h0
     return d
 
 

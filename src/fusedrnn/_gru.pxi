@@ -119,9 +119,11 @@ def gru_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias, 
 def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, rec_mask,
                  tuple cache, d_outputs, d_h_n, bint reset_after, bint go_backwards,
                  bint zero_output_for_mask, int activation, int recurrent_activation,
-                 bint input_gradient=True, bint weight_rows=False):
+                 bint input_gradient=True, bint weight_rows=False,
+                 bint initial_gradient=True):
     """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0); dx is None, and not
-    computed, when input_gradient is false."""
+    computed, when input_gradient is false; d_h0 None when initial_gradient is (and
+    possibly not computed: fusedrnn.h's no_initial_gradient)."""
     x_cache, gates, hr_cache, h_states, mask_cache = cache
     cdef Py_ssize_t T = x_cache.shape[0], B = x_cache.shape[1], I = x_cache.shape[2]
     cdef Py_ssize_t H = recurrent.shape[1 if weight_rows else 0]  # rows: (G*H, H)
@@ -130,6 +132,7 @@ def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, r
     cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
                                  recurrent_activation)
     d.weight_rows = weight_rows  # the gradients in the weights' layout
+    d.no_initial_gradient = not initial_gradient  # then d_h0 (d_c0) are not returned
     cdef frnn_blas blas = scipy_blas()
     dx = pooled_empty((B, T, I), dtype) if input_gradient else None
     cdef cnp.ndarray d_kernel = pooled_empty((<object>kernel).shape, dtype)
@@ -189,4 +192,4 @@ def gru_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, r
                                            <double *>pdk, <double *>pdr, <double *>pdb,
                                            <double *>pdh0)
     raise_for_status(status, "gru_backward")
-    return dx, d_kernel, d_recurrent, d_bias, d_h0
+    return dx, d_kernel, d_recurrent, d_bias, d_h0 if initial_gradient else None

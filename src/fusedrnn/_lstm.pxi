@@ -123,9 +123,11 @@ def lstm_forward(cnp.ndarray x, cnp.ndarray kernel, cnp.ndarray recurrent, bias,
 def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, c0,
                   rec_mask, tuple cache, d_outputs, d_h_n, d_c_n, bint go_backwards,
                   bint zero_output_for_mask, int activation, int recurrent_activation,
-                  bint input_gradient=True, bint weight_rows=False):
+                  bint input_gradient=True, bint weight_rows=False,
+                  bint initial_gradient=True):
     """Returns (dx, d_kernel, d_recurrent, d_bias or None, d_h0, d_c0); dx is None, and
-    not computed, when input_gradient is false."""
+    not computed, when input_gradient is false; d_h0 and d_c0 None when initial_gradient is
+    (and d_h0 possibly not computed: fusedrnn.h's no_initial_gradient)."""
     x_cache, gates, c_states, h_states, mask_cache = cache
     cdef Py_ssize_t T = x_cache.shape[0], B = x_cache.shape[1], I = x_cache.shape[2]
     cdef Py_ssize_t H = recurrent.shape[1 if weight_rows else 0]  # rows: (G*H, H)
@@ -134,6 +136,7 @@ def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, 
     cdef frnn_dims d = make_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation,
                                  recurrent_activation)
     d.weight_rows = weight_rows  # the gradients in the weights' layout
+    d.no_initial_gradient = not initial_gradient  # then d_h0 (d_c0) are not returned
     cdef frnn_blas blas = scipy_blas()
     dx = pooled_empty((B, T, I), dtype) if input_gradient else None
     cdef cnp.ndarray d_kernel = pooled_empty((<object>kernel).shape, dtype)
@@ -190,4 +193,6 @@ def lstm_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias, h0, 
                                             <double *>pdx, dxs, <double *>pdk, <double *>pdr,
                                             <double *>pdb, <double *>pdh0, <double *>pdc0)
     raise_for_status(status, "lstm_backward")
+    if not initial_gradient:
+        return dx, d_kernel, d_recurrent, d_bias, None, None
     return dx, d_kernel, d_recurrent, d_bias, d_h0, d_c0
