@@ -767,6 +767,35 @@ def test_gradcheck_against_finite_differences(torch, ft, rng, kind, lengths):
     assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layers", [1, 2], ids=["short_path", "full_path"])
+@pytest.mark.parametrize("modified", ["weight_ih_l0", "weight_hh_l0", "hx"])
+@pytest.mark.parametrize("x_grad", [False, True], ids=["x", "x_grad"])
+def test_in_place_changes_before_backward_raise_like_torch(torch, ft, rng, kind, layers,
+                                                           modified, x_grad):
+    """The kernels' cache reads the weights and hx where they are: one that backward reads,
+    modified in place between forward and backward, makes backward raise (autograd's
+    version check) where torch.nn's raises, rather than computing with its new values;
+    weight_ih is read only for x's gradient, as in torch.nn."""
+    reference, ours = make_pair(torch, ft, kind, 3, 4, torch.float64, num_layers=layers)
+    raised = []
+    for module in (reference, ours):
+        x = torch.tensor(rng.standard_normal((5, 2, 3)), requires_grad=x_grad)
+        hx = random_hx(torch, rng, kind, layers, 2, 4, torch.float64)
+        output, _ = module(x, hx)
+        with torch.no_grad():
+            target = states_of(hx)[0] if modified == "hx" else getattr(module, modified)
+            target.add_(0.5)
+        try:
+            output.sum().backward()
+            raised.append(False)
+        except RuntimeError as error:
+            # torch.nn's message for hx names its own unbind view; ours is the version's
+            assert module is reference or "modified by an inplace operation" in str(error)
+            raised.append(True)
+    assert raised[1] == raised[0] == (modified != "weight_ih_l0" or x_grad)
+
+
 def test_double_backward_is_refused_not_silently_wrong(torch, ft, rng):
     _, ours = make_pair(torch, ft, "RNN", 2, 3, torch.float64)
     x = torch.tensor(rng.standard_normal((4, 1, 2)), requires_grad=True)

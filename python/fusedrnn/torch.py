@@ -269,6 +269,11 @@ class _FusedDirection(torch.autograd.Function):
         else:
             outputs, states, cache = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np,
                                                   mask, go_backwards, training=True)
+        # The kernels' cache reads the weights and initial states in place (NumPy views):
+        # saved here, so that autograd's version check raises, as torch.nn's does, when
+        # one that backward reads is modified in place before it (else its new values would
+        # be used).  weight_ih is read for x's gradient only.
+        ctx.save_for_backward(w_hh, *initial, *((w_ih,) if ctx.needs_input_grad[4] else ()))
         ctx.cell = cell
         ctx.checked = checked
         ctx.cache = cache
@@ -286,6 +291,7 @@ class _FusedDirection(torch.autograd.Function):
     @staticmethod
     def fused_backward(ctx, d_outputs, *d_states):
         """backward's gradients; BPTT in C: no double backward."""
+        ctx.saved_tensors  # raises if a weight or initial state was modified in place
         # x's gradient only when autograd asks for it (not for a first layer fed with data,
         # like torch.nn's own RNNs): one GEMM less
         need_dx = ctx.needs_input_grad[4]
