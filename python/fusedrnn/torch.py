@@ -238,11 +238,16 @@ def _outputs_in_input_order(outputs, go_backwards):
 def _kernel_gradient(gradient):
     """An upstream gradient as the kernels can read it, None staying None: a NumPy view when
     its last axis is contiguous (outputs') or it is contiguous (a state's), else a contiguous
-    copy (autograd may hand expanded, zero-stride gradients, e.g. from sum())."""
+    copy (autograd may hand expanded, zero-stride gradients), except for outputs' gradient
+    of sum() (one value, every stride zero): one contiguous row read at every step and row
+    (strides 0, 0, 1), not a copy as large as the outputs."""
     if gradient is None:
         return None
-    if gradient.dim() == 3 and (gradient.stride(2) == 1 or gradient.shape[2] == 1):
-        return _numpy(gradient)
+    if gradient.dim() == 3:
+        if gradient.stride(2) == 1 or gradient.shape[2] == 1:
+            return _numpy(gradient)
+        if gradient.stride() == (0, 0, 0):
+            return _numpy(gradient[0, 0].contiguous().expand(gradient.shape))
     return _numpy(gradient.contiguous())
 
 
