@@ -654,10 +654,11 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
             "",
             "The same module call as the torch column above (batch_first, the same weights "
             "through load_state_dict), with fusedrnn.torch's LSTM/GRU/RNN: the kernels plus "
-            "the drop-in's own work per call (autograd; the kernels take torch's weight "
-            "rows as they are and return the gradients in torch's layout).  T = 1: one "
-            "step from a given state (hx), as a decoding loop calls its recurrent layer "
-            "once per token.",
+            "the drop-in's own work per call (its checks and autograd's Function, one "
+            "layer and direction calling the kernels straight after the module's own checks; "
+            "the kernels take torch's weight rows as they are and return the gradients in "
+            "torch's layout).  T = 1: one step from a given state (hx, without a gradient), "
+            "as a decoding loop calls its recurrent layer once per token.",
             "",
         ]
         rows = [[r.cell, r.mode, str(r.point.batch), str(r.point.steps), str(r.point.features),
