@@ -476,8 +476,9 @@ FRNN_UNUSED static void SFX(direct_step_weight_gradient)(ptrdiff_t B, ptrdiff_t 
         for (int band = frnn_thread_id(); band < team; band += team) {
             const ptrdiff_t r0 = frnn_band_start(GH, band, team);
             const ptrdiff_t r1 = frnn_band_start(GH, band + 1, team);
-            if (r0 < r1 && a) SFX(outer_rows)(r1 - r0, B, blocks_t + r0 * B, a, lda, N, out + r0 * N);
-            else if (r0 < r1) memset(out + r0 * N, 0, (size_t)((r1 - r0) * N) * sizeof(REAL));
+            if (r0 >= r1) continue;
+            if (a) SFX(outer_rows)(r1 - r0, B, blocks_t + r0 * B, a, lda, N, out + r0 * N);
+            else memset(out + r0 * N, 0, (size_t)((r1 - r0) * N) * sizeof(REAL));
         }
     }
 }
@@ -495,8 +496,8 @@ FRNN_UNUSED static void SFX(direct_step_bias_gradient)(ptrdiff_t B, ptrdiff_t H,
  * gradients w.r.t. the input projection (in[g], row stride in_ld[g]) and w.r.t. the
  * recurrent one (rec[g], rec_ld[g]), the same for the LSTM and SimpleRNN, not for the GRU
  * (r scales the recurrent part of its candidate):
- *   d_h0 (B, H) += sum_g rec_g weight_hh_g, or NULL: skipped (frnn_initial_gradient);  dx (B, I) row stride ldx = sum_g in_g weight_ih_g
- *     (dx NULL: skipped);
+ *   d_h0 (B, H) += sum_g rec_g weight_hh_g (d_h0 NULL: skipped, frnn_initial_gradient);
+ *   dx (B, I) row stride ldx = sum_g in_g weight_ih_g (dx NULL: skipped);
  *   d_kernel (G*H, I) = in^T x_rows;  d_recurrent (G*H, H) = rec^T h0 (zeros without h0);
  *   d_bias_in (G*H,) = in's column sums, d_bias_rec likewise from rec (either NULL: skipped).
  * x_rows (B, I) contiguous: the step's input with masked rows zeroed (forward's cache).
@@ -507,7 +508,8 @@ FRNN_UNUSED static void SFX(direct_step_backward_products)(
     const ptrdiff_t *rec_ld, const REAL *kernel, const REAL *recurrent, const REAL *x_rows,
     const REAL *h0, REAL *dx, ptrdiff_t ldx, REAL *d_kernel, REAL *d_recurrent,
     REAL *d_bias_in, REAL *d_bias_rec, REAL *d_h0, REAL *blocks_t) {
-    if (d_h0) SFX(direct_step_rows_gradient)(B, H, G, rec, rec_ld, gate_rows, recurrent, H, d_h0, H, 1);
+    if (d_h0)
+        SFX(direct_step_rows_gradient)(B, H, G, rec, rec_ld, gate_rows, recurrent, H, d_h0, H, 1);
     if (dx) SFX(direct_step_rows_gradient)(B, H, G, in, in_ld, gate_rows, kernel, I, dx, ldx, 0);
     SFX(direct_step_blocks_t)(B, H, G, in, in_ld, gate_rows, blocks_t);
     SFX(direct_step_weight_gradient)(B, G * H, blocks_t, x_rows, I, I, d_kernel);

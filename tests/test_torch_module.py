@@ -611,6 +611,22 @@ def test_no_grad_runs_inference_kernels(torch, ft, monkeypatch):
     assert calls == [False, False] and not output.requires_grad
 
 
+def record_backward_flag(monkeypatch, op, flag):
+    """The list that receives `flag`'s value at every call of fusedrnn.ops.<op>, which
+    still runs (patched for the test)."""
+    from fusedrnn import ops
+
+    calls = []
+    real_backward = getattr(ops, op)
+
+    def recording_backward(*args, **kwargs):
+        calls.append(kwargs[flag])
+        return real_backward(*args, **kwargs)
+
+    monkeypatch.setattr(ops, op, recording_backward)
+    return calls
+
+
 @pytest.mark.parametrize("kind,op", [("LSTM", "lstm_backward"), ("GRU", "gru_backward"),
                                      ("RNN", "simple_rnn_backward")])
 def test_input_gradient_only_when_autograd_needs_it(torch, ft, rng, monkeypatch, kind, op):
@@ -618,16 +634,7 @@ def test_input_gradient_only_when_autograd_needs_it(torch, ft, rng, monkeypatch,
     not require grad (input_gradient=False: one GEMM less); the second layer, whose input
     is the first's output, computes it; with x.requires_grad every layer does, and x.grad
     matches torch.nn's."""
-    from fusedrnn import ops
-
-    calls = []
-    real_backward = getattr(ops, op)
-
-    def recording_backward(*args, **kwargs):
-        calls.append(kwargs["input_gradient"])
-        return real_backward(*args, **kwargs)
-
-    monkeypatch.setattr(ops, op, recording_backward)
+    calls = record_backward_flag(monkeypatch, op, "input_gradient")
     dtype = torch.float64
     reference, ours = make_pair(torch, ft, kind, 3, 5, dtype, num_layers=2, bidirectional=True)
     data = rng.standard_normal((6, 2, 3))
@@ -657,16 +664,7 @@ def test_initial_gradient_only_when_autograd_needs_it(torch, ft, rng, monkeypatc
     """The gradient w.r.t. hx is asked of the kernels only when hx requires grad
     (initial_gradient=False otherwise: a carried state's step skips its product with
     weight_hh); the parameters' gradients and hx's match torch.nn's either way."""
-    from fusedrnn import ops
-
-    calls = []
-    real_backward = getattr(ops, op)
-
-    def recording_backward(*args, **kwargs):
-        calls.append(kwargs["initial_gradient"])
-        return real_backward(*args, **kwargs)
-
-    monkeypatch.setattr(ops, op, recording_backward)
+    calls = record_backward_flag(monkeypatch, op, "initial_gradient")
     dtype = torch.float64
     reference, ours = make_pair(torch, ft, kind, 3, 5, dtype, num_layers=2)  # the full path
     data = rng.standard_normal((1, 2, 3))

@@ -235,6 +235,20 @@ def _outputs_in_input_order(outputs, go_backwards):
 # Autograd
 # --------------------------------------------------------------------------------------
 
+def _direction_forward(cell, checked, x, weights, initial, mask, go_backwards, training):
+    """(outputs in processing order, final states, cache or None) of one direction from
+    torch tensors: through the cell's kernels directly when checked (the cache is then
+    what kernel_backward takes), else through fusedrnn.ops (its cache)."""
+    kernel, recurrent, bias = cell.torch_weights(*weights)
+    initial_np = tuple(_numpy(s) for s in initial) if initial else None
+    if not checked:
+        return cell.forward(_numpy(x), kernel, recurrent, bias, initial_np, mask, go_backwards,
+                            training=training)
+    outputs, states, arrays = cell.kernel_forward(_numpy(x), kernel, recurrent, bias,
+                                                  initial_np, training)
+    return outputs, states, (kernel, recurrent, bias, initial_np, arrays) if training else None
+
+
 def _kernel_gradient(gradient):
     """An upstream gradient as the kernels can read it, None staying None: a NumPy view when
     its last axis is contiguous (outputs') or it is contiguous (a state's), else a contiguous
@@ -265,15 +279,8 @@ class _FusedDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, mask, go_backwards, checked, x, w_ih, w_hh, b_ih, b_hh, *initial):
         ctx.set_materialize_grads(False)  # None gradients reach the kernels as "zero"
-        kernel, recurrent, bias = cell.torch_weights(w_ih, w_hh, b_ih, b_hh)
-        initial_np = tuple(_numpy(s) for s in initial) if initial else None
-        if checked:
-            outputs, states, arrays = cell.kernel_forward(_numpy(x), kernel, recurrent, bias,
-                                                          initial_np, True)
-            cache = (kernel, recurrent, bias, initial_np, arrays)
-        else:
-            outputs, states, cache = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np,
-                                                  mask, go_backwards, training=True)
+        outputs, states, cache = _direction_forward(cell, checked, x, (w_ih, w_hh, b_ih, b_hh),
+                                                    initial, mask, go_backwards, True)
         # The kernels' cache reads the weights and initial states in place (NumPy views):
         # saved here, so that autograd's version check raises, as torch.nn's does, when
         # one that backward reads is modified in place before it (else its new values would
@@ -337,14 +344,8 @@ def _run_direction(cell, x, weights, initial, mask, go_backwards, checked=False)
         results = _FusedDirection.apply(cell, mask, go_backwards, checked, x, *weights,
                                         *initial)
         return results[0], tuple(results[1:])
-    kernel, recurrent, bias = cell.torch_weights(*weights)
-    initial_np = tuple(_numpy(s) for s in initial) if initial else None
-    if checked:
-        outputs, states, _ = cell.kernel_forward(_numpy(x), kernel, recurrent, bias,
-                                                 initial_np, False)
-    else:
-        outputs, states, _ = cell.forward(_numpy(x), kernel, recurrent, bias, initial_np, mask,
-                                          go_backwards, training=False)
+    outputs, states, _ = _direction_forward(cell, checked, x, weights, initial, mask,
+                                            go_backwards, False)
     return (_outputs_in_input_order(outputs, go_backwards),
             tuple(torch.from_numpy(s) for s in states))
 

@@ -122,7 +122,7 @@ def simple_rnn_backward(cnp.ndarray kernel, cnp.ndarray recurrent, bint has_bias
     cdef bint is_f32 = dtype == np.float32
     cdef frnn_dims d = make_rnn_dims(B, T, I, H, go_backwards, zero_output_for_mask, activation)
     d.weight_rows = weight_rows  # the gradients in the weights' layout
-    d.no_initial_gradient = not initial_gradient  # then d_h0 (d_c0) are not returned
+    d.no_initial_gradient = not initial_gradient  # then d_h0 is not returned
     cdef frnn_blas blas = scipy_blas()
     dx = pooled_empty((B, T, I), dtype) if input_gradient else None
     cdef cnp.ndarray d_kernel = pooled_empty((<object>kernel).shape, dtype)
