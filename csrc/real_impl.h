@@ -253,6 +253,21 @@ static void SFX(gather_steps)(const frnn_dims *d, const REAL *x, frnn_seq_stride
     }
 }
 
+/* Rows [b0, b1) of processing step t's input into the time-major cache x_cache (T, B, I)
+ * for backward, masked rows (mask_tm (T, B) or NULL) zero, as gather_steps and
+ * zero_masked_rows leave them. */
+static void SFX(cache_step_rows)(const frnn_dims *d, const REAL *x, frnn_seq_strides xs,
+                                 const uint8_t *mask_tm, ptrdiff_t t, ptrdiff_t b0,
+                                 ptrdiff_t b1, REAL *FRNN_RESTRICT x_cache) {
+    const ptrdiff_t B = d->batch, I = d->input_size, s = frnn_input_step(d, t);
+    const size_t bytes = (size_t)I * sizeof(REAL);
+    for (ptrdiff_t b = b0; b < b1; ++b) {
+        REAL *row = x_cache + (t * B + b) * I;
+        if (mask_tm && !mask_tm[t * B + b]) memset(row, 0, bytes);
+        else memcpy(row, x + b * xs.stride_b + s * xs.stride_t, bytes);
+    }
+}
+
 /* Start of every backward pass: dh0 = d_h_n (or 0), the bias gradient (bias_len,) or
  * NULL zeroed, and the weight gradients (kernel (I, cols), recurrent (H, cols)) zeroed
  * where nothing overwrites them: both for an empty problem (T = 0 or B = 0), the

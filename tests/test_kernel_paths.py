@@ -257,18 +257,24 @@ def test_lstm_default_split_across_two_threads(rng, batch):
                                        rtol=1e-10, atol=1e-10, err_msg=f"{name}, {threads} threads")
 
 
+@pytest.mark.parametrize("fused", [0, 1], ids=["gemm_projection", "fused_tiles"])
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_nan_padding_under_the_mask_stays_out_of_every_gradient(rng, cell):
+def test_nan_padding_under_the_mask_stays_out_of_every_gradient(rng, cell, fused):
     """Padding under a mask may hold NaN (never read by the cell); it must not reach
-    dW = X^T dZ through 0 * NaN."""
+    dW = X^T dZ through 0 * NaN, nor the outputs.  Fused, LSTM and SimpleRNN tiles read
+    each step's input rows where the caller keeps them, masked or not, and cache them for
+    backward with masked rows zeroed."""
     gates, fwd, bwd, _, _, extra = CELLS[cell]
     x = rng.standard_normal((2, 3, 4))
     x[0, 2] = np.nan
     mask = np.array([[True, True, False], [True, True, True]])
     kernel = rng.standard_normal((4, gates * 5))
     recurrent = rng.standard_normal((5, gates * 5))
-    out = fwd(x, kernel, recurrent, mask=mask, training=True, **extra)
-    grads = bwd(out.cache, np.ones((2, 3, 5)))
+    with kernel_paths(blas_steps=0, fuse_input=fused):
+        inference = fwd(x, kernel, recurrent, mask=mask, **extra)
+        out = fwd(x, kernel, recurrent, mask=mask, training=True, **extra)
+        grads = bwd(out.cache, np.ones((2, 3, 5)))
+    np.testing.assert_array_equal(inference.outputs, out.outputs)
     assert np.isfinite(out.outputs).all() and np.isfinite(out.h_n).all()
     for name in ("kernel", "recurrent_kernel"):
         assert np.isfinite(getattr(grads, name)).all(), name
@@ -300,10 +306,14 @@ def test_input_projection_paths_match_reference(rng, cell, batch, features, unit
     Fused inference reuses one step's pre-activation buffer for every step, so each case
     runs 11 steps with masks, an initial state and recurrent dropout, with and without bias,
     and once more reversed (go_backwards), zeroing masked outputs, with relu; from Keras'
-    and from torch's weight layout."""
+    and from torch's weight layout; the reversed case takes the input as a time-major
+    array's (batch, steps, features) view, whose rows are not contiguous (fused, the tiles
+    read them there)."""
     gates, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     steps = 11
     x = rng.standard_normal((batch, steps, features))
+    if options:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
     kernel = rng.standard_normal((features, gates * units)) * 0.3
     # gain about 1 per step, so float32 rounding is not amplified over the steps
     recurrent = rng.standard_normal((units, gates * units)) * min(0.3, 1 / np.sqrt(units))
