@@ -36,28 +36,11 @@ FRNN_INLINE float frnn_tanh_approx_f32(float x) {
 FRNN_INLINE float frnn_tanh_f32(float x) { return frnn_tanh_approx_f32(x); }
 FRNN_INLINE float frnn_sigmoid_f32(float x) { return 0.5f + 0.5f * frnn_tanh_approx_f32(0.5f * x); }
 
-FRNN_INLINE void frnn_activate_inl_f32(frnn_activation act, float *FRNN_RESTRICT v, ptrdiff_t n) {
-    switch (act) {
-    case FRNN_ACT_TANH:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_tanh_f32(v[k]);
-        break;
-    case FRNN_ACT_SIGMOID:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_sigmoid_f32(v[k]);
-        break;
-    case FRNN_ACT_RELU:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = v[k] > 0.0f ? v[k] : (v[k] != v[k] ? v[k] : 0.0f);
-        break;
-    case FRNN_ACT_HARD_SIGMOID:
-        for (ptrdiff_t k = 0; k < n; ++k) {
-            float y = v[k] * (1.0f / 6.0f) + 0.5f;
-            y = y > 1.0f ? 1.0f : y;
-            v[k] = y < 0.0f ? 0.0f : y;
-        }
-        break;
-    case FRNN_ACT_LINEAR:
-    default:
-        break;
-    }
+FRNN_INLINE float frnn_relu_f32(float x) { return x > 0.0f ? x : (x != x ? x : 0.0f); }
+FRNN_INLINE float frnn_hard_sigmoid_f32(float x) {
+    float y = x * (1.0f / 6.0f) + 0.5f;
+    y = y > 1.0f ? 1.0f : y;
+    return y < 0.0f ? 0.0f : y;
 }
 
 FRNN_INLINE double frnn_sigmoid_f64(double x) {
@@ -67,30 +50,68 @@ FRNN_INLINE double frnn_sigmoid_f64(double x) {
 }
 
 FRNN_INLINE double frnn_tanh_f64(double x) { return tanh(x); }
-
-FRNN_INLINE void frnn_activate_inl_f64(frnn_activation act, double *FRNN_RESTRICT v, ptrdiff_t n) {
-    switch (act) {
-    case FRNN_ACT_TANH:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_tanh_f64(v[k]);
-        break;
-    case FRNN_ACT_SIGMOID:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = frnn_sigmoid_f64(v[k]);
-        break;
-    case FRNN_ACT_RELU:
-        for (ptrdiff_t k = 0; k < n; ++k) v[k] = v[k] > 0.0 ? v[k] : (v[k] != v[k] ? v[k] : 0.0);
-        break;
-    case FRNN_ACT_HARD_SIGMOID:
-        for (ptrdiff_t k = 0; k < n; ++k) {
-            double y = v[k] / 6.0 + 0.5;
-            y = y > 1.0 ? 1.0 : y;
-            v[k] = y < 0.0 ? 0.0 : y;
-        }
-        break;
-    case FRNN_ACT_LINEAR:
-    default:
-        break;
-    }
+FRNN_INLINE double frnn_relu_f64(double x) { return x > 0.0 ? x : (x != x ? x : 0.0); }
+FRNN_INLINE double frnn_hard_sigmoid_f64(double x) {
+    double y = x / 6.0 + 0.5;
+    y = y > 1.0 ? 1.0 : y;
+    return y < 0.0 ? 0.0 : y;
 }
+
+FRNN_INLINE float frnn_linear_f32(float x) { return x; }
+FRNN_INLINE double frnn_linear_f64(double x) { return x; }
+
+/* One loop per activation, the switch outside them (each loop vectorises).  STORE(k, v)
+ * stores act(src[k]) = v. */
+#define FRNN_ACTIVATION_LOOPS(SUFFIX, act, src, n, STORE)                                      \
+    switch (act) {                                                                             \
+    case FRNN_ACT_TANH:                                                                        \
+        for (ptrdiff_t k = 0; k < n; ++k) STORE(k, frnn_tanh_##SUFFIX(src[k]));               \
+        break;                                                                                 \
+    case FRNN_ACT_SIGMOID:                                                                     \
+        for (ptrdiff_t k = 0; k < n; ++k) STORE(k, frnn_sigmoid_##SUFFIX(src[k]));            \
+        break;                                                                                 \
+    case FRNN_ACT_RELU:                                                                        \
+        for (ptrdiff_t k = 0; k < n; ++k) STORE(k, frnn_relu_##SUFFIX(src[k]));               \
+        break;                                                                                 \
+    case FRNN_ACT_HARD_SIGMOID:                                                                \
+        for (ptrdiff_t k = 0; k < n; ++k) STORE(k, frnn_hard_sigmoid_##SUFFIX(src[k]));       \
+        break;                                                                                 \
+    case FRNN_ACT_LINEAR:                                                                      \
+    default:                                                                                   \
+        for (ptrdiff_t k = 0; k < n; ++k) STORE(k, frnn_linear_##SUFFIX(src[k]));             \
+        break;                                                                                 \
+    }
+#define FRNN_STORE_IN_PLACE(k, value) (v[k] = (value))
+#define FRNN_STORE_ONE(k, value) (dst[k] = (value))
+#define FRNN_STORE_TWO(k, value) (dst[k] = dst2[k] = (value))
+
+/* v[k] = act(v[k]) for k < n.
+ * The same into dst (and dst2 where not NULL), src unchanged: an activation stored where
+ * its values are needed in one pass instead of in place and then copied (SimpleRNN's h_t,
+ * the next step's state and the output row: inference 1.00-1.08x on the AMD Zen 4). */
+#define FRNN_DEFINE_ACTIVATE(REAL, SUFFIX)                                                     \
+    FRNN_INLINE void frnn_activate_inl_##SUFFIX(frnn_activation act, REAL *FRNN_RESTRICT v,    \
+                                                ptrdiff_t n) {                                 \
+        if (act == FRNN_ACT_LINEAR) return;                                                    \
+        FRNN_ACTIVATION_LOOPS(SUFFIX, act, v, n, FRNN_STORE_IN_PLACE)                          \
+    }                                                                                          \
+    FRNN_INLINE void frnn_activate_into_inl_##SUFFIX(frnn_activation act,                      \
+                                                     const REAL *FRNN_RESTRICT src,            \
+                                                     REAL *FRNN_RESTRICT dst,                  \
+                                                     REAL *FRNN_RESTRICT dst2, ptrdiff_t n) {  \
+        if (dst2) {                                                                            \
+            FRNN_ACTIVATION_LOOPS(SUFFIX, act, src, n, FRNN_STORE_TWO)                         \
+        } else {                                                                               \
+            FRNN_ACTIVATION_LOOPS(SUFFIX, act, src, n, FRNN_STORE_ONE)                         \
+        }                                                                                      \
+    }
+FRNN_DEFINE_ACTIVATE(float, f32)
+FRNN_DEFINE_ACTIVATE(double, f64)
+#undef FRNN_DEFINE_ACTIVATE
+#undef FRNN_ACTIVATION_LOOPS
+#undef FRNN_STORE_IN_PLACE
+#undef FRNN_STORE_ONE
+#undef FRNN_STORE_TWO
 
 /* dv[k] *= act'(x) where y = act(x) is given: every supported derivative is a function of y. */
 #define FRNN_DEFINE_ACT_GRAD(REAL, SUFFIX)                                                     \

@@ -6,6 +6,7 @@
 #define SFX(name) name##_f32
 #define GEMM blas->sgemm
 #define ACTIVATE frnn_activate_inl_f32
+#define ACTIVATE_INTO frnn_activate_into_inl_f32
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f32
 #include "real_impl.h"
 #include "recurrent_matmul.h"
@@ -16,6 +17,7 @@
 #undef SFX
 #undef GEMM
 #undef ACTIVATE
+#undef ACTIVATE_INTO
 #undef ACTIVATION_GRAD
 
 #define REAL double
@@ -23,6 +25,7 @@
 #define SFX(name) name##_f64
 #define GEMM blas->dgemm
 #define ACTIVATE frnn_activate_inl_f64
+#define ACTIVATE_INTO frnn_activate_into_inl_f64
 #define ACTIVATION_GRAD frnn_activation_grad_inl_f64
 #include "real_impl.h"
 #include "recurrent_matmul.h"

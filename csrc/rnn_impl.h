@@ -1,5 +1,6 @@
 /* SimpleRNN forward and BPTT for one precision.  Included by rnn.c with REAL, SFX(name),
- * GEMM, ACTIVATE and ACTIVATION_GRAD defined.  See fusedrnn.h for the argument contract.
+ * GEMM, ACTIVATE, ACTIVATE_INTO and ACTIVATION_GRAD defined.  See fusedrnn.h for the
+ * argument contract.
  *
  * Per processing step: h = a(x W + b + h_{t-1} U).  The activated output is the new state,
  * so training needs no gate cache: the per-step pre-activations are computed directly in
@@ -40,10 +41,12 @@ FRNN_CLONES static void SFX(rnn_step_pointwise)(const frnn_dims *d, REAL *FRNN_R
                 else memcpy(ob, hp, bytes);
             }
             if (carry_into_z) memcpy(zb, hp, bytes);
-        } else {
+        } else if (carry_into_z) { /* z is the state cache: activated in place */
             ACTIVATE(d->activation, zb, n);
             memcpy(hn, zb, bytes);
             if (ob) memcpy(ob, zb, bytes);
+        } else {
+            ACTIVATE_INTO(d->activation, zb, hn, ob, n);
         }
         if (h_save) memcpy(h_save + b * H + j0, hn, bytes);
         if (rec_mask) {
