@@ -79,6 +79,12 @@ def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
     data = quick_run["json"]
     assert data["config"]["threads"] == 1
     assert data["environment"]["cpu"]
+    # the SIMD path the kernels dispatch to, which the CPU's model name does not tell
+    from fusedrnn import _kernels
+    expected_simd = ("AVX-512" if _kernels.cpu_has_avx512vl() else
+                     "AVX2+FMA" if _kernels.cpu_has_avx2_fma() else "generic C")
+    assert data["environment"]["simd"] == expected_simd
+    assert f"the kernels' SIMD path: {expected_simd})" in quick_run["markdown"]
     assert _finite_positive(data["environment"]["peak_gflops"])
     # measured before and after the grid; the higher one is the run's peak
     measured = data["environment"]["peak_gflops_measurements"]

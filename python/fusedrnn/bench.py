@@ -432,6 +432,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def simd_path() -> str:
+    """The kernels' micro-kernels on this CPU (CPUID at run time): "AVX-512" (512-bit tiles,
+    with AVX2+FMA), "AVX2+FMA" or "generic C".  A CPU's model name alone does not tell: an
+    "AMD EPYC" may be a Zen 3 (AVX2 only) or a Zen 4 (AVX-512)."""
+    from . import _kernels
+
+    if _kernels.cpu_has_avx512vl():
+        return "AVX-512"
+    return "AVX2+FMA" if _kernels.cpu_has_avx2_fma() else "generic C"
+
+
 def _library_owner(filepath: str) -> str:
     """Which package ships a shared library, from its path (numpy.libs/... -> numpy)."""
     parts = filepath.replace("\\", "/").split("/")
@@ -453,6 +464,7 @@ def environment(use_torch: bool) -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "cpu": _cpu_model(),
+        "simd": simd_path(),
         "logical_cpus_available": available_cores(),
         "threadpools": [
             {**{key: pool.get(key) for key in ("user_api", "internal_api", "prefix",
@@ -598,7 +610,8 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
         "",
         f"- fusedrnn {env['fusedrnn']}, Python {env['python']}, NumPy {env['numpy']}, "
         f"SciPy {env['scipy']}, torch {_torch_state(env)}",
-        f"- CPU: {env['cpu']} ({env['logical_cpus_available']} logical CPUs available)",
+        f"- CPU: {env['cpu']} ({env['logical_cpus_available']} logical CPUs available"
+        + (f"; the kernels' SIMD path: {env['simd']})" if env.get("simd") else ")"),
         f"- threads: {_thread_summary(env)}",
         f"- dtype {config['dtype']}; each time is the median of >= {config['min_repeats']} "
         f"calls after {config['warmup']} warm-up call (NumPy: >= "
