@@ -485,7 +485,9 @@ FRNN_UNUSED static void SFX(recurrent_matmul_t_generic)(
  *     what holds these tiles at about 70% of the peak;
  *   - each row tile over groups of 2, 4 or 8 unit blocks before the next rows, so a z line
  *     (two 32-byte blocks) is written whole while in L1 (2026-12-03): GRU 0.94-1.07, LSTM
- *     0.93-1.22, changing sign between repeats (within noise). */
+ *     0.93-1.22, changing sign between repeats (within noise);
+ *   - the LSTM's last 4 rows (B % 3 == 1, from B = 4) as two 2-row tiles instead of a
+ *     3-row and a 1-row one (2026-12-03): 0.87-0.95 at B = 8-32, 0.99-1.01 at B = 128. */
 #define FRNN_DEFINE_RECMM_AVX2(GN, RMAX)                                                  \
     FRNN_DEFINE_FWD_TILE1(GN)                                                           \
     FRNN_DEFINE_FWD_TILE(GN, 2)                                                         \

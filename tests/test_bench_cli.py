@@ -107,6 +107,14 @@ def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
     measured = data["environment"]["peak_gflops_measurements"]
     assert len(measured) == 2 and all(_finite_positive(m) for m in measured)
     assert data["environment"]["peak_gflops"] == max(measured)
+    # the tuned-GEMM reference, also at the start and at the end, and its line in the report
+    gemm = data["environment"]["gemm_reference"]
+    assert len(gemm) == 2
+    for g in gemm:
+        assert g["size"] == bench.GEMM_REFERENCE_SIZE and g["calls"] >= 3
+        assert _finite_positive(g["median_gflops"]) and g["best_gflops"] >= g["median_gflops"]
+    assert (f"NumPy's BLAS multiplying {bench.GEMM_REFERENCE_SIZE} x "
+            f"{bench.GEMM_REFERENCE_SIZE} float32 matrices on 1 thread, median" in quick_run["markdown"])
     assert all(pool["num_threads"] == 1 for pool in data["environment"]["threadpools"]
                if pool["user_api"] == "blas")
     results = data["results"]
@@ -412,6 +420,43 @@ def test_report_computes_ratios_gflops_and_footnotes():
     assert "left out at the largest points" in report   # the '-' footnote
     assert "openblas 0.3 (from scipy): 2 threads" in report
     assert "Note: a note" in report
+
+
+def test_report_puts_the_gemm_reference_against_the_peak():
+    env = {"fusedrnn": "0", "python": "3", "numpy": "2", "scipy": "1", "cpu": "cpu",
+           "logical_cpus_available": 2, "torch": None, "torch_installed": False,
+           "threadpools": [], "peak_gflops": 200.0,
+           "gemm_reference": [
+               {"size": 1024, "calls": 9, "median_gflops": 150.0, "best_gflops": 170.0},
+               {"size": 1024, "calls": 8, "median_gflops": 174.0, "best_gflops": 180.0}]}
+    config = {"dtype": "float32", "min_repeats": 3, "warmup": 1, "budget": 0.3,
+              "elapsed_seconds": 1.0, "load_before": None, "load_after": None, "threads": 2}
+    report = bench.format_markdown(env, config, [], None, [])
+    assert ("1024 x 1024 float32 matrices on 2 threads, median of its wall-clock calls: "
+            "150 GFLOP/s (75% of the peak) at the start (best 170, 9 calls); 174 GFLOP/s "
+            "(87% of the peak) at the end (best 180, 8 calls)") in report
+    # without a measured peak the rates stand alone
+    report = bench.format_markdown({**env, "peak_gflops": None}, config, [], None, [])
+    assert "calls: 150 GFLOP/s at the start (best 170, 9 calls)" in report
+
+
+def test_gemm_reference_times_numpy_and_leaves_the_thread_limits():
+    from threadpoolctl import threadpool_info
+
+    before = [(pool["filepath"], pool["num_threads"]) for pool in threadpool_info()]
+    size = 96
+    measured = bench.measure_gemm_gflops(1, np.float32, size=size, seconds=0.02)
+    assert measured["size"] == size and measured["calls"] >= 3
+    assert 0 < measured["median_gflops"] <= measured["best_gflops"]
+    # GFLOP/s of the same product timed here (a slip of units would be 1000x off; a shared
+    # machine's noise stays well inside 20x)
+    a = np.ones((size, size), np.float32)
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    timed_here = 2.0 * size ** 3 / ((time.perf_counter() - start) / 20) / 1e9
+    assert timed_here / 20 < measured["median_gflops"] < 20 * timed_here
+    assert [(pool["filepath"], pool["num_threads"]) for pool in threadpool_info()] == before
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -421,6 +421,43 @@ def measure_peak_gflops(threads: int, dtype=np.float32, seconds: float = 0.02,
                for _ in range(repeats)) / 1e9
 
 
+# The tuned-GEMM reference (measure_gemm_gflops): square matrices of this size, large enough
+# for NumPy's BLAS to reach its best rate on a few cores (1024: 86-88% of the peak on an AMD
+# Zen 3 with 2 threads, median; 512: 72-88%; 2048: 77-78%).
+GEMM_REFERENCE_SIZE = 1024
+
+
+def measure_gemm_gflops(threads: int, dtype=np.float32, size: int = GEMM_REFERENCE_SIZE,
+                        seconds: float = 0.5) -> dict:
+    """What a tuned GEMM reaches here now: NumPy's BLAS multiplying two `size` x `size`
+    matrices on `threads` threads, two warm-up calls, then calls for `seconds` (at least 3),
+    each timed on the wall clock like the grid's times.  The peak is the best case of
+    register-only multiply-adds; this is what real code with loads and stores gets under
+    the machine's current load, to read `% peak` against.  Returns {"size", "calls",
+    "median_gflops", "best_gflops"}.  NumPy's BLAS workers then spin for a while (see
+    NUMPY_BLAS_SPIN_SECONDS), so this waits that long before returning."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    out = np.empty_like(a)
+    seconds_per_call: List[float] = []
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for _ in range(2):  # the first call after a while also wakes the BLAS threads
+            np.dot(a, b, out=out)
+        start = time.perf_counter()
+        while len(seconds_per_call) < 3 or time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            np.dot(a, b, out=out)
+            seconds_per_call.append(time.perf_counter() - t0)
+    time.sleep(NUMPY_BLAS_SPIN_SECONDS)
+    flops = 2.0 * size ** 3
+    return {"size": size, "calls": len(seconds_per_call),
+            "median_gflops": flops / statistics.median(seconds_per_call) / 1e9,
+            "best_gflops": flops / min(seconds_per_call) / 1e9}
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -534,6 +571,12 @@ def _percent_value(value: Optional[float], peak: Optional[float]) -> Optional[fl
     return None if value is None or not peak else 100 * value / peak
 
 
+def _percent_suffix(value: float, peak: Optional[float]) -> str:
+    """" (87% of the peak)", or nothing without a peak."""
+    percent = _percent_value(value, peak)
+    return "" if percent is None else f" ({percent:.0f}% of the peak)"
+
+
 def _percent_of(value: Optional[float], peak: Optional[float]) -> str:
     percent = _percent_value(value, peak)
     return NOT_AVAILABLE if percent is None else f"{percent:.0f}%"
@@ -633,6 +676,19 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
             "the end of the run; `% peak` is fusedrnn's GFLOP/s over it, `torch % peak` "
             "torch's: a torch/fusedrnn ratio above 100 / (torch % peak) would need more "
             "than the peak"
+        )
+    gemm = env.get("gemm_reference") or []
+    if gemm:
+        rates = "; ".join(
+            f"{_gflops(g['median_gflops'])} GFLOP/s{_percent_suffix(g['median_gflops'], peak)}"
+            f" at the {when} (best {_gflops(g['best_gflops'])}, {g['calls']} calls)"
+            for when, g in zip(("start", "end"), gemm))
+        lines.append(
+            f"- a tuned GEMM here: NumPy's BLAS multiplying {gemm[0]['size']} x "
+            f"{gemm[0]['size']} {config['dtype']} matrices on {config.get('threads', '?')} "
+            f"thread{'' if config.get('threads') == 1 else 's'}, median of its wall-clock "
+            f"calls: {rates}; what code with loads and "
+            "stores reaches under the machine's load at the time, to read `% peak` against"
         )
     lines.append("")
     if results:
@@ -944,6 +1000,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # full run measured 104 GFLOP/s at its start (the same machine's usual 185-205), so
         # one measurement could put points above 100% of "peak"
         peak_measurements = [measure_peak_gflops(args.threads, dtype)]
+        gemm_seconds = 0.1 if args.quick else 0.5
+        env["gemm_reference"] = [measure_gemm_gflops(args.threads, dtype, seconds=gemm_seconds)]
         progress(f"threads: {_thread_summary(env)}")
         results = run_grid(args.cells, args.modes, points, args.impls, settings, dtype,
                            skip_numpy_at_large_points=not args.numpy_everywhere,
@@ -968,6 +1026,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 notes.append(f"the training loop failed: {type(exc).__name__}: {exc}")
                 status = 1
         peak_measurements.append(measure_peak_gflops(args.threads, dtype))
+        env["gemm_reference"].append(measure_gemm_gflops(args.threads, dtype,
+                                                         seconds=gemm_seconds))
         env["peak_gflops"] = max(peak_measurements)
         env["peak_gflops_measurements"] = peak_measurements
     elapsed = time.perf_counter() - started
