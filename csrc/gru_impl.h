@@ -272,6 +272,21 @@ static int SFX(gru_input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrd
     return FRNN_OK;
 }
 
+/* z (rows, 3H; row stride 3H) = x_t W + b for rows [b0, b0 + rows) of processing step t,
+ * read where the caller keeps them (x with strides xs; masked rows too, whose z the
+ * pointwise pass never reads): gate block by gate block on W packed by frnn_gru_forward
+ * (packed_kernel, kernel_start; see there).  Inference with frnn_gru_projects_in_loop. */
+static void SFX(gru_step_input_projection)(const frnn_dims *d, const REAL *x,
+                                           frnn_seq_strides xs, ptrdiff_t t, ptrdiff_t b0,
+                                           ptrdiff_t rows, const REAL *packed_kernel,
+                                           const REAL *kernel_start, REAL *z) {
+    const ptrdiff_t I = d->input_size, H = d->units, nbg = SFX(unit_blocks)(H);
+    const REAL *x_rows = x + b0 * xs.stride_b + frnn_input_step(d, t) * xs.stride_t;
+    for (int g = 0; g < 3; ++g)
+        SFX(input_matmul_t)(packed_kernel + g * nbg * I * VW, I, x_rows, xs.stride_b, H, rows,
+                            kernel_start + g * nbg * VW, z + g * H, 3 * H, 0, nbg);
+}
+
 int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_after,
                           const REAL *x, frnn_seq_strides xs,
                           const REAL *kernel, const REAL *recurrent, const REAL *bias,
@@ -330,13 +345,6 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         SFX(reorder_gate_blocks)(bias_rows, H, 3, gate_rows, 0, bias, bias_k);
         bias = bias_k;
     }
-    ptrdiff_t chunk = T;
-    if (!training) {
-        ptrdiff_t per_step = B * (G3 + I);
-        chunk = FRNN_GRU_INFER_CHUNK_ELEMS / (per_step > 0 ? per_step : 1);
-        if (chunk < 1) chunk = 1;
-        if (chunk > T) chunk = T;
-    }
     /* reset_after=1: the recurrent biases of z and r are folded into the input projection's
      * bias once; only b_rec_h (multiplied by r) stays in the step. */
     REAL *in_bias = NULL;
@@ -345,8 +353,6 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     REAL *rec = frnn_alloc((size_t)(B * (reset_after ? G3 : H)), sizeof(REAL)); /* hp U, or q */
     /* h*m_g for the gate blocks (the gate-by-gate loop keeps all three at once) */
     REAL *h_dropped = rec_mask ? frnn_alloc((size_t)(3 * B * H), sizeof(REAL)) : NULL;
-    REAL *z_buf = training ? gates : frnn_alloc((size_t)(chunk * B * G3), sizeof(REAL));
-    REAL *x_buf = training ? x_cache : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     if (mask) mask_tm = training ? mask_cache : frnn_alloc((size_t)(T * B), 1);
     if (bias && reset_after) in_bias = frnn_alloc((size_t)G3, sizeof(REAL));
     /* The per-step products run on U packed once: reset_after without dropout, the three
@@ -366,6 +372,31 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     const int nt = tiles_ok ? split.threads : 1;
     const int zigzag =
         frnn_zigzag_blocks(3.0 * H * H * sizeof(REAL), split);
+    /* inference: each step's x_t W + b in the loop, into one step's buffer, or a GEMM per
+     * chunk of steps (training keeps them all for backward) */
+    const ptrdiff_t rows_per_thread = split.by_rows ? (B + nt - 1) / nt : B;
+    const int project_in_loop = !training && use_tiles && (nt == 1 || split.by_rows)
+                                && frnn_gru_projects_in_loop(rows_per_thread, I, H, sizeof(REAL));
+    ptrdiff_t chunk = T;
+    if (!training && !project_in_loop) {
+        ptrdiff_t per_step = B * (G3 + I);
+        chunk = FRNN_GRU_INFER_CHUNK_ELEMS / (per_step > 0 ? per_step : 1);
+        if (chunk < 1) chunk = 1;
+        if (chunk > T) chunk = T;
+    }
+    /* in the loop: gate block g of W packed in blocks of VW units at packed_kernel + g *
+     * kernel_stride, and its start (the bias, zero-padded) at kernel_start + g * nbg * VW */
+    const ptrdiff_t kernel_stride = nbg * I * VW;
+    REAL *packed_kernel =
+        project_in_loop ? frnn_alloc((size_t)(3 * kernel_stride), sizeof(REAL)) : NULL;
+    REAL *kernel_start =
+        project_in_loop ? frnn_alloc((size_t)(3 * nbg * VW), sizeof(REAL)) : NULL;
+    const ptrdiff_t buffered_steps = project_in_loop ? 1 : chunk;
+    REAL *z_buf =
+        training ? gates : frnn_alloc((size_t)(buffered_steps * B * G3), sizeof(REAL));
+    REAL *x_buf = training    ? x_cache
+                  : project_in_loop ? NULL /* read where the caller keeps it */
+                                    : frnn_alloc((size_t)(chunk * B * I), sizeof(REAL));
     REAL *packed = use_tiles ? frnn_alloc((size_t)(nb * H * 3 * fwd_width), sizeof(REAL)) : NULL;
     /* the tiles' start (zeros): they store h U into rec instead of adding it */
     REAL *tile_zeros = use_tiles ? frnn_alloc((size_t)(nb * 3 * fwd_width), sizeof(REAL)) : NULL;
@@ -375,9 +406,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     /* the fused split loop double-buffers h: h_{t-1} stays readable while h_t is written */
     const int double_buffer = use_tiles && nt > 1;
     REAL *h_alt = double_buffer ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
-    if (!rec || !z_buf || !x_buf || (mask && !mask_tm) || (bias && reset_after && !in_bias)
+    if (!rec || !z_buf || (!x_buf && !project_in_loop) || (mask && !mask_tm) || (bias && reset_after && !in_bias)
         || (rec_mask && !h_dropped) || (use_tiles && (!packed || !tile_zeros))
-        || (gate_tiles && !packed_gates) || (double_buffer && !h_alt)) {
+        || (gate_tiles && !packed_gates) || (double_buffer && !h_alt)
+        || (project_in_loop && (!packed_kernel || !kernel_start))) {
         status = FRNN_ENOMEM;
         goto done;
     }
@@ -397,6 +429,20 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
         b_rec_h = bias + G3 + 2 * H;
     }
+    if (project_in_loop) {
+        memset(kernel_start, 0, (size_t)(3 * nbg * VW) * sizeof(REAL));
+        for (int g = 0; g < 3; ++g) {
+            if (gate_rows) /* torch's rows of the gate: its block gate_rows[g] */
+                SFX(pack_recurrent_blocks)(kernel + gate_rows[g] * H * I, I, I, H, 1,
+                                           SFX(same_gate_rows), VW,
+                                           packed_kernel + g * kernel_stride, I, 0, 0, nbg);
+            else /* Keras' columns g*H.. of (I, 3H) */
+                SFX(pack_recurrent_blocks)(kernel + g * H, G3, I, H, 1, NULL, VW,
+                                           packed_kernel + g * kernel_stride, I, 0, 0, nbg);
+            if (in_bias)
+                memcpy(kernel_start + g * nbg * VW, in_bias + g * H, (size_t)H * sizeof(REAL));
+        }
+    }
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
@@ -409,11 +455,13 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         ptrdiff_t t1 = t0 + chunk < T ? t0 + chunk : T;
         REAL *x_chunk = training ? x_buf + t0 * B * I : x_buf;
         REAL *z_chunk = training ? z_buf + t0 * B * G3 : z_buf;
-        SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
-        SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
-        status = SFX(gru_input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel, gate_rows,
-                                           reset_after ? in_bias : bias, z_chunk);
-        if (status) goto done;
+        if (!project_in_loop) {
+            SFX(gather_steps)(d, x, xs, t0, t1, x_chunk);
+            SFX(zero_masked_rows)(d, mask ? mask_tm : NULL, t0, t1, x_chunk);
+            status = SFX(gru_input_projection)(blas, (t1 - t0) * B, I, H, x_chunk, kernel,
+                                               gate_rows, reset_after ? in_bias : bias, z_chunk);
+            if (status) goto done;
+        }
         if (gate_tiles) { /* gate block by gate block; h updated in place */
             frnn_step_barrier step_barrier;
             frnn_step_barrier_init(&step_barrier);
@@ -491,11 +539,16 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
                 const frnn_part p = frnn_thread_part(d, split, nb, fwd_width);
                 const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
                 for (ptrdiff_t t = t0; t < t1; ++t) {
+                    REAL *z_t = project_in_loop ? z_chunk + b0 * G3
+                                                : z_chunk + ((t - t0) * B + b0) * G3;
+                    if (project_in_loop) /* split by rows: this thread's rows */
+                        SFX(gru_step_input_projection)(d, x, xs, t, b0, p.rows.batch,
+                                                       packed_kernel, kernel_start, z_t);
                     FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
                         SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch,
                             h_buf[t & 1] + b0 * H, tile_zeros, rec + b0 * G3, G3, zb0, zb1));
                     SFX(gru_step_after_pointwise)(
-                        &p.rows, z_chunk + ((t - t0) * B + b0) * G3, rec + b0 * G3, b_rec_h,
+                        &p.rows, z_t, rec + b0 * G3, b_rec_h,
                         h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,
                         mask ? mask_tm + t * B + b0 : NULL,
                         outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL,
@@ -510,7 +563,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             continue;
         }
         for (ptrdiff_t t = t0; t < t1; ++t) {
-            REAL *z_t = z_chunk + (t - t0) * B * G3;
+            REAL *z_t = project_in_loop ? z_chunk : z_chunk + (t - t0) * B * G3;
+            if (project_in_loop)
+                SFX(gru_step_input_projection)(d, x, xs, t, 0, B, packed_kernel, kernel_start,
+                                               z_t);
             const uint8_t *mask_t = mask ? mask_tm + t * B : NULL;
             REAL *out_t = outputs ? outputs + t * os.stride_t : NULL;
             REAL *h_save = training ? h_states + t * B * H : NULL;
@@ -551,6 +607,8 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     if (double_buffer && (T & 1)) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T */
 done:
     frnn_free(rec);
+    frnn_free(packed_kernel);
+    frnn_free(kernel_start);
     frnn_free(packed);
     frnn_free(tile_zeros);
     frnn_free(packed_gates);

@@ -345,6 +345,34 @@ static inline int frnn_rnn_fuses_input(ptrdiff_t batch, frnn_split split,
         return 0;
     return batch >= (training ? 64 : 16);
 }
+/* Whether GRU inference (reset_after, no recurrent dropout) projects each step's input in
+ * its time loop, x_t W + b on W packed once (input_matmul_t, one call per gate block) into
+ * one step's buffer, instead of one BLAS GEMM over a chunk of steps beforehand: that
+ * chunk of pre-activations (up to 16 MiB) goes to memory and comes back for the pointwise
+ * pass, and BLAS runs the small K of narrow inputs slowly.  It cannot share U's tiles as
+ * the LSTM's input does (r scales only h U of the h block: see frnn_lstm_fuses_input), so
+ * each step streams the packed W besides U: it pays where many rows reuse W from cache.
+ * Only where each thread owns its rows (split by rows, or one thread).
+ * Measured on an AMD Zen 3 (512 KiB L2 per core, 2026-12-03; A/B in one process, 2
+ * threads split by rows, T=100, I = H/2 unless given; three runs of 15-21 rounds),
+ * in-loop over GEMM:
+ *   H=128 (W and U packed: 288 KiB): B=128 1.08-1.13 (I=256: 1.02-1.08), B=64 1.06-1.13,
+ *     B=48 1.10, B=32 1.03-1.04, B=8-16 0.97-1.01;
+ *   H=256 (1.1 MiB): B=128 1.05-1.07, B=64 1.00-1.01, B=32 0.99-1.00; with I=256 (1.5
+ *     MiB) B=128 0.98-1.02;
+ *   H=384 (2.6 MiB) B=64-128 0.97-0.98; H=512 (4.5 MiB) B=32-128 0.91-0.99.
+ * So from 24 rows per thread while W and U packed take less than three L2s. */
+#define FRNN_GRU_PROJECT_IN_LOOP_MIN_ROWS 24
+static inline int frnn_gru_projects_in_loop(ptrdiff_t rows_per_thread, ptrdiff_t features,
+                                            ptrdiff_t units, size_t real_size) {
+    int forced = frnn_override_fuse_input();
+    if (forced >= 0) return forced;
+    const long l2 = frnn_l2_cache_bytes();
+    const double packed_bytes =
+        3.0 * (double)units * (double)(features + units) * (double)real_size;
+    return rows_per_thread >= FRNN_GRU_PROJECT_IN_LOOP_MIN_ROWS && l2 > 0 &&
+           packed_bytes < 3.0 * (double)l2;
+}
 
 /* Whether a backward computes each step's input gradient dz_t W^T in its time loop (the
  * transposed tiles over W^T packed once, while dz_t is still in cache, written straight

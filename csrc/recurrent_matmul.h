@@ -1243,6 +1243,18 @@ FRNN_UNUSED static void SFX(input_recurrent_matmul_t)(const REAL *packed, ptrdif
     FRNN_PICK_T(packed, I, x, ldx, H, H, B, h, H, packed_bias, NULL, z, ldz,
               jb0, jb1);
 }
+/* z[b, j] = start[j] + sum_{k<K} a[b, k] W[k, j] for all rows b < B and the columns j of
+ * blocks [jb0, jb1) of VW (overwritten): one matrix W (K rows, N columns) packed in blocks
+ * of VW columns by pack_recurrent_blocks with G = 1, block_rows = K.  a (B, K) row stride
+ * lda; start: at least jb1 * VW values; z (B, N) row stride ldz, must not alias a.  The
+ * transposed product's tiles (6 rows x 16 units with AVX2) with no second part: the GRU's
+ * per-step input projection (frnn_gru_projects_in_loop). */
+FRNN_UNUSED static void SFX(input_matmul_t)(const REAL *packed, ptrdiff_t K, const REAL *a,
+                                           ptrdiff_t lda, ptrdiff_t N, ptrdiff_t B,
+                                           const REAL *start, REAL *z, ptrdiff_t ldz,
+                                           ptrdiff_t jb0, ptrdiff_t jb1) {
+    FRNN_PICK_T(packed, 0, a, 0, N, K, B, a, lda, start, NULL, z, ldz, jb0, jb1);
+}
 #undef FRNN_PICK
 #undef FRNN_PICK_T
 

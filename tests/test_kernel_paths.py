@@ -281,7 +281,7 @@ def test_nan_padding_under_the_mask_stays_out_of_every_gradient(rng, cell, fused
     assert np.isfinite(grads.x[1]).all() and np.isfinite(grads.x[0, :2]).all()
 
 
-# name -> set_path_overrides arguments for the input projection of LSTM and SimpleRNN
+# name -> set_path_overrides arguments for the input projection of LSTM, SimpleRNN and GRU
 INPUT_PATHS = {
     "gemm_projection": dict(fuse_input=0),
     "fused_tiles": dict(fuse_input=1, simd=-1),
@@ -298,13 +298,16 @@ INPUT_PATHS = {
 @pytest.mark.parametrize("options", [{}, dict(go_backwards=True, zero_output_for_mask=True,
                                              activation="relu")], ids=["default", "options"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("cell", ["lstm", "simple_rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "simple_rnn", "gru"])
 def test_input_projection_paths_match_reference(rng, cell, batch, features, units, training,
                                                 threading, path, dtype, options, layout):
     """LSTM and SimpleRNN either project the input of many steps with one GEMM or add
-    x_t W inside each step's tiles (W and U packed together, the bias as the tiles' start).
+    x_t W inside each step's tiles (W and U packed together, the bias as the tiles' start);
+    GRU inference either uses the GEMM or projects each step's input in its time loop (W
+    packed alone, where each thread owns its rows: one thread or split by rows).
     Fused inference reuses one step's pre-activation buffer for every step, so each case
-    runs 11 steps with masks, an initial state and recurrent dropout, with and without bias,
+    runs 11 steps with masks, an initial state and recurrent dropout (not for the GRU,
+    whose dropout runs the gate-by-gate loop, tested below), with and without bias,
     and once more reversed (go_backwards), zeroing masked outputs, with relu; from Keras'
     and from torch's weight layout; the reversed case takes the input as a time-major
     array's (batch, steps, features) view, whose rows are not contiguous (fused, the tiles
@@ -317,7 +320,8 @@ def test_input_projection_paths_match_reference(rng, cell, batch, features, unit
     kernel = rng.standard_normal((features, gates * units)) * 0.3
     # gain about 1 per step, so float32 rounding is not amplified over the steps
     recurrent = rng.standard_normal((units, gates * units)) * min(0.3, 1 / np.sqrt(units))
-    bias = rng.standard_normal(gates * units)
+    # reset_after: the GRU's input and recurrent biases
+    bias = rng.standard_normal((2, gates * units) if cell == "gru" else gates * units)
     state = rng.standard_normal((2, batch, units))
     drop = (rng.random((batch, units)) > 0.3) / 0.7
     mask = rng.random((batch, steps)) > 0.25
@@ -330,7 +334,8 @@ def test_input_projection_paths_match_reference(rng, cell, batch, features, unit
             initial = (a[4][0], a[4][1]) if cell == "lstm" else a[4][0]
             weights = weights_in_layout(layout, cell, a[1], a[2], a[3] if use_bias else None)
             return forward(a[0], *weights, initial_state=initial, mask=mask,
-                           training=training, recurrent_dropout_mask=a[5], **options,
+                           training=training,
+                           recurrent_dropout_mask=None if cell == "gru" else a[5], **options,
                            **({"weight_layout": layout} if layout != "keras" else {}))
         with fusedrnn.threads(threads), kernel_paths(split_min_macs=0, split_by=split_by,
                                                      blas_steps=0, **INPUT_PATHS[path]):

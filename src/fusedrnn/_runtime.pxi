@@ -142,8 +142,9 @@ def set_path_overrides(int simd=-1, int blas_steps=-1, long long split_min_macs=
     split_min_macs: per-step multiply-adds from which a time loop splits its units over the
     threads (0 = always).  split_by: 1 splits time loops by batch rows (down to one row per
     thread), 0 by units.  fuse_input: 1 adds each step's input projection in the tiles
-    (LSTM and SimpleRNN forward) and computes each step's input gradient in the backward's
-    time loop (every cell), 0 computes them with BLAS GEMMs over many steps.
+    (LSTM and SimpleRNN forward; GRU inference projects each step's input in its time loop
+    where each thread owns its rows) and computes each step's input gradient in the
+    backward's time loop (every cell), 0 computes them with BLAS GEMMs over many steps.
     direct_step: 1 computes a single step (time = 1) straight from the weights, 0 with the
     packed tiles of longer sequences.
     Returns the previous settings as a tuple, for restoring."""
