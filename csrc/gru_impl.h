@@ -406,9 +406,10 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
     /* the fused split loop double-buffers h: h_{t-1} stays readable while h_t is written */
     const int double_buffer = use_tiles && nt > 1;
     REAL *h_alt = double_buffer ? frnn_alloc((size_t)(B * H), sizeof(REAL)) : NULL;
-    if (!rec || !z_buf || (!x_buf && !project_in_loop) || (mask && !mask_tm) || (bias && reset_after && !in_bias)
-        || (rec_mask && !h_dropped) || (use_tiles && (!packed || !tile_zeros))
-        || (gate_tiles && !packed_gates) || (double_buffer && !h_alt)
+    if (!rec || !z_buf || (!x_buf && !project_in_loop) || (mask && !mask_tm)
+        || (bias && reset_after && !in_bias) || (rec_mask && !h_dropped)
+        || (use_tiles && (!packed || !tile_zeros)) || (gate_tiles && !packed_gates)
+        || (double_buffer && !h_alt)
         || (project_in_loop && (!packed_kernel || !kernel_start))) {
         status = FRNN_ENOMEM;
         goto done;

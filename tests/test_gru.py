@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusedrnn import ops
+from fusedrnn import _kernels, ops
 from fusedrnn import reference as ref
 from helpers import (assert_close, cast_problem, numerical_gradient, require,
                      run_kernel_and_reference)
@@ -266,15 +266,22 @@ def test_long_sequence(rng, dtype, reset_after, size):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reset_after", RESET_AFTER, ids=RA_IDS)
-def test_inference_chunks_match_training(rng, dtype, reset_after):
-    """Inference projects the input in chunks of steps (~4M elements); a problem spanning
-    several chunks must give the training pass's results, and the reference's."""
+@pytest.mark.parametrize("fuse_input", [0, -1], ids=["gemm_chunks", "automatic"])
+def test_inference_chunks_match_training(rng, dtype, reset_after, fuse_input):
+    """Inference projects the input with a GEMM per chunk of steps (~4M elements); a
+    problem spanning several chunks must give the training pass's results, and the
+    reference's.  With the automatic choice, 32 rows per thread of reset_after's tiles
+    project each step's input in the time loop instead (frnn_gru_projects_in_loop)."""
     batch, steps, features, units = 64, 1100, 64, 16  # 7168 elements/step -> 585-step chunks
     problem = cast(make_problem(rng, batch, steps, features, units, reset_after=reset_after),
                    dtype)
     options = dict(reset_after=reset_after, mask=make_mask(rng, "random", batch, steps),
                    go_backwards=True)
-    inference = ops.gru_forward(**problem, **options)
+    previous = _kernels.set_path_overrides(fuse_input=fuse_input)
+    try:
+        inference = ops.gru_forward(**problem, **options)
+    finally:
+        _kernels.set_path_overrides(*previous)
     training = ops.gru_forward(**problem, training=True, **options)
     assert inference.cache is None
     for a, b in zip(inference[:2], training[:2]):
