@@ -296,8 +296,9 @@ static inline int frnn_zigzag_blocks(double bytes, frnn_split split) {
  *     With one step's z kept in cache and h_t copied to the state cache from there
  *     (Zen 4): B=8-32 0.94-1.01, B=64-128 1.04-1.06 (B=128, H=512: 1.06-1.23), so
  *     training fuses from 64 rows.
- *   GRU keeps the GEMM: a fused tile (3 rows x z, r, input and recurrent parts of h, the
- *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128.
+ *   GRU does not fuse: a fused tile (3 rows x z, r, input and recurrent parts of h, the
+ *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128; its
+ *     inference projects in its loop on separate tiles instead (frnn_gru_projects_in_loop).
  *   Back on the Zen 4 with the 512-bit tiles (2026-12-02), LSTM, I = H/2 unless given:
  *     from 4 rows with 256-512 units fusing gains: inference B=4 1.04-1.11 (I=512: 0.99-1.04),
  *     B=6 1.09, B=8 H=256 1.03-1.07 (I=256: 1.04), training 1.02-1.07; with 128 units
