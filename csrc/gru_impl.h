@@ -272,10 +272,33 @@ static int SFX(gru_input_projection)(const frnn_blas *blas, ptrdiff_t rows, ptrd
     return FRNN_OK;
 }
 
+/* The operands of gru_step_input_projection (inference with frnn_gru_projects_in_loop):
+ * gate block g of W (Keras' columns g*H.. of (I, 3H), or torch's row block gate_rows[g])
+ * packed in blocks of VW units at packed_kernel + g * nbg * I * VW (3 * nbg * I * VW
+ * elements), and its start, the input bias of the block zero-padded (zeros without
+ * in_bias), at kernel_start + g * nbg * VW (3 * nbg * VW elements); nbg = unit_blocks(H). */
+static void SFX(gru_pack_step_input_kernel)(const frnn_dims *d, const REAL *kernel,
+                                            const int *gate_rows, const REAL *in_bias,
+                                            REAL *packed_kernel, REAL *kernel_start) {
+    const ptrdiff_t I = d->input_size, H = d->units, nbg = SFX(unit_blocks)(H);
+    memset(kernel_start, 0, (size_t)(3 * nbg * VW) * sizeof(REAL));
+    for (int g = 0; g < 3; ++g) {
+        REAL *packed_g = packed_kernel + g * nbg * I * VW;
+        if (gate_rows)
+            SFX(pack_recurrent_blocks)(kernel + gate_rows[g] * H * I, I, I, H, 1,
+                                       SFX(same_gate_rows), VW, packed_g, I, 0, 0, nbg);
+        else
+            SFX(pack_recurrent_blocks)(kernel + g * H, 3 * H, I, H, 1, NULL, VW, packed_g, I,
+                                       0, 0, nbg);
+        if (in_bias)
+            memcpy(kernel_start + g * nbg * VW, in_bias + g * H, (size_t)H * sizeof(REAL));
+    }
+}
+
 /* z (rows, 3H; row stride 3H) = x_t W + b for rows [b0, b0 + rows) of processing step t,
  * read where the caller keeps them (x with strides xs; masked rows too, whose z the
- * pointwise pass never reads): gate block by gate block on W packed by frnn_gru_forward
- * (packed_kernel, kernel_start; see there).  Inference with frnn_gru_projects_in_loop. */
+ * pointwise pass never reads): gate block by gate block on the operands of
+ * gru_pack_step_input_kernel. */
 static void SFX(gru_step_input_projection)(const frnn_dims *d, const REAL *x,
                                            frnn_seq_strides xs, ptrdiff_t t, ptrdiff_t b0,
                                            ptrdiff_t rows, const REAL *packed_kernel,
@@ -384,11 +407,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         if (chunk < 1) chunk = 1;
         if (chunk > T) chunk = T;
     }
-    /* in the loop: gate block g of W packed in blocks of VW units at packed_kernel + g *
-     * kernel_stride, and its start (the bias, zero-padded) at kernel_start + g * nbg * VW */
-    const ptrdiff_t kernel_stride = nbg * I * VW;
+    /* in the loop: W and the bias packed by gru_pack_step_input_kernel */
     REAL *packed_kernel =
-        project_in_loop ? frnn_alloc((size_t)(3 * kernel_stride), sizeof(REAL)) : NULL;
+        project_in_loop ? frnn_alloc((size_t)(3 * nbg * I * VW), sizeof(REAL)) : NULL;
     REAL *kernel_start =
         project_in_loop ? frnn_alloc((size_t)(3 * nbg * VW), sizeof(REAL)) : NULL;
     const ptrdiff_t buffered_steps = project_in_loop ? 1 : chunk;
@@ -430,20 +451,9 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         for (ptrdiff_t j = 0; j < G3; ++j) in_bias[j] = bias[j] + (j < 2 * H ? bias[G3 + j] : (REAL)0);
         b_rec_h = bias + G3 + 2 * H;
     }
-    if (project_in_loop) {
-        memset(kernel_start, 0, (size_t)(3 * nbg * VW) * sizeof(REAL));
-        for (int g = 0; g < 3; ++g) {
-            if (gate_rows) /* torch's rows of the gate: its block gate_rows[g] */
-                SFX(pack_recurrent_blocks)(kernel + gate_rows[g] * H * I, I, I, H, 1,
-                                           SFX(same_gate_rows), VW,
-                                           packed_kernel + g * kernel_stride, I, 0, 0, nbg);
-            else /* Keras' columns g*H.. of (I, 3H) */
-                SFX(pack_recurrent_blocks)(kernel + g * H, G3, I, H, 1, NULL, VW,
-                                           packed_kernel + g * kernel_stride, I, 0, 0, nbg);
-            if (in_bias)
-                memcpy(kernel_start + g * nbg * VW, in_bias + g * H, (size_t)H * sizeof(REAL));
-        }
-    }
+    if (project_in_loop)
+        SFX(gru_pack_step_input_kernel)(d, kernel, gate_rows, in_bias, packed_kernel,
+                                        kernel_start);
     if (mask) {
         for (ptrdiff_t t = 0; t < T; ++t) {
             ptrdiff_t s = frnn_input_step(d, t);
