@@ -632,7 +632,11 @@ FRNN_AVX2_TARGET FRNN_INLINE void SFX(bwd_tile_r1)(
     SFX(bwd_store)(acc, 1, bb != NULL, keep, dh, ldh, H, b, j0, n);
 }
 
-/* Rows per transposed tile: 6 x 2 accumulators + 2 weights + 1 broadcast <= 16 registers. */
+/* Rows per transposed tile: 6 x 2 accumulators + 2 weights + 1 broadcast <= 16 registers.
+ * The rest after the 6-row tiles stays one tile: ending 8 or 9 rows as 4 + 4 or 5 + 4
+ * instead of 6 + 2 or 6 + 3 (2-3-row tiles have too few chains to hide the FMA latency)
+ * measured 0.94-1.01 on the Zen 3 (A/B in one process, 2026-12-03, T=100, I=H/2:
+ * SimpleRNN forward and training at B=16 and 64, LSTM and GRU backward at B=16-64). */
 FRNN_AVX2_TARGET static void SFX(recurrent_matmul_t_avx2)(
     const REAL *FRNN_RESTRICT packed_t, ptrdiff_t I, const REAL *FRNN_RESTRICT x,
     ptrdiff_t ldx, ptrdiff_t H, ptrdiff_t GH, ptrdiff_t B, const REAL *FRNN_RESTRICT dz,

@@ -266,7 +266,10 @@ done:
 
 /* Backward pointwise pass of one step for units [j0, j1) of every batch row:
  * dz = dh * a'(h_t) on valid rows (then dh = 0, the recurrent product adds dz U^T);
- * masked rows get dz = 0 and pass dh through.  h_t, dh (B,H); dz (B,H) row stride ldz. */
+ * masked rows get dz = 0 and pass dh through.  h_t, dh (B,H); dz (B,H) row stride ldz.
+ * Prefetching the next step's h_t and dout rows into L2 before each step's product
+ * measured 0.98-0.99 for the backward alone and 0.97-1.03 for training (Zen 3, A/B in one
+ * process, 2026-12-03, B=32-128, H=128-512): the hardware prefetchers follow these rows. */
 FRNN_CLONES static void SFX(rnn_step_backward_pointwise)(
     const frnn_dims *d, const REAL *FRNN_RESTRICT h_t, const uint8_t *mask_t, const REAL *dout,
     ptrdiff_t dout_stride_b, REAL *FRNN_RESTRICT dh, REAL *FRNN_RESTRICT dz, ptrdiff_t ldz,
