@@ -295,7 +295,10 @@ static inline int frnn_zigzag_blocks(double bytes, frnn_split split) {
  *     SimpleRNN training, with the tiles storing into the cold state cache: 0.98-1.06.
  *     With one step's z kept in cache and h_t copied to the state cache from there
  *     (Zen 4): B=8-32 0.94-1.01, B=64-128 1.04-1.06 (B=128, H=512: 1.06-1.23), so
- *     training fuses from 64 rows.
+ *     training fused from 64 rows.  On the Zen 3 (2026-12-03, A/B in one process, four
+ *     runs of 15 rounds) fusing from 32 rows instead: B=32 H=128 1.03-1.07, H=256
+ *     1.03-1.05, H=512 0.99-1.03; B=40-48 1.03-1.13; but B=16 0.95-0.98 (B=24 untouched
+ *     measured 0.96 and 1.03: the noise).  So training fuses from 32 rows.
  *   GRU does not fuse: a fused tile (3 rows x z, r, input and recurrent parts of h, the
  *     latter apart for r) measured 0.66-0.97 at B=1-32 and 1.01-1.13 only at B=128; its
  *     inference projects in its loop on separate tiles instead (frnn_gru_projects_in_loop).
@@ -344,7 +347,7 @@ static inline int frnn_rnn_fuses_input(ptrdiff_t batch, frnn_split split,
     if (forced >= 0) return forced;
     if (frnn_fused_weights_pass_l2_intel(split, features, units, 1, real_size, 0.5))
         return 0;
-    return batch >= (training ? 64 : 16);
+    return batch >= (training ? 32 : 16);
 }
 /* Whether GRU inference (reset_after, no recurrent dropout) projects each step's input in
  * its time loop, x_t W + b on W packed once (input_matmul_t, one call per gate block) into
