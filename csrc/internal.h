@@ -390,13 +390,26 @@ static inline int frnn_gru_projects_in_loop(ptrdiff_t rows_per_thread, ptrdiff_t
  * and on the Intel Xeon (see frnn_lstm_fuses_input) it lost where their thread's share
  * passes the L2: GEMM over in-loop, training step, I = H/2: LSTM H=512 B=32-128
  * 1.01-1.03, GRU H=512 B=32-128 1.01-1.03 (H=256 B=32 1.00, LSTM H=384 B=128 0.99); so
- * there it stays out of the loop. */
+ * there it stays out of the loop.  On the AMD Zen 3 (512 KiB L2 per core, 2026-12-03, A/B
+ * in one process, T=100, I = H/2) the GEMM also won where that share passes six L2s
+ * (3 MiB; the Zen 4's 6 MiB keeps its grid as measured above), below 64 rows per thread:
+ * training step LSTM H=512 B=32 1.04-1.05 (three runs), B=64 1.02, H=384 B=32-48
+ * 1.02-1.03; GRU H=512 B=32 1.04-1.06 (three runs), B=64 1.06; backward alone LSTM H=512
+ * B=32-64 1.01-1.09, GRU 1.03-1.06.  At 128 rows it measured 0.96-1.05 (the in-loop
+ * product reuses each streamed block over more rows), and under 3 MiB it kept the loop
+ * (GRU H=384 0.99, H=256 0.97-1.00 for the GEMM). */
+#define FRNN_INPUT_GRADIENT_MAX_L2S 6.0
 static inline int frnn_fuses_input_gradient(ptrdiff_t batch, int threads, frnn_split split,
                                             ptrdiff_t features, ptrdiff_t units,
                                             ptrdiff_t gates, size_t real_size) {
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
     if (frnn_fused_weights_pass_l2_intel(split, features, units, gates, real_size, 1.0))
+        return 0;
+    const double packed_bytes =
+        (double)gates * (double)units * (double)(features + units) * (double)real_size;
+    if (batch < 64 * (ptrdiff_t)threads &&
+        frnn_share_passes_l2(packed_bytes, split, FRNN_INPUT_GRADIENT_MAX_L2S))
         return 0;
     return batch >= 16 * (ptrdiff_t)threads;
 }
