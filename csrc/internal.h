@@ -253,15 +253,20 @@ static inline int frnn_share_passes_l2(double bytes, frnn_split split, double fr
     const double share = split.by_rows || split.threads < 2 ? bytes : bytes / split.threads;
     return l2 > 0 && share > fraction * (double)l2;
 }
-/* On an Intel CPU, whether a thread's share of W and U packed together (gates * units *
- * (features + units) elements) under `split` is more than `fraction` of its L2: each step
+/* Bytes of W and U (or W^T and U^T) packed: gates * units * (features + units) elements. */
+static inline double frnn_packed_weights_bytes(ptrdiff_t gates, ptrdiff_t units,
+                                               ptrdiff_t features, size_t real_size) {
+    return (double)gates * (double)units * (double)(features + units) * (double)real_size;
+}
+/* On an Intel CPU, whether a thread's share of W and U packed together
+ * (frnn_packed_weights_bytes) under `split` is more than `fraction` of its L2: each step
  * of a fused tile streams that share. */
 static inline int frnn_fused_weights_pass_l2_intel(frnn_split split, ptrdiff_t features,
                                                    ptrdiff_t units, ptrdiff_t gates,
                                                    size_t real_size, double fraction) {
-    const double packed_bytes =
-        (double)gates * (double)units * (double)(features + units) * (double)real_size;
-    return frnn_cpu_is_intel() && frnn_share_passes_l2(packed_bytes, split, fraction);
+    return frnn_cpu_is_intel() &&
+           frnn_share_passes_l2(frnn_packed_weights_bytes(gates, units, features, real_size),
+                                split, fraction);
 }
 /* Whether a time loop's threads alternate their blocks' order (FRNN_BLOCKS_ZIGZAG): where
  * a thread's share of the `bytes` of packed weights a step streams passes half its L2.
@@ -334,8 +339,7 @@ static inline int frnn_lstm_fuses_input(ptrdiff_t batch, frnn_split split,
     if (batch < 64 &&
         frnn_fused_weights_pass_l2_intel(split, features, units, 4, real_size, 1.0))
         return 0;
-    const double packed_bytes =
-        4.0 * (double)units * (double)(features + units) * (double)real_size;
+    const double packed_bytes = frnn_packed_weights_bytes(4, units, features, real_size);
     if (batch >= 32) return 1;
     if (packed_bytes > FRNN_LSTM_FUSE_MAX_PACKED_BYTES) return 0;
     return batch >= 16 || (batch >= 8 && features <= 64) || (batch >= 4 && units >= 256);
@@ -372,8 +376,7 @@ static inline int frnn_gru_projects_in_loop(ptrdiff_t rows_per_thread, ptrdiff_t
     int forced = frnn_override_fuse_input();
     if (forced >= 0) return forced;
     const long l2 = frnn_l2_cache_bytes();
-    const double packed_bytes =
-        3.0 * (double)units * (double)(features + units) * (double)real_size;
+    const double packed_bytes = frnn_packed_weights_bytes(3, units, features, real_size);
     return rows_per_thread >= FRNN_GRU_PROJECT_IN_LOOP_MIN_ROWS && l2 > 0 &&
            packed_bytes < 3.0 * (double)l2;
 }
@@ -406,10 +409,9 @@ static inline int frnn_fuses_input_gradient(ptrdiff_t batch, int threads, frnn_s
     if (forced >= 0) return forced;
     if (frnn_fused_weights_pass_l2_intel(split, features, units, gates, real_size, 1.0))
         return 0;
-    const double packed_bytes =
-        (double)gates * (double)units * (double)(features + units) * (double)real_size;
     if (batch < 64 * (ptrdiff_t)threads &&
-        frnn_share_passes_l2(packed_bytes, split, FRNN_INPUT_GRADIENT_MAX_L2S))
+        frnn_share_passes_l2(frnn_packed_weights_bytes(gates, units, features, real_size),
+                             split, FRNN_INPUT_GRADIENT_MAX_L2S))
         return 0;
     return batch >= 16 * (ptrdiff_t)threads;
 }
