@@ -369,7 +369,11 @@ static inline int frnn_rnn_fuses_input(ptrdiff_t batch, frnn_split split,
  *   H=256 (1.1 MiB): B=128 1.05-1.07, B=64 1.00-1.01, B=32 0.99-1.00; with I=256 (1.5
  *     MiB) B=128 0.98-1.02;
  *   H=384 (2.6 MiB) B=64-128 0.97-0.98; H=512 (4.5 MiB) B=32-128 0.91-0.99.
- * So from 24 rows per thread while W and U packed take less than three L2s. */
+ * So from 24 rows per thread while W and U packed take less than three L2s.
+ * Training projects with the GEMM: projecting in its loop too (from x_cache, gathered
+ * first, into gates) measured, same Zen 3 (2026-12-03, three runs of 11-25 rounds), training
+ * step B=48-128 H=128 0.96-1.05, H=256 0.96-1.01, H=192 1.00-1.04; its forward alone
+ * H=128 1.04-1.08, H=256 0.99-1.00: within the noise for the step, so not kept. */
 #define FRNN_GRU_PROJECT_IN_LOOP_MIN_ROWS 24
 static inline int frnn_gru_projects_in_loop(ptrdiff_t rows_per_thread, ptrdiff_t features,
                                             ptrdiff_t units, size_t real_size) {
