@@ -286,6 +286,61 @@ def test_measure_interleaved_alternates_and_stops_by_rounds():
     assert timings["a"].repeats == 4 and calls == ["a"] * 4  # max_repeats ends a long budget
 
 
+def _scripted_calls(monkeypatch, durations):
+    """A function whose calls take `durations` in turn on bench's clock, which only they
+    advance (so the stopping rule sees exactly those times)."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"],
+                                                             sleep=lambda seconds: None))
+    remaining = iter(durations)
+
+    def call():
+        clock["now"] += next(remaining)
+
+    return call
+
+
+def test_measure_goes_on_past_a_burst_until_the_median_settles(monkeypatch):
+    settings = bench.MeasureSettings(warmup=0, min_repeats=3, max_repeats=50, budget=1.0,
+                                     settle_spread=2.0, extend_budgets=4.0)
+    # three calls past the budget, two slowed by a burst: the median (1 s) is 10x the
+    # fastest call, so the measurement goes on until the fast calls hold the median
+    timing = bench.measure(_scripted_calls(monkeypatch, [0.1, 1.0, 1.0] + [0.1] * 10),
+                           settings)
+    assert timing.repeats == 5 and timing.median_ms == pytest.approx(100.0)
+    # a spread that never settles ends at extend_budgets budgets (4 s here: the 6th call)
+    timing = bench.measure(_scripted_calls(monkeypatch, [0.1, 1.0, 1.0] * 10), settings)
+    assert timing.repeats == 6
+    # a settled measurement stops at the usual rule (3 calls, 1 s)
+    timing = bench.measure(_scripted_calls(monkeypatch, [0.5, 0.6, 0.5, 0.5]), settings)
+    assert timing.repeats == 3
+
+
+def test_measure_interleaved_goes_on_until_every_median_settles(monkeypatch):
+    """Rounds continue while any implementation's median is spread, and stop for all."""
+    settings = bench.MeasureSettings(warmup=0, min_repeats=3, max_repeats=50, budget=0.5,
+                                     warm_below=0.0, settle_spread=2.0, extend_budgets=4.0)
+    # one script for both, call by call in turn: (a, b) per round
+    call = _scripted_calls(monkeypatch, [0.1, 0.1, 0.1, 1.0, 0.1, 1.0] + [0.1] * 6)
+    timings = bench.measure_interleaved({"a": call, "b": call}, settings)
+    # after 3 rounds (2.5 s >= 2 x 0.5 s) b's median is 10x its fastest call; after the
+    # 5th round it is back at 0.1 s
+    assert timings["a"].repeats == timings["b"].repeats == 5
+    assert timings["b"].median_ms == pytest.approx(100.0)
+
+
+def test_report_states_the_settling_rule():
+    env = {"fusedrnn": "0", "python": "3", "numpy": "2", "scipy": "1", "cpu": "cpu",
+           "logical_cpus_available": 2, "torch": None, "torch_installed": False,
+           "threadpools": [], "peak_gflops": None}
+    config = {"dtype": "float32", "min_repeats": 5, "warmup": 1, "budget": 0.3,
+              "settle_spread": 2.0, "extend_budgets": 4.0, "elapsed_seconds": 1.0,
+              "load_before": None, "load_after": None, "threads": 2}
+    report = bench.format_markdown(env, config, [], None, [])
+    assert ("repeated until a 0.3 s budget per measurement (up to 4 budgets while a median "
+            "is more than 2x its fastest call: a burst of other load); implementations") in report
+
+
 @pytest.mark.parametrize("cell", bench.CELLS)
 def test_torch_baseline_has_the_same_weights(cell, request):
     """The torch module the benchmark times computes what fusedrnn computes: outputs and

@@ -113,19 +113,35 @@ NUMPY_BLAS_SPIN_SECONDS = 0.15
 # than WARM_CALL_BELOW_SECONDS with one untimed call of the same implementation.
 WARM_CALL_BELOW_SECONDS = 0.05
 
+# A burst of load from other processes on a shared machine can slow every call of a short
+# measurement: in one full run (2026-12-03, Zen 3) LSTM training at batch 1 with 256 units
+# got 5 calls whose median was 7.2x its fastest (47.3 ms against 4.3 ms in the two runs
+# before; torch's 2.5x), and the table showed 0.44x torch for a point at 1.9-2.1x in
+# the six runs before.  Otherwise a median exceeds its fastest call by 1.02-1.13x at half
+# of the points, by at most 1.52x at 90%, and by 2.01x at the most (five runs).  So a
+# measurement whose median exceeds SETTLE_SPREAD x its fastest call keeps going, up to
+# EXTEND_BUDGETS budgets in all (or max_repeats), until the calls after the burst decide
+# the median.
+SETTLE_SPREAD = 2.0
+EXTEND_BUDGETS = 4.0
+
 
 @dataclass(frozen=True)
 class MeasureSettings:
     """How long to time one case: `warmup` untimed calls, then timed calls until at least
-    `min_repeats` were made and `budget` seconds have passed (at most `max_repeats`).
-    measure_interleaved also makes an untimed call before each timed call of an
-    implementation whose last call took less than `warm_below` seconds."""
+    `min_repeats` were made and `budget` seconds have passed (at most `max_repeats`);
+    past that, while a median is more than `settle_spread` times its fastest call, until
+    `extend_budgets` budgets have passed (SETTLE_SPREAD says why).  measure_interleaved
+    also makes an untimed call before each timed call of an implementation whose last call
+    took less than `warm_below` seconds."""
 
     warmup: int = 1
     min_repeats: int = 5
     max_repeats: int = 50
     budget: float = 0.3
     warm_below: float = WARM_CALL_BELOW_SECONDS
+    settle_spread: float = SETTLE_SPREAD
+    extend_budgets: float = EXTEND_BUDGETS
 
     def for_numpy(self) -> "MeasureSettings":
         """The NumPy reference is slow: a third of the repeats and of the budget."""
@@ -152,6 +168,18 @@ class Timing:
         return len(self.seconds)
 
 
+def _measured_enough(settings: MeasureSettings, calls: int, elapsed: float, budget: float,
+                     timings: Sequence[List[float]]) -> bool:
+    """The stopping rule of MeasureSettings after `calls` timed calls (or rounds) in
+    `elapsed` seconds against `budget` seconds: enough calls and time, and either every
+    median within settle_spread of its fastest call or extend_budgets budgets spent."""
+    if calls < settings.min_repeats or elapsed < budget:
+        return False
+    settled = all(statistics.median(seconds) <= settings.settle_spread * min(seconds)
+                  for seconds in timings)
+    return settled or elapsed >= settings.extend_budgets * budget
+
+
 def measure(function: Callable[[], object], settings: MeasureSettings) -> Timing:
     """Time `function` (see MeasureSettings for the stopping rule)."""
     for _ in range(settings.warmup):
@@ -162,7 +190,8 @@ def measure(function: Callable[[], object], settings: MeasureSettings) -> Timing
         t0 = time.perf_counter()
         function()
         seconds.append(time.perf_counter() - t0)
-        if len(seconds) >= settings.min_repeats and time.perf_counter() - start >= settings.budget:
+        if _measured_enough(settings, len(seconds), time.perf_counter() - start,
+                            settings.budget, [seconds]):
             break
     return Timing(seconds)
 
@@ -191,7 +220,8 @@ def measure_interleaved(functions: Dict[str, Callable[[], object]],
             function()
             last_seconds[name] = time.perf_counter() - t0
             seconds[name].append(last_seconds[name])
-        if rounds >= settings.min_repeats and time.perf_counter() - start >= budget:
+        if _measured_enough(settings, rounds, time.perf_counter() - start, budget,
+                            list(seconds.values())):
             break
     return {name: Timing(times) for name, times in seconds.items()}
 
@@ -659,7 +689,11 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
         f"- dtype {config['dtype']}; each time is the median of >= {config['min_repeats']} "
         f"calls after {config['warmup']} warm-up call (NumPy: >= "
         f"{max(1, config['min_repeats'] // 3)}), repeated until a {config['budget']:g} s "
-        "budget per measurement; implementations timed together alternate call by call, "
+        "budget per measurement"
+        + (f" (up to {config['extend_budgets']:g} budgets while a median is more than "
+           f"{config['settle_spread']:g}x its fastest call: a burst of other load)"
+           if config.get("settle_spread") else "")
+        + "; implementations timed together alternate call by call, "
         f"and a call under {config.get('warm_below', WARM_CALL_BELOW_SECONDS) * 1e3:g} ms is "
         "preceded by an untimed call of the same implementation (the first call after the "
         "other's costs 0.2-0.8 ms more: its spinning threads and evicted caches)",
@@ -1038,7 +1072,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "implementations": args.impls, "threads": args.threads, "dtype": args.dtype,
         "warmup": settings.warmup, "min_repeats": settings.min_repeats,
         "max_repeats": settings.max_repeats, "budget": settings.budget,
-        "warm_below": settings.warm_below,
+        "warm_below": settings.warm_below, "settle_spread": settings.settle_spread,
+        "extend_budgets": settings.extend_budgets,
         "numpy_everywhere": args.numpy_everywhere, "drop_in": args.drop_in,
         "elapsed_seconds": elapsed,
         "load_before": load_before, "load_after": load_average(),
