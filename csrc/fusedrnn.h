@@ -128,6 +128,16 @@ int frnn_one_step_from_rows(ptrdiff_t batch);
  * every wait sleep.  Returns the previous count; n < 0 restores the default. */
 int frnn_set_barrier_spins(int n);
 int frnn_barrier_spins(void);
+/* When a time loop split by units stops meeting and goes on on one thread (csrc/internal.h's
+ * frnn_step_barrier): -1 (the default) after FRNN_LATE_MEETINGS meetings at which a thread
+ * slept longer than it had worked (other programs keep descheduling its partner), 0 never,
+ * n > 0 after the n-th step's meeting whatever the waits (tests).  Returns the previous rule;
+ * n < -1 is taken as -1. */
+int frnn_set_team_stop_rule(int n);
+int frnn_team_stop_rule(void);
+/* How many teams have stopped so far in this process (all rules), and one more. */
+long long frnn_team_stops_so_far(void);
+void frnn_count_team_stop(void);
 /* The buffer pool (csrc/pool.c).  frnn_alloc: count*size bytes (a valid pointer for
  * zero), 64-byte aligned, uninitialised, or NULL when out of memory or on overflow; from
  * the pool's kept blocks when one fits.  frnn_free: gives back a pointer from frnn_alloc

@@ -393,6 +393,7 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
         B, use_tiles ? nb : nbg, B * H * G3, frnn_row_split_min_rows(H, 3, sizeof(REAL)),
         gate_tiles ? FRNN_GATE_SPLIT_MIN_MACS : FRNN_PARALLEL_MIN_MACS);
     const int nt = tiles_ok ? split.threads : 1;
+    int loop_threads = nt; /* 1 once a team has stopped (frnn_step_barrier) */
     const int zigzag =
         frnn_zigzag_blocks(3.0 * H * H * sizeof(REAL), split);
     /* inference: each step's x_t W + b in the loop, into one step's buffer, or a GEMM per
@@ -474,102 +475,112 @@ int SFX(frnn_gru_forward)(const frnn_blas *blas, const frnn_dims *d, int reset_a
             if (status) goto done;
         }
         if (gate_tiles) { /* gate block by gate block; h updated in place */
-            frnn_step_barrier step_barrier;
-            frnn_step_barrier_init(&step_barrier);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-            {
-                int step_phase = 0; /* this thread's side of step_barrier */
-                /* split by rows: the whole loop for the thread's rows, no barrier; by units:
-                 * its units of every row, meeting where a product needs every unit */
-                const frnn_part p = frnn_thread_part(d, split, nbg, VW);
-                const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0, j0 = p.j0, j1 = p.j1;
-                const ptrdiff_t n = j1 - j0;
-                const int meet = nt > 1 && !split.by_rows;
-                REAL *h_rows = h_n + b0 * H;
-                for (ptrdiff_t t = t0; t < t1; ++t) {
-                    REAL *z_t = z_chunk + ((t - t0) * B + b0) * G3;
-                    const uint8_t *mask_t = mask ? mask_tm + t * B + b0 : NULL;
-                    REAL *out_t = outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL;
-                    REAL *h_save = training ? h_states + (t * B + b0) * H : NULL;
-                    /* block g's recurrent part out[:, g] (+)= (h*m_g) U_g, row stride 3H */
-                    REAL *out = reset_after ? rec + b0 * G3 : z_t;
-                    const int blocks = reset_after ? 3 : 2;
-                    if (rec_mask) { /* h*m_g, the input of block g's product, for my units */
-                        for (int g = 0; g < blocks; ++g)
-                            for (ptrdiff_t b = 0; b < R; ++b)
-                                SFX(gru_drop)(n, h_rows + b * H + j0,
-                                              rec_mask + (g * B + b0 + b) * H + j0,
-                                              h_dropped + (g * B + b0 + b) * H + j0);
-                        if (meet) {
-                            frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+            /* split by units, a team that other programs keep waiting stops
+             * (csrc/internal.h's frnn_step_barrier) and the rest of the steps run on one
+             * thread */
+            for (ptrdiff_t t_from = t0; t_from < t1; loop_threads = 1) {
+                frnn_step_barrier step_barrier;
+                frnn_step_barrier_init(&step_barrier);
+#pragma omp parallel num_threads(loop_threads) if (loop_threads > 1)
+                {
+                    frnn_barrier_side side = frnn_barrier_side_init();
+                    /* split by rows: the whole loop for the thread's rows, no barrier; by units:
+                     * its units of every row, meeting where a product needs every unit */
+                    const frnn_part p = frnn_thread_part(d, split, nbg, VW);
+                    const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0, j0 = p.j0, j1 = p.j1;
+                    const ptrdiff_t n = j1 - j0;
+                    const int meet = frnn_team_size() > 1 && !split.by_rows;
+                    REAL *h_rows = h_n + b0 * H;
+                    for (ptrdiff_t t = t_from; t < t1; ++t) {
+                        REAL *z_t = z_chunk + ((t - t0) * B + b0) * G3;
+                        const uint8_t *mask_t = mask ? mask_tm + t * B + b0 : NULL;
+                        REAL *out_t = outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL;
+                        REAL *h_save = training ? h_states + (t * B + b0) * H : NULL;
+                        /* block g's recurrent part out[:, g] (+)= (h*m_g) U_g, row stride 3H */
+                        REAL *out = reset_after ? rec + b0 * G3 : z_t;
+                        const int blocks = reset_after ? 3 : 2;
+                        if (rec_mask) { /* h*m_g, the input of block g's product, for my units */
+                            for (int g = 0; g < blocks; ++g)
+                                for (ptrdiff_t b = 0; b < R; ++b)
+                                    SFX(gru_drop)(n, h_rows + b * H + j0,
+                                                  rec_mask + (g * B + b0 + b) * H + j0,
+                                                  h_dropped + (g * B + b0 + b) * H + j0);
+                            if (meet) frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &side);
                         }
-                    }
-                    for (int g = 0; g < blocks; ++g) {
-                        const REAL *h_in = rec_mask ? h_dropped + (g * B + b0) * H : h_rows;
-                        if (reset_after) /* rec holds the product alone: r scales Rh */
-                            for (ptrdiff_t b = 0; b < R; ++b)
-                                memset(out + b * G3 + g * H + j0, 0, (size_t)n * sizeof(REAL));
-                        FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                            SFX(recurrent_matmul_t)(packed_gates + g * gate_stride, H, H, R,
-                                h_in, H, NULL, out + g * H, G3, zb0, zb1));
-                    }
-                    if (reset_after) {
-                        /* in place: the products above read h*m_g, not h */
-                        SFX(gru_step_after_pointwise)(
-                            &p.rows, z_t, out, b_rec_h, h_rows, h_rows, mask_t, out_t, os.stride_b,
-                            training ? hr_cache + (t * B + b0) * H : NULL, h_save, j0, j1);
-                    } else { /* the h block: xh + q Uh with q = r*hp(*m_h) */
-                        REAL *q = (training ? hr_cache + t * B * H : rec) + b0 * H;
-                        SFX(gru_step_before_gates)(&p.rows, z_t, h_rows,
-                                                   rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
-                                                   mask_t, q, j0, j1);
-                        if (meet) { /* q Uh needs every unit of q */
-                        frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+                        for (int g = 0; g < blocks; ++g) {
+                            const REAL *h_in = rec_mask ? h_dropped + (g * B + b0) * H : h_rows;
+                            if (reset_after) /* rec holds the product alone: r scales Rh */
+                                for (ptrdiff_t b = 0; b < R; ++b)
+                                    memset(out + b * G3 + g * H + j0, 0, (size_t)n * sizeof(REAL));
+                            FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                                SFX(recurrent_matmul_t)(packed_gates + g * gate_stride, H, H, R,
+                                    h_in, H, NULL, out + g * H, G3, zb0, zb1));
                         }
-                        FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                            SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R,
-                                q, H, NULL, z_t + 2 * H, G3, zb0, zb1));
-                        /* in place: past the barrier nobody reads h this step */
-                        SFX(gru_step_before_update)(&p.rows, z_t, h_rows, mask_t, out_t,
-                                                    os.stride_b, h_save, j0, j1);
-                    }
-                    if (meet) { /* h_t (and the h*m_g, q read above) complete for the next step */
-                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+                        if (reset_after) {
+                            /* in place: the products above read h*m_g, not h */
+                            SFX(gru_step_after_pointwise)(
+                                &p.rows, z_t, out, b_rec_h, h_rows, h_rows, mask_t, out_t, os.stride_b,
+                                training ? hr_cache + (t * B + b0) * H : NULL, h_save, j0, j1);
+                        } else { /* the h block: xh + q Uh with q = r*hp(*m_h) */
+                            REAL *q = (training ? hr_cache + t * B * H : rec) + b0 * H;
+                            SFX(gru_step_before_gates)(&p.rows, z_t, h_rows,
+                                                       rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
+                                                       mask_t, q, j0, j1);
+                            if (meet) /* q Uh needs every unit of q */
+                                frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &side);
+                            FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                                SFX(recurrent_matmul_t)(packed_gates + 2 * gate_stride, H, H, R,
+                                    q, H, NULL, z_t + 2 * H, G3, zb0, zb1));
+                            /* in place: past the barrier nobody reads h this step */
+                            SFX(gru_step_before_update)(&p.rows, z_t, h_rows, mask_t, out_t,
+                                                        os.stride_b, h_save, j0, j1);
+                        }
+                        /* h_t (and the h*m_g, q read above) complete for the next step */
+                        if (meet
+                            && frnn_step_barrier_stops(&step_barrier, frnn_team_size(), &side, t + 1))
+                            break;
                     }
                 }
+                t_from = frnn_step_barrier_resume(&step_barrier, t1);
             }
             continue;
         }
         if (nt > 1) { /* each thread owns a range of unit blocks; one barrier per step */
             REAL *h_buf[2] = {h_n, h_alt};
-            frnn_step_barrier step_barrier;
-            frnn_step_barrier_init(&step_barrier);
-#pragma omp parallel num_threads(nt)
-            {
-                int step_phase = 0; /* this thread's side of step_barrier */
-                const frnn_part p = frnn_thread_part(d, split, nb, fwd_width);
-                const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
-                for (ptrdiff_t t = t0; t < t1; ++t) {
-                    REAL *z_t = project_in_loop ? z_chunk + b0 * G3
-                                                : z_chunk + ((t - t0) * B + b0) * G3;
-                    if (project_in_loop) /* split by rows: this thread's rows */
-                        SFX(gru_step_input_projection)(d, x, xs, t, b0, p.rows.batch,
-                                                       packed_kernel, kernel_start, z_t);
-                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                        SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch,
-                            h_buf[t & 1] + b0 * H, tile_zeros, rec + b0 * G3, G3, zb0, zb1));
-                    SFX(gru_step_after_pointwise)(
-                        &p.rows, z_t, rec + b0 * G3, b_rec_h,
-                        h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,
-                        mask ? mask_tm + t * B + b0 : NULL,
-                        outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL,
-                        os.stride_b, training ? hr_cache + (t * B + b0) * H : NULL,
-                        training ? h_states + (t * B + b0) * H : NULL, j0, j1);
-                    /* split by units: h_t needs every thread's units before the next step */
-                    if (!split.by_rows) {
-                        frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+            /* split by units, a team that other programs keep waiting stops
+             * (csrc/internal.h's frnn_step_barrier) and the rest of the steps run on one
+             * thread (here, not in the loop below: h_t alternates between h_n and h_alt) */
+            for (ptrdiff_t t_from = t0; t_from < t1; loop_threads = 1) {
+                frnn_step_barrier step_barrier;
+                frnn_step_barrier_init(&step_barrier);
+#pragma omp parallel num_threads(loop_threads)
+                {
+                    frnn_barrier_side side = frnn_barrier_side_init();
+                    const frnn_part p = frnn_thread_part(d, split, nb, fwd_width);
+                    const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
+                    for (ptrdiff_t t = t_from; t < t1; ++t) {
+                        REAL *z_t = project_in_loop ? z_chunk + b0 * G3
+                                                    : z_chunk + ((t - t0) * B + b0) * G3;
+                        if (project_in_loop) /* split by rows: this thread's rows */
+                            SFX(gru_step_input_projection)(d, x, xs, t, b0, p.rows.batch,
+                                                           packed_kernel, kernel_start, z_t);
+                        FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                            SFX(recurrent_matmul_g3)(packed, fwd_width, H, p.rows.batch,
+                                h_buf[t & 1] + b0 * H, tile_zeros, rec + b0 * G3, G3, zb0, zb1));
+                        SFX(gru_step_after_pointwise)(
+                            &p.rows, z_t, rec + b0 * G3, b_rec_h,
+                            h_buf[t & 1] + b0 * H, h_buf[(t + 1) & 1] + b0 * H,
+                            mask ? mask_tm + t * B + b0 : NULL,
+                            outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL,
+                            os.stride_b, training ? hr_cache + (t * B + b0) * H : NULL,
+                            training ? h_states + (t * B + b0) * H : NULL, j0, j1);
+                        /* split by units: h_t needs every thread's units before the next step */
+                        if (!split.by_rows && frnn_team_size() > 1
+                            && frnn_step_barrier_stops(&step_barrier, frnn_team_size(), &side, t + 1))
+                            break;
                     }
                 }
+                t_from = frnn_step_barrier_resume(&step_barrier, t1);
             }
             continue;
         }
@@ -951,86 +962,97 @@ int SFX(frnn_gru_backward)(const frnn_blas *blas, const frnn_dims *d, int reset_
             SFX(pack_recurrent_t)(recurrent + g * H, G3, H, H, NULL, H,
                                   packed_gates_t + g * gate_stride, nt);
     }
+    int loop_threads = nt; /* 1 once a team has stopped (frnn_step_barrier) */
     if (gate_tiles) { /* gate block by gate block */
-        frnn_step_barrier step_barrier;
-        frnn_step_barrier_init(&step_barrier);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-            int step_phase = 0; /* this thread's side of step_barrier */
-            /* split by rows: the whole loop for the thread's rows, no barrier; by units: its
-             * units of every row, meeting where a product needs every column of dz */
-            const frnn_part p = frnn_thread_part(d, split, nb, VW);
-            const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0, j0 = p.j0, j1 = p.j1;
-            const int meet = nt > 1 && !split.by_rows;
-            REAL *dh = d_h0 + b0 * H;
-            for (ptrdiff_t t = T - 1; t >= 0; --t) {
-                const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
-                const REAL *hp_rows = h_prev ? h_prev + b0 * H : NULL;
-                const REAL *gates_t = gates + (t * B + b0) * G3;
-                const uint8_t *mask_t = mask_cache ? mask_cache + t * B + b0 : NULL;
-                const REAL *dout_t =
-                    d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL;
-                REAL *dz_t = dz + (t * B + b0) * G3;
-                if (reset_after) {
-                    SFX(gru_step_after_backward_pointwise)(
-                        &p.rows, gates_t, hr_cache + (t * B + b0) * H, hp_rows, mask_t, dout_t,
-                        dos.stride_b, dh, dz_t, dxh + (t * B + b0) * H, j0, j1);
-                } else { /* z, h blocks; then r's needs dq = dz_h Uh^T */
-                    SFX(gru_step_before_backward_zh)(&p.rows, gates_t, hp_rows, mask_t, dout_t,
-                                                     dos.stride_b, dh, dz_t, j0, j1);
-                    if (meet) { /* dq needs every column of dz_h */
-                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+        /* split by units, a team that other programs keep waiting stops (csrc/internal.h's
+         * frnn_step_barrier) and the rest of the steps run on one thread */
+        for (ptrdiff_t t_from = T - 1; t_from >= 0; loop_threads = 1) {
+            frnn_step_barrier step_barrier;
+            frnn_step_barrier_init(&step_barrier);
+#pragma omp parallel num_threads(loop_threads) if (loop_threads > 1)
+            {
+                frnn_barrier_side side = frnn_barrier_side_init();
+                /* split by rows: the whole loop for the thread's rows, no barrier; by units: its
+                 * units of every row, meeting where a product needs every column of dz */
+                const frnn_part p = frnn_thread_part(d, split, nb, VW);
+                const ptrdiff_t b0 = p.b0, R = p.b1 - p.b0, j0 = p.j0, j1 = p.j1;
+                const int meet = frnn_team_size() > 1 && !split.by_rows;
+                REAL *dh = d_h0 + b0 * H;
+                for (ptrdiff_t t = t_from; t >= 0; --t) {
+                    const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
+                    const REAL *hp_rows = h_prev ? h_prev + b0 * H : NULL;
+                    const REAL *gates_t = gates + (t * B + b0) * G3;
+                    const uint8_t *mask_t = mask_cache ? mask_cache + t * B + b0 : NULL;
+                    const REAL *dout_t =
+                        d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL;
+                    REAL *dz_t = dz + (t * B + b0) * G3;
+                    if (reset_after) {
+                        SFX(gru_step_after_backward_pointwise)(
+                            &p.rows, gates_t, hr_cache + (t * B + b0) * H, hp_rows, mask_t, dout_t,
+                            dos.stride_b, dh, dz_t, dxh + (t * B + b0) * H, j0, j1);
+                    } else { /* z, h blocks; then r's needs dq = dz_h Uh^T */
+                        SFX(gru_step_before_backward_zh)(&p.rows, gates_t, hp_rows, mask_t, dout_t,
+                                                         dos.stride_b, dh, dz_t, j0, j1);
+                        if (meet) /* dq needs every column of dz_h */
+                            frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &side);
+                        REAL *dq_rows = dq + b0 * H;
+                        for (ptrdiff_t b = 0; b < R; ++b)
+                            memset(dq_rows + b * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
+                        FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                            SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
+                                dz_t + 2 * H, G3, NULL, dq_rows, H, zb0, zb1));
+                        SFX(gru_step_before_backward_r)(&p.rows, gates_t, hp_rows,
+                                                        rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
+                                                        mask_t, dq_rows, dh, dz_t, j0, j1);
                     }
-                    REAL *dq_rows = dq + b0 * H;
-                    for (ptrdiff_t b = 0; b < R; ++b)
-                        memset(dq_rows + b * H + j0, 0, (size_t)(j1 - j0) * sizeof(REAL));
-                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                        SFX(recurrent_matmul_t)(packed_gates_t + 2 * gate_stride, H, H, R,
-                            dz_t + 2 * H, G3, NULL, dq_rows, H, zb0, zb1));
-                    SFX(gru_step_before_backward_r)(&p.rows, gates_t, hp_rows,
-                                                    rec_mask ? rec_mask + (2 * B + b0) * H : NULL,
-                                                    mask_t, dq_rows, dh, dz_t, j0, j1);
+                    /* the products below need every column of dz_t */
+                    const int stop = meet
+                        && frnn_step_barrier_stops(&step_barrier, frnn_team_size(), &side, t - 1);
+                    /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp; the next
+                     * step writes dz_{t-1} elsewhere and only its own units of dh and dq */
+                    for (int g = 0; g < (reset_after ? 3 : 2); ++g)
+                        FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                            SFX(recurrent_matmul_t)(packed_gates_t + g * gate_stride, H, H, R,
+                                dz_t + g * H, G3, rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh,
+                                H, zb0, zb1));
+                    if (fuse_dx)
+                        FRNN_GRU_STEP_DX(t, b0, R, dz_t, reset_after ? dxh + (t * B + b0) * H : NULL);
+                    if (stop) break;
                 }
-                if (meet) { /* the products below need every column of dz_t */
-                frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
-                }
-                /* dh_{t-1} += m_g * (dz_g U_g^T) for the blocks that multiply hp; the next
-                 * step writes dz_{t-1} elsewhere and only its own units of dh and dq */
-                for (int g = 0; g < (reset_after ? 3 : 2); ++g)
-                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                        SFX(recurrent_matmul_t)(packed_gates_t + g * gate_stride, H, H, R,
-                            dz_t + g * H, G3, rec_mask ? rec_mask + (g * B + b0) * H : NULL, dh,
-                            H, zb0, zb1));
-                if (fuse_dx)
-                    FRNN_GRU_STEP_DX(t, b0, R, dz_t, reset_after ? dxh + (t * B + b0) * H : NULL);
             }
+            t_from = frnn_step_barrier_resume(&step_barrier, -1);
         }
     } else if (nt > 1) { /* pointwise for the owned share, (barrier,) dR_t U^T for it */
-        frnn_step_barrier step_barrier;
-        frnn_step_barrier_init(&step_barrier);
-#pragma omp parallel num_threads(nt)
-        {
-            int step_phase = 0; /* this thread's side of step_barrier */
-            const frnn_part p = frnn_thread_part(d, split, nb, VW);
-            const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
-            for (ptrdiff_t t = T - 1; t >= 0; --t) {
-                REAL *dz_t = dz + (t * B + b0) * G3;
-                const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
-                SFX(gru_step_after_backward_pointwise)(
-                    &p.rows, gates + (t * B + b0) * G3, hr_cache + (t * B + b0) * H,
-                    h_prev ? h_prev + b0 * H : NULL, mask_cache ? mask_cache + t * B + b0 : NULL,
-                    d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
-                    dos.stride_b, d_h0 + b0 * H, dz_t, dxh + (t * B + b0) * H, j0, j1);
-                /* split by units: dh_{t-1} needs every column of dR_t */
-                if (!split.by_rows) {
-                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+        /* split by units, a team that other programs keep waiting stops (csrc/internal.h's
+         * frnn_step_barrier) and the rest of the steps run on one thread */
+        for (ptrdiff_t t_from = T - 1; t_from >= 0; loop_threads = 1) {
+            frnn_step_barrier step_barrier;
+            frnn_step_barrier_init(&step_barrier);
+#pragma omp parallel num_threads(loop_threads)
+            {
+                frnn_barrier_side side = frnn_barrier_side_init();
+                const frnn_part p = frnn_thread_part(d, split, nb, VW);
+                const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
+                for (ptrdiff_t t = t_from; t >= 0; --t) {
+                    REAL *dz_t = dz + (t * B + b0) * G3;
+                    const REAL *h_prev = t > 0 ? h_states + (t - 1) * B * H : h0;
+                    SFX(gru_step_after_backward_pointwise)(
+                        &p.rows, gates + (t * B + b0) * G3, hr_cache + (t * B + b0) * H,
+                        h_prev ? h_prev + b0 * H : NULL, mask_cache ? mask_cache + t * B + b0 : NULL,
+                        d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
+                        dos.stride_b, d_h0 + b0 * H, dz_t, dxh + (t * B + b0) * H, j0, j1);
+                    /* split by units: dh_{t-1} needs every column of dR_t */
+                    const int stop = !split.by_rows && frnn_team_size() > 1
+                        && frnn_step_barrier_stops(&step_barrier, frnn_team_size(), &side, t - 1);
+                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                        SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
+                            d_h0 + b0 * H, H, zb0, zb1));
+                    if (fuse_dx)
+                        FRNN_GRU_STEP_DX(t, b0, p.rows.batch, dz_t, dxh + (t * B + b0) * H);
+                    if (stop) break;
                 }
-                FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                    SFX(recurrent_matmul_t)(packed_t, H, G3, p.rows.batch, dz_t, G3, NULL,
-                        d_h0 + b0 * H, H, zb0, zb1));
-                if (fuse_dx)
-                    FRNN_GRU_STEP_DX(t, b0, p.rows.batch, dz_t, dxh + (t * B + b0) * H);
             }
+            t_from = frnn_step_barrier_resume(&step_barrier, -1);
         }
     } else { /* one thread */
         for (ptrdiff_t t = T - 1; t >= 0; --t) {

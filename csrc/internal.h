@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sys/mman.h>
@@ -15,6 +16,7 @@
 #endif
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <x86intrin.h>
 #define FRNN_CPU_RELAX() _mm_pause()
 #else
 #define FRNN_CPU_RELAX() ((void)0)
@@ -111,26 +113,75 @@ static inline int frnn_team_size(void) { return 1; }
  * A/B over GOMP's barrier (both orders): forward LSTM 1.07-1.11x at 128 units, 1.04x at
  * 256, GRU 1.03-1.10x, SimpleRNN 1.22-1.26x; training 1.02-1.07x.  A waiter spins (PAUSE)
  * for a while, then sleeps on a futex, so a thread descheduled by other programs gets the
- * core its partner was spinning on.  With two processes on the two cores this still costs
- * far more than one thread each, but less than GOMP's barrier (docs/RELIABILITY.md has the
- * numbers; yielding instead of sleeping was worse in some of those runs).
- * Use: one frnn_step_barrier shared by the team (frnn_step_barrier_init before the parallel
- * region), each thread with its own int phase = 0, and frnn_step_barrier_wait(&barrier,
- * frnn_team_size(), &phase) where the threads meet.  Writes before the meeting are seen
- * after it (release/acquire, as an OpenMP barrier's flush). */
+ * core its partner was spinning on.
+ * When other programs keep the cores busy, a partner descheduled at every step still
+ * costs each step a sleep and a wake-up: LSTM inference at batch 1 with 256 units took
+ * 17.2 ms on two threads against 6.9 ms on one (and torch 11.5 ms) while three busy
+ * processes shared the two cores.  So a waiter that slept longer than it had worked since
+ * the last meeting (its partner took over twice its time for an equal share) counts the
+ * meeting as late, and at the first step's meeting after FRNN_LATE_MEETINGS such
+ * meetings the team stops: the loop goes on from the next step on one thread
+ * (frnn_step_barrier_stops).  Split by units, every thread computes whole units the same
+ * way whoever owns them, so the results stay bitwise those of the split loop.  Measured on
+ * the Zen 3 with two other busy processes, 41 alternating calls each, stopping over never
+ * stopping: LSTM batch 1 inference 1.35-1.51x (256 units), 1.01-1.21x (512), training
+ * 1.40-1.44x (256); one thread throughout was faster still in four of those six runs (the
+ * call's other parallel regions, packing and GEMMs, each wait for the descheduled thread
+ * too), slower in two.
+ * Use: one frnn_step_barrier per parallel region (frnn_step_barrier_init before it), each
+ * thread with its own frnn_barrier_side (frnn_barrier_side_init at the region's start),
+ * frnn_step_barrier_stops(...) at one meeting of each step and frnn_step_barrier_wait(...)
+ * at any other: when frnn_step_barrier_stops returns 1, every thread finishes that step
+ * (the same step for all) and leaves the loop, and the caller runs the rest on one thread
+ * from the step frnn_step_barrier_resume gives.  Writes before a
+ * meeting are seen after it (release/acquire, as an OpenMP barrier's flush). */
 typedef struct {
     _Atomic int arrived;
     _Atomic int phase;    /* also the futex word the sleepers wait on (Linux) */
     _Atomic int sleepers; /* waiters that stopped spinning */
-    char pad[64 - 3 * sizeof(int)]; /* alone on its cache line */
+    _Atomic int late;     /* meetings a waiter slept through for longer than it had worked */
+    _Atomic int steps;    /* meetings at which the team could stop, so far */
+    _Atomic int stop;     /* decided at such a meeting: the team leaves after that step */
+    char pad[64 - 6 * sizeof(int)]; /* alone on its cache line */
+    ptrdiff_t resume;     /* the step to go on from once the team has stopped */
 } frnn_step_barrier;
 
+/* One thread's side of a frnn_step_barrier: its sense and when it last left a meeting. */
+typedef struct {
+    int phase;
+    unsigned long long since;
+} frnn_barrier_side;
+
 #define FRNN_BARRIER_SPINS 4096 /* PAUSEs before sleeping: about 100 us on this Zen 4 */
+/* Late meetings after which a team stops (see above).  One is a hiccup (an interrupt, the
+ * hypervisor); three within a call, each longer than the spin and longer than a share of
+ * the work, mean the partner is being descheduled. */
+#define FRNN_LATE_MEETINGS 3
+
+/* A cheap clock for comparing a waiter's work with its wait (a ratio: any unit will do). */
+static inline unsigned long long frnn_ticks(void) {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    return __rdtsc();
+#else
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (unsigned long long)now.tv_sec * 1000000000ull + (unsigned long long)now.tv_nsec;
+#endif
+}
 
 static inline void frnn_step_barrier_init(frnn_step_barrier *barrier) {
     atomic_init(&barrier->arrived, 0);
     atomic_init(&barrier->phase, 0);
     atomic_init(&barrier->sleepers, 0);
+    atomic_init(&barrier->late, 0);
+    atomic_init(&barrier->steps, 0);
+    atomic_init(&barrier->stop, 0);
+    barrier->resume = 0;
+}
+
+static inline frnn_barrier_side frnn_barrier_side_init(void) {
+    frnn_barrier_side side = {0, frnn_ticks()};
+    return side;
 }
 
 #if defined(__linux__)
@@ -148,25 +199,77 @@ static inline void frnn_futex_wait(_Atomic int *word, int value) {
 static inline void frnn_futex_wake_all(_Atomic int *word) { (void)word; }
 #endif
 
-static inline void frnn_step_barrier_wait(frnn_step_barrier *barrier, int team, int *phase) {
-    const int next = !*phase;
-    *phase = next;
+/* Whether a team stops at the meeting of its step number `steps` (from 1) after `late`
+ * late meetings: frnn_team_stop_rule() -1 (the default) by lateness, 0 never, n > 0 at
+ * the n-th step whatever the lateness (tests). */
+static inline int frnn_team_stops(int steps, int late) {
+    const int rule = frnn_team_stop_rule();
+    return rule < 0 ? late >= FRNN_LATE_MEETINGS : rule > 0 && steps >= rule;
+}
+
+/* The meeting itself; may_stop: whether the team may stop here (see above), returned. */
+static inline int frnn_step_barrier_meet(frnn_step_barrier *barrier, int team,
+                                         frnn_barrier_side *side, int may_stop) {
+    const int next = !side->phase;
+    side->phase = next;
     if (atomic_fetch_add_explicit(&barrier->arrived, 1, memory_order_acq_rel) == team - 1) {
         atomic_store_explicit(&barrier->arrived, 0, memory_order_relaxed);
+        if (may_stop) {
+            const int steps =
+                atomic_fetch_add_explicit(&barrier->steps, 1, memory_order_relaxed) + 1;
+            if (frnn_team_stops(steps,
+                                atomic_load_explicit(&barrier->late, memory_order_relaxed)))
+                atomic_store_explicit(&barrier->stop, 1, memory_order_relaxed);
+        }
         atomic_store(&barrier->phase, next); /* seq_cst: ordered before reading sleepers */
         if (atomic_load(&barrier->sleepers) > 0) frnn_futex_wake_all(&barrier->phase);
-        return;
+        side->since = frnn_ticks();
+        return may_stop && atomic_load_explicit(&barrier->stop, memory_order_relaxed);
     }
+    const unsigned long long arrived_at = frnn_ticks();
     const int spin_limit = frnn_barrier_spins();
-    for (int spins = 0; spins < spin_limit; ++spins) {
-        if (atomic_load_explicit(&barrier->phase, memory_order_acquire) == next) return;
-        FRNN_CPU_RELAX();
+    int met = 0;
+    for (int spins = 0; spins < spin_limit && !met; ++spins) {
+        met = atomic_load_explicit(&barrier->phase, memory_order_acquire) == next;
+        if (!met) FRNN_CPU_RELAX();
     }
-    /* the partner is late (descheduled by other programs): sleep until the last arriver
-     * wakes us, leaving the core to whoever needs it */
-    atomic_fetch_add(&barrier->sleepers, 1); /* seq_cst: before reading phase */
-    while (atomic_load(&barrier->phase) != next) frnn_futex_wait(&barrier->phase, !next);
-    atomic_fetch_sub(&barrier->sleepers, 1);
+    if (!met) {
+        /* the partner is late (descheduled by other programs): sleep until the last
+         * arriver wakes us, leaving the core to whoever needs it */
+        atomic_fetch_add(&barrier->sleepers, 1); /* seq_cst: before reading phase */
+        while (atomic_load(&barrier->phase) != next) frnn_futex_wait(&barrier->phase, !next);
+        atomic_fetch_sub(&barrier->sleepers, 1);
+        const unsigned long long woke_at = frnn_ticks();
+        if (woke_at - arrived_at > arrived_at - side->since) /* counts for later meetings */
+            atomic_fetch_add_explicit(&barrier->late, 1, memory_order_relaxed);
+    }
+    side->since = frnn_ticks();
+    return may_stop && atomic_load_explicit(&barrier->stop, memory_order_relaxed);
+}
+
+/* A meeting within a step (the team never stops there). */
+static inline void frnn_step_barrier_wait(frnn_step_barrier *barrier, int team,
+                                          frnn_barrier_side *side) {
+    (void)frnn_step_barrier_meet(barrier, team, side, 0);
+}
+
+/* The meeting of a step at which the team may stop: 1 when it stops.  Every thread then
+ * finishes the step and leaves its loop; next_t: the step to go on from on one thread. */
+static inline int frnn_step_barrier_stops(frnn_step_barrier *barrier, int team,
+                                          frnn_barrier_side *side, ptrdiff_t next_t) {
+    if (!frnn_step_barrier_meet(barrier, team, side, 1)) return 0;
+    if (frnn_thread_id() == 0) {
+        barrier->resume = next_t;
+        frnn_count_team_stop();
+    }
+    return 1;
+}
+
+/* After a parallel region whose team may have stopped: the step to go on from on one
+ * thread, or `end` when the region ran its steps to the end. */
+static inline ptrdiff_t frnn_step_barrier_resume(const frnn_step_barrier *barrier,
+                                                 ptrdiff_t end) {
+    return atomic_load_explicit(&barrier->stop, memory_order_relaxed) ? barrier->resume : end;
 }
 
 /* Per-step multiply-adds from which a time loop with too few rows to split by rows splits
@@ -176,8 +279,8 @@ static inline void frnn_step_barrier_wait(frnn_step_barrier *barrier, int team, 
  * (2^15.6) forward 0.42 vs 0.31 ms.  Below 2^15 it loses: GRU B=1 H=96 (2^14.8) forward
  * 0.29 vs 0.38 ms, LSTM B=1 H=64 (2^14) train 0.55 vs 0.71 ms.  Larger steps win more
  * (LSTM B=1 H=512 forward 12.7 vs 8.9 ms).  A barrier per step is fragile when other
- * programs keep the cores busy: the threads wait for a descheduled one;
- * set_num_threads(1) avoids it. */
+ * programs keep the cores busy: the threads wait for a descheduled one (a team kept
+ * waiting stops: frnn_step_barrier); set_num_threads(1) avoids it. */
 #define FRNN_PARALLEL_MIN_MACS ((ptrdiff_t)1 << 15)
 
 /* The GRU backward on torch's rows (frnn_dims.weight_rows) takes each weight gradient

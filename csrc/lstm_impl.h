@@ -225,6 +225,7 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
         if (chunk > T) chunk = T;
     }
     const int nt = split.threads;
+    int loop_threads = nt; /* 1 once a team has stopped (frnn_step_barrier) */
     const ptrdiff_t packed_rows = fuse_input ? I + H : H;
     const int zigzag =
         frnn_zigzag_blocks(4.0 * H * (H + (fuse_input ? I : 0)) * sizeof(REAL), split);
@@ -295,56 +296,61 @@ int SFX(frnn_lstm_forward)(const frnn_blas *blas, const frnn_dims *d,
             }
             continue;
         }
-        frnn_step_barrier step_barrier;
-        frnn_step_barrier_init(&step_barrier);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-            int step_phase = 0; /* this thread's side of step_barrier */
-            const int tid = frnn_thread_id();
-            const frnn_part p = frnn_thread_part(d, split, nb, VWF);
-            const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
-            REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VWF;
-            for (ptrdiff_t t = t0; t < t1; ++t) {
-                /* fused, one step's z is reused: each thread rewrites only the rows and
-                 * units it reads back itself */
-                REAL *z_t = z_chunk + ((fuse_input ? 0 : t - t0) * B + b0) * G4;
-                REAL *gates_t = !training ? NULL
-                                : z_in_cache ? z_t : gates + (t * B + b0) * G4;
-                const REAL *h_prev = h_buf[t & 1] + b0 * H;
-                const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
-                /* fused, the tiles read the step's input rows where the caller keeps
-                 * them (row stride xs.stride_b), not from a time-major copy that one
-                 * thread gathered while the other waited, and training caches them step
-                 * by step, each thread its share of the rows.  Measured on the AMD Zen 4,
-                 * A/B in one process: inference 1.04-1.13x (LSTM B=8-128, SimpleRNN
-                 * B=16-128; LSTM B=32, H=512 1.00), training 1.00-1.07x. */
-                const REAL *x_t = fuse_input
-                    ? x + frnn_input_step(d, t) * xs.stride_t + b0 * xs.stride_b
-                    : x_chunk + ((t - t0) * B + b0) * I;
-                const ptrdiff_t ldx = fuse_input ? xs.stride_b : I;
-                if (training && fuse_input) {
-                    const int tid = frnn_thread_id(), team = frnn_team_size();
-                    SFX(cache_step_rows)(d, x, xs, mask_tm, t,
-                                         split.by_rows ? b0 : B * tid / team,
-                                         split.by_rows ? p.b1 : B * (tid + 1) / team, x_cache);
-                }
-                /* unfused: no input rows and no bias, so z_t += h U over its projection */
-                FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                    SFX(input_recurrent_matmul_g4)(packed, fuse_input ? I : 0, x_t, ldx, H,
-                        p.rows.batch, h_read, packed_bias, z_t, G4, zb0, zb1));
-                SFX(lstm_step_pointwise)(
-                    &p.rows, z_t, gates_t, h_prev, h_buf[(t + 1) & 1] + b0 * H, c_n + b0 * H,
-                    mask ? mask_tm + t * B + b0 : NULL,
-                    outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL, os.stride_b,
-                    training ? c_states + (t * B + b0) * H : NULL,
-                    training ? h_states + (t * B + b0) * H : NULL,
-                    rec_mask ? rec_mask + b0 * H : NULL,
-                    rec_mask ? hd_buf[(t + 1) & 1] + b0 * H : NULL, my_scratch, j0, j1);
-                /* split by units: h_t needs every thread's units before the next step */
-                if (!split.by_rows) {
-                    frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+        /* split by units, a team that other programs keep waiting stops (csrc/internal.h's
+         * frnn_step_barrier) and the rest of the steps run on one thread */
+        for (ptrdiff_t t_from = t0; t_from < t1; loop_threads = 1) {
+            frnn_step_barrier step_barrier;
+            frnn_step_barrier_init(&step_barrier);
+#pragma omp parallel num_threads(loop_threads) if (loop_threads > 1)
+            {
+                frnn_barrier_side side = frnn_barrier_side_init();
+                const int tid = frnn_thread_id();
+                const frnn_part p = frnn_thread_part(d, split, nb, VWF);
+                const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
+                REAL *my_scratch = scratch + (ptrdiff_t)tid * nb * VWF;
+                for (ptrdiff_t t = t_from; t < t1; ++t) {
+                    /* fused, one step's z is reused: each thread rewrites only the rows and
+                     * units it reads back itself */
+                    REAL *z_t = z_chunk + ((fuse_input ? 0 : t - t0) * B + b0) * G4;
+                    REAL *gates_t = !training ? NULL
+                                    : z_in_cache ? z_t : gates + (t * B + b0) * G4;
+                    const REAL *h_prev = h_buf[t & 1] + b0 * H;
+                    const REAL *h_read = rec_mask ? hd_buf[t & 1] + b0 * H : h_prev;
+                    /* fused, the tiles read the step's input rows where the caller keeps
+                     * them (row stride xs.stride_b), not from a time-major copy that one
+                     * thread gathered while the other waited, and training caches them step
+                     * by step, each thread its share of the rows.  Measured on the AMD Zen 4,
+                     * A/B in one process: inference 1.04-1.13x (LSTM B=8-128, SimpleRNN
+                     * B=16-128; LSTM B=32, H=512 1.00), training 1.00-1.07x. */
+                    const REAL *x_t = fuse_input
+                        ? x + frnn_input_step(d, t) * xs.stride_t + b0 * xs.stride_b
+                        : x_chunk + ((t - t0) * B + b0) * I;
+                    const ptrdiff_t ldx = fuse_input ? xs.stride_b : I;
+                    if (training && fuse_input) {
+                        const int tid = frnn_thread_id(), team = frnn_team_size();
+                        SFX(cache_step_rows)(d, x, xs, mask_tm, t,
+                                             split.by_rows ? b0 : B * tid / team,
+                                             split.by_rows ? p.b1 : B * (tid + 1) / team, x_cache);
+                    }
+                    /* unfused: no input rows and no bias, so z_t += h U over its projection */
+                    FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                        SFX(input_recurrent_matmul_g4)(packed, fuse_input ? I : 0, x_t, ldx, H,
+                            p.rows.batch, h_read, packed_bias, z_t, G4, zb0, zb1));
+                    SFX(lstm_step_pointwise)(
+                        &p.rows, z_t, gates_t, h_prev, h_buf[(t + 1) & 1] + b0 * H, c_n + b0 * H,
+                        mask ? mask_tm + t * B + b0 : NULL,
+                        outputs ? outputs + t * os.stride_t + b0 * os.stride_b : NULL, os.stride_b,
+                        training ? c_states + (t * B + b0) * H : NULL,
+                        training ? h_states + (t * B + b0) * H : NULL,
+                        rec_mask ? rec_mask + b0 * H : NULL,
+                        rec_mask ? hd_buf[(t + 1) & 1] + b0 * H : NULL, my_scratch, j0, j1);
+                    /* split by units: h_t needs every thread's units before the next step */
+                    if (!split.by_rows && frnn_team_size() > 1
+                        && frnn_step_barrier_stops(&step_barrier, frnn_team_size(), &side, t + 1))
+                        break;
                 }
             }
+            t_from = frnn_step_barrier_resume(&step_barrier, t1);
         }
     }
     if (T & 1) memcpy(h_n, h_alt, (size_t)(B * H) * sizeof(REAL)); /* h_T landed in h_alt */
@@ -562,35 +568,42 @@ int SFX(frnn_lstm_backward)(const frnn_blas *blas, const frnn_dims *d,
         memset(zeros, 0, (size_t)(nbx * VW) * sizeof(REAL));
     }
 
-    frnn_step_barrier step_barrier;
-    frnn_step_barrier_init(&step_barrier);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int step_phase = 0; /* this thread's side of step_barrier */
-        const int tid = frnn_thread_id();
-        const frnn_part p = frnn_thread_part(d, split, nb, VW);
-        const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
-        REAL *tc = scratch + (ptrdiff_t)(2 * tid) * nb * VW, *dtc = tc + nb * VW;
-        for (ptrdiff_t t = T - 1; t >= 0; --t) {
-            const REAL *c_prev = t > 0 ? c_states + ((t - 1) * B + b0) * H : c0 ? c0 + b0 * H : NULL;
-            REAL *dz_t = dz + (t * B + b0) * ldz;
-            SFX(lstm_step_backward_pointwise)(
-                &p.rows, gates + (t * B + b0) * G4, c_states + (t * B + b0) * H, c_prev,
-                mask_cache ? mask_cache + t * B + b0 : NULL,
-                d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
-                dos.stride_b, d_h0 + b0 * H, d_c0 + b0 * H, dz_t, ldz, tc, dtc, j0, j1);
-            /* split by units: dh_{t-1} needs every column of dZ_t */
-            if (!split.by_rows) {
-                frnn_step_barrier_wait(&step_barrier, frnn_team_size(), &step_phase);
+    /* split by units, a team that other programs keep waiting stops (csrc/internal.h's
+     * frnn_step_barrier) and the rest of the steps run on one thread */
+    int loop_threads = nt; /* 1 once a team has stopped (frnn_step_barrier) */
+    for (ptrdiff_t t_from = T - 1; t_from >= 0; loop_threads = 1) {
+        frnn_step_barrier step_barrier;
+        frnn_step_barrier_init(&step_barrier);
+#pragma omp parallel num_threads(loop_threads) if (loop_threads > 1)
+        {
+            frnn_barrier_side side = frnn_barrier_side_init();
+            const int tid = frnn_thread_id();
+            const frnn_part p = frnn_thread_part(d, split, nb, VW);
+            const ptrdiff_t b0 = p.b0, j0 = p.j0, j1 = p.j1;
+            REAL *tc = scratch + (ptrdiff_t)(2 * tid) * nb * VW, *dtc = tc + nb * VW;
+            for (ptrdiff_t t = t_from; t >= 0; --t) {
+                const REAL *c_prev = t > 0 ? c_states + ((t - 1) * B + b0) * H
+                                     : c0 ? c0 + b0 * H : NULL;
+                REAL *dz_t = dz + (t * B + b0) * ldz;
+                SFX(lstm_step_backward_pointwise)(
+                    &p.rows, gates + (t * B + b0) * G4, c_states + (t * B + b0) * H, c_prev,
+                    mask_cache ? mask_cache + t * B + b0 : NULL,
+                    d_outputs ? d_outputs + t * dos.stride_t + b0 * dos.stride_b : NULL,
+                    dos.stride_b, d_h0 + b0 * H, d_c0 + b0 * H, dz_t, ldz, tc, dtc, j0, j1);
+                /* split by units: dh_{t-1} needs every column of dZ_t */
+                const int stop = !split.by_rows && frnn_team_size() > 1
+                    && frnn_step_barrier_stops(&step_barrier, frnn_team_size(), &side, t - 1);
+                /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
+                 * writes dZ_{t-1} elsewhere. */
+                FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
+                    SFX(recurrent_matmul_t)(packed_t, H, G4, p.rows.batch, dz_t, ldz,
+                        rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H, zb0, zb1));
+                if (fuse_dx) SFX(step_input_gradient)(d, split, packed_wt, 0, NULL, 0, G4, dz_t,
+                                                      ldz, p.rows.batch, zeros, t, b0, dx, dxs);
+                if (stop) break;
             }
-            /* dh_{t-1} += (dZ_t U^T) * rec_mask for the owned rows and units; the next step
-             * writes dZ_{t-1} elsewhere. */
-            FRNN_BLOCKS_ZIGZAG(zigzag & t, p.jb0, p.jb1,
-                SFX(recurrent_matmul_t)(packed_t, H, G4, p.rows.batch, dz_t, ldz,
-                    rec_mask ? rec_mask + b0 * H : NULL, d_h0 + b0 * H, H, zb0, zb1));
-            if (fuse_dx) SFX(step_input_gradient)(d, split, packed_wt, 0, NULL, 0, G4, dz_t,
-                                                  ldz, p.rows.batch, zeros, t, b0, dx, dxs);
         }
+        t_from = frnn_step_barrier_resume(&step_barrier, -1);
     }
 
 weights:

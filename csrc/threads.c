@@ -56,6 +56,17 @@ int frnn_set_barrier_spins(int n) {
 }
 int frnn_barrier_spins(void) { return frnn_barrier_spin_count; }
 
+static _Atomic int frnn_team_stop_choice = -1;
+int frnn_set_team_stop_rule(int n) {
+    const int previous = frnn_team_stop_choice;
+    frnn_team_stop_choice = n < -1 ? -1 : n;
+    return previous;
+}
+int frnn_team_stop_rule(void) { return frnn_team_stop_choice; }
+static _Atomic long long frnn_team_stop_count = 0;
+long long frnn_team_stops_so_far(void) { return frnn_team_stop_count; }
+void frnn_count_team_stop(void) { ++frnn_team_stop_count; }
+
 /* The CPUID features the kernels dispatch on, probed once: bit 0 AVX2 and FMA, bit 1
  * also AVX-512F and VL, bit 2 an Intel CPU (its L3 streams slower per core: see
  * frnn_lstm_fuses_input). */

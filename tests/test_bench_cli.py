@@ -92,6 +92,7 @@ def test_quick_run_markdown_table_has_one_row_per_measurement(quick_run):
 def test_quick_run_json_numbers_are_positive_and_finite(quick_run):
     data = quick_run["json"]
     assert data["config"]["threads"] == 1
+    assert data["config"]["team_stops"] == 0  # one thread: no team to stop
     assert data["environment"]["cpu"]
     # the SIMD path the kernels dispatch to, which the CPU's model name does not tell
     simd = data["environment"]["simd"]
@@ -463,7 +464,8 @@ def test_report_computes_ratios_gflops_and_footnotes():
                             "num_threads": 2}],
            "peak_gflops": 4 * forward.gflops}
     config = {"dtype": "float32", "min_repeats": 3, "warmup": 1, "budget": 0.3,
-              "elapsed_seconds": 1.0, "load_before": 0.5, "load_after": None, "threads": 2}
+              "elapsed_seconds": 1.0, "load_before": 0.5, "load_after": None, "threads": 2,
+              "team_stops": 3}
     report = bench.format_markdown(env, config, [forward, train], None, ["a note"])
     rows = [line for line in report.splitlines() if line.startswith("| lstm")]
     # torch took twice fusedrnn's time: half its GFLOP/s, 12.5% of the peak
@@ -476,6 +478,7 @@ def test_report_computes_ratios_gflops_and_footnotes():
     assert "left out at the largest points" in report   # the '-' footnote
     assert "openblas 0.3 (from scipy): 2 threads" in report
     assert "Note: a note" in report
+    assert "; 3 time loops split by units finished on one thread" in report
 
 
 def test_report_puts_the_gemm_reference_against_the_peak():

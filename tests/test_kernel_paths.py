@@ -191,12 +191,14 @@ def test_unit_split_with_every_meeting_asleep_matches_reference(rng, cell):
     _, fwd, bwd, ref_fwd, ref_bwd, _ = CELLS[cell]
     arrays, kwargs = masked_problem(rng, cell, 2, 60, 3, 37, np.float64)
     previous_spins = _kernels.set_barrier_spins(0)
+    previous_rule = _kernels.set_team_stop_rule(0)  # every meeting, not only until a stop
     try:
         with fusedrnn.threads(2), kernel_paths(split_min_macs=0, split_by=0):
             got = fwd(*arrays[:4], **kwargs)
             got_grads = bwd(got.cache, arrays[4])
     finally:
         _kernels.set_barrier_spins(previous_spins)
+        _kernels.set_team_stop_rule(previous_rule)
     assert _kernels.set_barrier_spins(-1) == previous_spins  # restored, then the default
     want = ref_fwd(*arrays[:4], **kwargs)
     want_grads = ref_bwd(want.cache, arrays[4])
@@ -204,6 +206,66 @@ def test_unit_split_with_every_meeting_asleep_matches_reference(rng, cell):
     for name in ("x", "kernel", "recurrent_kernel", "bias"):
         np.testing.assert_allclose(getattr(got_grads, name), getattr(want_grads, name),
                                    rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+@contextlib.contextmanager
+def team_stop_rule(rule):
+    previous = _kernels.set_team_stop_rule(rule)
+    try:
+        yield
+    finally:
+        _kernels.set_team_stop_rule(previous)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_unit_split_that_stops_gives_the_split_results_bitwise(rng, cell, dtype, dropout):
+    """A team split by units that stops meeting (csrc/internal.h's frnn_step_barrier: its
+    partner kept it waiting) finishes the loop on one thread from the next step, forward
+    and backward, GRU's gate-by-gate loops included (reset_after=False, recurrent dropout).
+    Forced here at the 1st, 17th, last and a never-reached step, and left to the automatic
+    rule with every wait asleep: every result is bitwise the split loop's, whose units each
+    thread computes as one thread would."""
+    _, fwd, bwd, *_, extra = CELLS[cell]
+    steps, units = 40, 37
+    if dropout:
+        (x, kernel, recurrent, drop, d_out), mask = dropout_problem(rng, cell, 3, steps, 5,
+                                                                    units, dtype)
+        inputs = (x, kernel, recurrent)
+        kwargs = dict(extra, mask=mask, training=True, recurrent_dropout_mask=drop)
+    else:
+        arrays, kwargs = masked_problem(rng, cell, 3, steps, 5, units, dtype)
+        inputs, d_out = arrays[:4], arrays[4]
+    results, stops = {}, {}
+    with fusedrnn.threads(2), kernel_paths(split_min_macs=0, split_by=0):
+        for rule in (0, 1, 17, steps, steps + 1, "asleep"):
+            # "asleep": the automatic rule with every wait asleep, as under contention
+            previous_spins = _kernels.set_barrier_spins(0 if rule == "asleep" else -1)
+            try:
+                with team_stop_rule(-1 if rule == "asleep" else rule):
+                    before = _kernels.team_stops()
+                    out = fwd(*inputs, **kwargs)
+                    results[rule] = (out.outputs, out.h_n, *bwd(out.cache, d_out))
+                    stops[rule] = _kernels.team_stops() - before
+            finally:
+                _kernels.set_barrier_spins(previous_spins)
+    # forward and backward each stop once at the 1st step; a never-reached step: never
+    assert (stops[0], stops[1], stops[steps + 1]) == (0, 2, 0)
+    assert stops[17] >= 1 and stops[steps] >= 1
+    for rule in (1, 17, steps, steps + 1, "asleep"):
+        for got, want in zip(results[rule], results[0]):
+            if want is not None:
+                np.testing.assert_array_equal(got, want, err_msg=f"stop rule {rule}")
+
+
+def test_team_stop_rule_is_set_and_restored():
+    previous = _kernels.set_team_stop_rule(5)
+    try:
+        assert _kernels.set_team_stop_rule(-7) == 5  # below -1: the default
+        assert _kernels.set_team_stop_rule(previous) == -1
+    finally:
+        _kernels.set_team_stop_rule(previous)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

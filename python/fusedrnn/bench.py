@@ -700,7 +700,10 @@ def format_markdown(env: dict, config: dict, results: Sequence[Result],
         "other's costs 0.2-0.8 ms more: its spinning threads and evicted caches)",
         f"- run time {config['elapsed_seconds']:.0f} s; 1-minute load average "
         f"{_load(config.get('load_before'))} before, {_load(config.get('load_after'))} after "
-        "(above the thread count means other processes competed for the CPUs)",
+        "(above the thread count means other processes competed for the CPUs)"
+        + (f"; {config['team_stops']} time loops split by units finished on one thread "
+           "because a partner thread kept them waiting (descheduled by other processes)"
+           if config.get("team_stops") is not None else ""),
     ]
     peak = env.get("peak_gflops")
     if peak:
@@ -1027,7 +1030,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def progress(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
+    from . import _kernels
     load_before = load_average()
+    team_stops_before = _kernels.team_stops()
     started = time.perf_counter()
     with thread_limits(args.threads, use_torch):
         env = environment(use_torch)
@@ -1078,6 +1083,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "numpy_everywhere": args.numpy_everywhere, "drop_in": args.drop_in,
         "elapsed_seconds": elapsed,
         "load_before": load_before, "load_after": load_average(),
+        "team_stops": _kernels.team_stops() - team_stops_before,
     }
     report = format_markdown(env, config, results, loop, notes, drop_in)
     sys.stdout.write(report)

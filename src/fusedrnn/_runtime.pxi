@@ -4,6 +4,8 @@ cdef extern from "fusedrnn.h" nogil:
     void frnn_set_num_threads(int n) noexcept
     int frnn_get_num_threads() noexcept
     int frnn_set_barrier_spins(int n) noexcept
+    int frnn_set_team_stop_rule(int n) noexcept
+    long long frnn_team_stops_so_far() noexcept
     int frnn_has_openmp() noexcept
     void frnn_set_path_overrides(int simd, int blas_steps, long long split_min_macs, int split_by,
                                  int fuse_input, int direct_step) noexcept
@@ -114,6 +116,20 @@ def set_barrier_spins(int n):
     (csrc/internal.h); 0 makes every wait sleep (tests of that path), -1 restores the
     default.  Returns the previous count."""
     return frnn_set_barrier_spins(n)
+
+
+def set_team_stop_rule(int n):
+    """When a time loop split by units stops meeting and finishes on one thread
+    (csrc/internal.h's frnn_step_barrier): -1 (the default) after a few meetings at which a
+    thread slept longer than it had worked, 0 never, n > 0 after the n-th step whatever the
+    waits (tests of that path).  Returns the previous rule."""
+    return frnn_set_team_stop_rule(n)
+
+
+def team_stops():
+    """How many time loops split by units have stopped meeting and finished on one thread
+    in this process so far (see set_team_stop_rule)."""
+    return frnn_team_stops_so_far()
 
 
 def has_openmp():
